@@ -13,7 +13,7 @@ from pathlib import Path
 
 SPECIAL_TOKENS = ["<pad>", "<unk>", "[gMASK]", "<sop>"]
 # A small fixed vocabulary: lowercase words of the alphabet plus common symbols.
-_WORD_PIECES = [chr(c) for c in range(ord("a"), ord("z") + 1)] + list("0123456789.,!?-'")
+_WORD_PIECES = [chr(c) for c in range(ord("a"), ord("z") + 1)] + list(" 0123456789.,!?-'")
 
 
 def _build_tokenizer(folder: Path, model_max_length: int) -> None:
@@ -58,7 +58,7 @@ def write_tiny_model(folder: str | Path, *, seed: int = 0) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
 
-    text_hidden = 32
+    text_hidden = 64  # bitsandbytes 4-bit needs in_features ≥ its block size (64)
     _build_tokenizer(folder, model_max_length=256)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(folder / "tokenizer")
 
@@ -66,11 +66,11 @@ def write_tiny_model(folder: str | Path, *, seed: int = 0) -> Path:
         GlmConfig(
             vocab_size=len(tokenizer),
             hidden_size=text_hidden,
-            intermediate_size=64,
+            intermediate_size=128,
             num_hidden_layers=2,
             num_attention_heads=4,
             num_key_value_heads=2,
-            head_dim=8,
+            head_dim=16,
             max_position_embeddings=512,
             pad_token_id=tokenizer.pad_token_id,
             attention_bias=True,

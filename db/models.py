@@ -1,0 +1,196 @@
+"""Plain data types of the job queue, shared by the cogs, the dispatcher and every backend.
+
+Nothing here knows about SQL or Discord; a backend turns rows into these.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+MAX_SEED = 2**32 - 1
+MAX_PROMPT_CHARS = 4000
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
+
+
+class NoticeKind(StrEnum):
+    """What a pending channel post tells the requester."""
+
+    RESULT = "result"
+    FAILED = "failed"
+    RESUMED = "resumed"
+    CANCELLED = "cancelled"
+
+
+class QueueError(Exception):
+    """Base of every error the queue raises; the message is fit to show a user."""
+
+
+class InvalidJob(QueueError, ValueError):
+    """The request itself is malformed; nothing was written."""
+
+
+class QueueFull(QueueError):
+    """The global queue cap is reached."""
+
+
+class UserQueueFull(QueueError):
+    """This user already has as many pending jobs as allowed."""
+
+
+class CooldownActive(QueueError):
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"You're going a bit fast: try again in {math.ceil(retry_after)} s.")
+        self.retry_after = retry_after
+
+
+class JobNotFound(QueueError):
+    pass
+
+
+class NotAllowed(QueueError):
+    """The caller may not touch this job."""
+
+
+@dataclass(frozen=True, slots=True)
+class Requester:
+    """Who asked, and the Discord ids needed to answer later (long after the interaction expired)."""
+
+    user_id: int
+    channel_id: int
+    guild_id: int | None = None
+    user_name: str = ""
+    interaction_id: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.user_id <= 0 or self.channel_id <= 0:
+            raise InvalidJob("user_id and channel_id must be positive Discord ids")
+
+
+@dataclass(frozen=True, slots=True)
+class JobRequest:
+    """The generation parameters. Model-specific limits (sizes) are checked by engine.rules."""
+
+    prompt: str
+    width: int
+    height: int
+    steps: int
+    guidance: float
+    negative_prompt: str = ""
+    seed: int | None = None
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.prompt, str) or not self.prompt.strip():
+            raise InvalidJob("The prompt is empty: describe the image you want.")
+        if len(self.prompt) > MAX_PROMPT_CHARS or len(self.negative_prompt) > MAX_PROMPT_CHARS:
+            raise InvalidJob(f"Prompts are limited to {MAX_PROMPT_CHARS} characters.")
+        if "\x00" in self.prompt or "\x00" in self.negative_prompt:
+            raise InvalidJob("The prompt contains a NUL character.")
+        for name in ("width", "height", "steps", "count"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise InvalidJob(f"{name} must be a positive whole number (got {value!r}).")
+        if self.count > 16:
+            raise InvalidJob("count must be at most 16.")
+        if not isinstance(self.guidance, int | float) or not math.isfinite(self.guidance) or self.guidance < 0:
+            raise InvalidJob(f"guidance must be a number ≥ 0 (got {self.guidance!r}).")
+        if self.seed is not None and (
+            not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed <= MAX_SEED
+        ):
+            raise InvalidJob(f"seed must be a whole number from 0 to {MAX_SEED} (got {self.seed!r}).")
+
+
+@dataclass(slots=True)
+class Job:
+    id: int
+    requester: Requester
+    request: JobRequest
+    state: JobState
+    attempts: int
+    created_at: float
+    kind: str = "imagine"
+    parent_job_id: int | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: str | None = None
+    result_paths: list[str] = field(default_factory=list)
+    seed_used: int | None = None
+    plan: str | None = None
+    cancel_requested: bool = False
+    worker_id: str | None = None
+    progress_step: int | None = None
+    progress_total: int | None = None
+    status_message_id: int | None = None
+    result_message_id: int | None = None
+    delivered_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueued:
+    job_id: int
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueLimits:
+    max_per_user: int | None = None
+    max_total: int | None = None
+    cooldown_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """Answer to a lease renewal: `alive` False means the job was lost or taken away."""
+
+    alive: bool
+    cancel_requested: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """A channel post the bot still owes a user (the outbox)."""
+
+    id: int
+    kind: NoticeKind
+    job: Job
+    attempts: int
+    body: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CancelOutcome:
+    job_id: int
+    state: JobState
+    immediate: bool  # False: the job is running and the engine will stop it at the next step
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    queued: int
+    running: int
+    done: int
+    failed: int
+    cancelled: int
+    paused: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    at: float
+    actor_id: int
+    action: str
+    detail: str
+    guild_id: int | None = None

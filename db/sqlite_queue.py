@@ -1,0 +1,633 @@
+"""The embedded job queue: one SQLite file, WAL, one writer connection per process.
+
+Why it is shaped like this (see shared notes on durable queues):
+- every write is a short `BEGIN IMMEDIATE` transaction, so a read-then-write never
+  fails with SQLITE_BUSY halfway, and `synchronous=FULL` so an acknowledged job
+  survives a power cut;
+- one aiosqlite connection serialised by an asyncio lock: coroutines never
+  interleave statements of two transactions;
+- a state change and the channel post announcing it are written together (outbox),
+  so a crash can neither lose a result nor post it twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiosqlite
+
+from db.fairness import fair_order
+from db.migrate import migrate
+from db.models import (
+    AuditEntry,
+    CancelOutcome,
+    CooldownActive,
+    Enqueued,
+    EnqueueLimits,
+    Heartbeat,
+    InvalidJob,
+    Job,
+    JobNotFound,
+    JobRequest,
+    JobState,
+    NotAllowed,
+    Notice,
+    NoticeKind,
+    QueueError,
+    QueueFull,
+    QueueStats,
+    Requester,
+    UserQueueFull,
+)
+
+log = logging.getLogger(__name__)
+
+CRASH_ERROR = "crashed the worker {n} times"
+_ACTIVE = (JobState.QUEUED, JobState.RUNNING)
+
+
+def _now() -> float:
+    return time.time()
+
+
+def _states(states: Iterable[JobState | str] | None) -> list[JobState]:
+    if states is None:
+        return list(_ACTIVE)
+    result = []
+    for state in states:
+        try:
+            result.append(JobState(state))
+        except ValueError:
+            valid = ", ".join(s.value for s in JobState)
+            raise InvalidJob(f"Unknown job state {state!r}; expected one of: {valid}.") from None
+    return result
+
+
+def _job_from_row(row: aiosqlite.Row) -> Job:
+    return Job(
+        id=row["id"],
+        requester=Requester(
+            user_id=row["user_id"],
+            channel_id=row["channel_id"],
+            guild_id=row["guild_id"],
+            user_name=row["user_name"],
+            interaction_id=row["interaction_id"],
+        ),
+        request=JobRequest(
+            prompt=row["prompt"],
+            negative_prompt=row["negative_prompt"],
+            width=row["width"],
+            height=row["height"],
+            steps=row["steps"],
+            guidance=row["guidance"],
+            seed=row["seed"],
+            count=row["count"],
+        ),
+        state=JobState(row["state"]),
+        attempts=row["attempts"],
+        created_at=row["created_at"],
+        kind=row["kind"],
+        parent_job_id=row["parent_job_id"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        error=row["error"],
+        result_paths=json.loads(row["result_paths"]),
+        seed_used=row["seed_used"],
+        plan=row["plan"],
+        cancel_requested=bool(row["cancel_requested"]),
+        worker_id=row["worker_id"],
+        progress_step=row["progress_step"],
+        progress_total=row["progress_total"],
+        status_message_id=row["status_message_id"],
+        result_message_id=None if row["result_deleted"] else row["result_message_id"],
+        delivered_at=row["delivered_at"],
+    )
+
+
+class SqliteJobQueue:
+    """`db.interface.JobQueue` on a local SQLite file."""
+
+    def __init__(self, path: str | Path, *, busy_timeout_ms: int = 10_000) -> None:
+        self.path = Path(path)
+        self._busy_timeout_ms = busy_timeout_ms
+        self._conn: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+        self._changed = asyncio.Event()
+
+    # --- lifecycle -----------------------------------------------------------------
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = await aiosqlite.connect(self.path, isolation_level=None)
+        conn.row_factory = aiosqlite.Row
+        await conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+        await conn.execute("PRAGMA journal_mode = WAL")
+        await conn.execute("PRAGMA synchronous = FULL")
+        await conn.execute("PRAGMA foreign_keys = ON")
+        try:
+            await migrate(conn, self.path)
+        except BaseException:
+            await conn.close()
+            raise
+        self._conn = conn
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            async with self._lock:
+                await self._conn.close()
+                self._conn = None
+
+    async def __aenter__(self) -> SqliteJobQueue:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def _db(self) -> aiosqlite.Connection:
+        if self._conn is None:
+            raise QueueError("The queue database is not open.")
+        return self._conn
+
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One short write transaction; retried with jitter if another process holds the lock."""
+        async with self._lock:
+            conn = self._db
+            for attempt in range(8):
+                try:
+                    await conn.execute("BEGIN IMMEDIATE")
+                    break
+                except sqlite3.OperationalError as exc:
+                    if ("locked" not in str(exc) and "busy" not in str(exc)) or attempt == 7:
+                        raise
+                    await asyncio.sleep(random.uniform(0.01, 0.05) * (attempt + 1))
+            try:
+                yield conn
+            except BaseException:
+                await conn.execute("ROLLBACK")
+                raise
+            await conn.execute("COMMIT")
+        self._notify()
+
+    @asynccontextmanager
+    async def _read(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._lock:
+            yield self._db
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_for_change(self, max_wait: float) -> None:
+        event = self._changed
+        try:
+            await asyncio.wait_for(event.wait(), max_wait)
+        except TimeoutError:
+            pass
+
+    # --- recovery ----------------------------------------------------------------------
+    async def recover_interrupted(self) -> tuple[list[int], list[int]]:
+        async with self._write() as conn:
+            return await self._requeue_where(conn, "state = 'running'", ())
+
+    async def requeue_expired_leases(self) -> tuple[list[int], list[int]]:
+        async with self._write() as conn:
+            return await self._requeue_where(conn, "state = 'running' AND lease_until < ?", (_now(),))
+
+    async def _requeue_where(
+        self, conn: aiosqlite.Connection, where: str, params: tuple
+    ) -> tuple[list[int], list[int]]:
+        rows = await conn.execute_fetchall(
+            f"SELECT id, attempts, max_attempts, cancel_requested FROM jobs WHERE {where}", params
+        )
+        requeued, failed = [], []
+        now = _now()
+        for row in rows:
+            if row["cancel_requested"]:
+                await self._finish(conn, row["id"], JobState.CANCELLED, "cancelled while the worker was down")
+            elif row["attempts"] >= row["max_attempts"]:
+                error = CRASH_ERROR.format(n=row["attempts"])
+                await self._finish(conn, row["id"], JobState.FAILED, error)
+                await self._add_notice(conn, row["id"], NoticeKind.FAILED, error)
+                failed.append(row["id"])
+            else:
+                await conn.execute(
+                    "UPDATE jobs SET state = 'queued', worker_id = NULL, lease_until = NULL, "
+                    "progress_step = NULL, started_at = NULL WHERE id = ?",
+                    (row["id"],),
+                )
+                await self._add_notice(conn, row["id"], NoticeKind.RESUMED, "")
+                requeued.append(row["id"])
+        if requeued or failed:
+            log.warning("Recovered interrupted jobs: requeued %s, failed %s at %.0f", requeued, failed, now)
+        return requeued, failed
+
+    # --- producers -------------------------------------------------------------------
+    async def enqueue(
+        self,
+        requester: Requester,
+        request: JobRequest,
+        limits: EnqueueLimits | None = None,
+        *,
+        kind: str = "imagine",
+        parent_job_id: int | None = None,
+    ) -> Enqueued:
+        if not isinstance(requester, Requester) or not isinstance(request, JobRequest):
+            raise InvalidJob("enqueue needs a Requester and a JobRequest")
+        limits = limits or EnqueueLimits()
+        now = _now()
+        async with self._write() as conn:
+            await self._check_limits(conn, requester.user_id, limits, now)
+            cursor = await conn.execute(
+                "INSERT INTO jobs (kind, parent_job_id, user_id, user_name, guild_id, channel_id, "
+                "interaction_id, prompt, negative_prompt, width, height, steps, guidance, seed, count, "
+                "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    kind,
+                    parent_job_id,
+                    requester.user_id,
+                    requester.user_name,
+                    requester.guild_id,
+                    requester.channel_id,
+                    requester.interaction_id,
+                    request.prompt,
+                    request.negative_prompt,
+                    request.width,
+                    request.height,
+                    request.steps,
+                    float(request.guidance),
+                    request.seed,
+                    request.count,
+                    now,
+                ),
+            )
+            job_id = cursor.lastrowid
+            assert job_id is not None
+            order = await self._fair_order(conn)
+        return Enqueued(job_id=job_id, position=order.index(job_id) + 1)
+
+    async def _check_limits(self, conn: aiosqlite.Connection, user_id: int, limits: EnqueueLimits, now: float) -> None:
+        if limits.max_total is not None:
+            (queued,) = await (await conn.execute("SELECT count(*) FROM jobs WHERE state = 'queued'")).fetchone()  # type: ignore[misc]
+            if queued >= limits.max_total:
+                raise QueueFull(f"The queue is full ({limits.max_total} jobs waiting). Try again in a few minutes.")
+        row = await (
+            await conn.execute(
+                "SELECT count(*) AS pending, "
+                "(SELECT max(created_at) FROM jobs WHERE user_id = ?) AS last_at "
+                "FROM jobs WHERE user_id = ? AND state IN ('queued', 'running')",
+                (user_id, user_id),
+            )
+        ).fetchone()
+        assert row is not None
+        if limits.max_per_user is not None and row["pending"] >= limits.max_per_user:
+            raise UserQueueFull(
+                f"You already have {row['pending']} job(s) waiting (the limit is {limits.max_per_user}). "
+                "Wait for one to finish, or /cancel one."
+            )
+        if limits.cooldown_s > 0 and row["last_at"] is not None:
+            wait = row["last_at"] + limits.cooldown_s - now
+            if wait > 0:
+                raise CooldownActive(wait)
+
+    async def cancel(self, job_id: int, *, by_user_id: int, is_admin: bool = False) -> CancelOutcome:
+        async with self._write() as conn:
+            job = await self._get(conn, job_id)
+            if job is None:
+                raise JobNotFound(f"There is no job #{job_id}.")
+            own = job.requester.user_id == by_user_id
+            if not own and not is_admin:
+                raise NotAllowed(f"Job #{job_id} isn't yours: you can only cancel your own jobs.")
+            if job.state.finished:
+                raise QueueError(f"Job #{job_id} has already finished ({job.state.value}).")
+            if job.state is JobState.QUEUED:
+                await self._finish(conn, job_id, JobState.CANCELLED, None if own else "cancelled by an admin")
+                if not own:
+                    await self._add_notice(conn, job_id, NoticeKind.CANCELLED, "cancelled by an admin")
+                return CancelOutcome(job_id, JobState.CANCELLED, immediate=True)
+            await conn.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
+            return CancelOutcome(job_id, JobState.RUNNING, immediate=False)
+
+    async def purge(self, *, user_id: int | None = None) -> list[int]:
+        async with self._write() as conn:
+            where, params = ("state = 'queued'", ())
+            if user_id is not None:
+                where, params = ("state = 'queued' AND user_id = ?", (user_id,))
+            rows = await conn.execute_fetchall(f"SELECT id FROM jobs WHERE {where} ORDER BY id", params)
+            ids = [row["id"] for row in rows]
+            for job_id in ids:
+                await self._finish(conn, job_id, JobState.CANCELLED, "removed from the queue by an admin")
+                await self._add_notice(conn, job_id, NoticeKind.CANCELLED, "removed from the queue by an admin")
+            return ids
+
+    async def set_status_message(self, job_id: int, message_id: int) -> None:
+        async with self._write() as conn:
+            await conn.execute("UPDATE jobs SET status_message_id = ? WHERE id = ?", (message_id, job_id))
+
+    async def mark_result_deleted(self, job_id: int) -> None:
+        async with self._write() as conn:
+            await conn.execute("UPDATE jobs SET result_deleted = 1 WHERE id = ?", (job_id,))
+
+    # --- reads -------------------------------------------------------------------------
+    async def get_job(self, job_id: int) -> Job | None:
+        async with self._read() as conn:
+            return await self._get(conn, job_id)
+
+    async def _get(self, conn: aiosqlite.Connection, job_id: int) -> Job | None:
+        row = await (await conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,))).fetchone()
+        return _job_from_row(row) if row else None
+
+    async def list_user_jobs(
+        self, user_id: int, *, states: Iterable[JobState | str] | None = None, limit: int = 20
+    ) -> list[Job]:
+        wanted = _states(states)
+        marks = ",".join("?" for _ in wanted)
+        async with self._read() as conn:
+            rows = await conn.execute_fetchall(
+                f"SELECT * FROM jobs WHERE user_id = ? AND state IN ({marks}) ORDER BY id DESC LIMIT ?",
+                (user_id, *[s.value for s in wanted], int(limit)),
+            )
+        return [_job_from_row(row) for row in rows]
+
+    async def _fair_order(self, conn: aiosqlite.Connection) -> list[int]:
+        queued = await conn.execute_fetchall("SELECT id, user_id FROM jobs WHERE state = 'queued'")
+        if not queued:
+            return []
+        served = await conn.execute_fetchall(
+            "SELECT user_id, max(served_seq) AS seq FROM jobs WHERE served_seq IS NOT NULL AND user_id IN "
+            "(SELECT DISTINCT user_id FROM jobs WHERE state = 'queued') GROUP BY user_id"
+        )
+        return fair_order(
+            [(row["id"], row["user_id"]) for row in queued], {row["user_id"]: row["seq"] for row in served}
+        )
+
+    async def position(self, job_id: int) -> int | None:
+        async with self._read() as conn:
+            order = await self._fair_order(conn)
+        return order.index(job_id) + 1 if job_id in order else None
+
+    async def queue_length(self) -> int:
+        async with self._read() as conn:
+            (count,) = await (await conn.execute("SELECT count(*) FROM jobs WHERE state = 'queued'")).fetchone()  # type: ignore[misc]
+        return int(count)
+
+    async def pending_count(self, user_id: int) -> int:
+        async with self._read() as conn:
+            (count,) = await (
+                await conn.execute(
+                    "SELECT count(*) FROM jobs WHERE user_id = ? AND state IN ('queued', 'running')", (user_id,)
+                )
+            ).fetchone()  # type: ignore[misc]
+        return int(count)
+
+    async def _jobs_by_ids(self, conn: aiosqlite.Connection, ids: Sequence[int]) -> list[Job]:
+        if not ids:
+            return []
+        marks = ",".join("?" for _ in ids)
+        rows = await conn.execute_fetchall(f"SELECT * FROM jobs WHERE id IN ({marks})", tuple(ids))
+        by_id = {row["id"]: _job_from_row(row) for row in rows}
+        return [by_id[i] for i in ids if i in by_id]
+
+    async def peek_next(self, n: int) -> list[Job]:
+        async with self._read() as conn:
+            order = await self._fair_order(conn)
+            return await self._jobs_by_ids(conn, order[: max(0, n)])
+
+    async def active_jobs(self) -> list[Job]:
+        async with self._read() as conn:
+            running = await conn.execute_fetchall("SELECT * FROM jobs WHERE state = 'running' ORDER BY started_at, id")
+            queued = await self._jobs_by_ids(conn, await self._fair_order(conn))
+        return [_job_from_row(row) for row in running] + queued
+
+    async def stats(self) -> QueueStats:
+        async with self._read() as conn:
+            rows = await conn.execute_fetchall("SELECT state, count(*) AS n FROM jobs GROUP BY state")
+            paused = await self._kv_get(conn, "paused") == "1"
+        counts = {row["state"]: row["n"] for row in rows}
+        return QueueStats(
+            queued=counts.get("queued", 0),
+            running=counts.get("running", 0),
+            done=counts.get("done", 0),
+            failed=counts.get("failed", 0),
+            cancelled=counts.get("cancelled", 0),
+            paused=paused,
+        )
+
+    # --- consumers ---------------------------------------------------------------------
+    async def claim_next(self, worker_id: str, lease_s: float) -> Job | None:
+        now = _now()
+        async with self._write() as conn:
+            if await self._kv_get(conn, "paused") == "1":
+                return None
+            order = await self._fair_order(conn)
+            if not order:
+                return None
+            (seq,) = await (await conn.execute("SELECT coalesce(max(served_seq), 0) + 1 FROM jobs")).fetchone()  # type: ignore[misc]
+            row = await (
+                await conn.execute(
+                    "UPDATE jobs SET state = 'running', attempts = attempts + 1, worker_id = ?, "
+                    "lease_until = ?, started_at = ?, served_seq = ?, progress_step = 0, "
+                    "progress_total = steps, cancel_requested = 0 "
+                    "WHERE id = ? AND state = 'queued' RETURNING *",
+                    (worker_id, now + lease_s, now, seq, order[0]),
+                )
+            ).fetchone()
+            return _job_from_row(row) if row else None
+
+    async def heartbeat(
+        self, job_id: int, worker_id: str, lease_s: float, *, step: int | None = None, total: int | None = None
+    ) -> Heartbeat:
+        async with self._write() as conn:
+            row = await (
+                await conn.execute(
+                    "UPDATE jobs SET lease_until = ?, progress_step = coalesce(?, progress_step), "
+                    "progress_total = coalesce(?, progress_total) "
+                    "WHERE id = ? AND state = 'running' AND worker_id = ? RETURNING cancel_requested",
+                    (_now() + lease_s, step, total, job_id, worker_id),
+                )
+            ).fetchone()
+        if row is None:
+            return Heartbeat(alive=False, cancel_requested=False)
+        return Heartbeat(alive=True, cancel_requested=bool(row["cancel_requested"]))
+
+    async def complete(
+        self,
+        job_id: int,
+        worker_id: str,
+        *,
+        result_paths: Sequence[str],
+        seed_used: int,
+        plan: str,
+        timings: dict[str, float] | None = None,
+    ) -> bool:
+        async with self._write() as conn:
+            cursor = await conn.execute(
+                "UPDATE jobs SET state = 'done', finished_at = ?, result_paths = ?, seed_used = ?, plan = ?, "
+                "timings_json = ?, lease_until = NULL, progress_step = progress_total "
+                "WHERE id = ? AND state = 'running' AND worker_id = ?",
+                (
+                    _now(),
+                    json.dumps(list(result_paths)),
+                    seed_used,
+                    plan,
+                    json.dumps(timings or {}),
+                    job_id,
+                    worker_id,
+                ),
+            )
+            if cursor.rowcount != 1:
+                return False
+            await self._add_notice(conn, job_id, NoticeKind.RESULT, "")
+            return True
+
+    async def fail(self, job_id: int, worker_id: str, error: str, *, retry: bool = False) -> bool:
+        async with self._write() as conn:
+            row = await (
+                await conn.execute(
+                    "SELECT attempts, max_attempts FROM jobs WHERE id = ? AND state = 'running' AND worker_id = ?",
+                    (job_id, worker_id),
+                )
+            ).fetchone()
+            if row is None:
+                return False
+            if retry and row["attempts"] < row["max_attempts"]:
+                await conn.execute(
+                    "UPDATE jobs SET state = 'queued', worker_id = NULL, lease_until = NULL, "
+                    "progress_step = NULL, started_at = NULL, error = ? WHERE id = ?",
+                    (error, job_id),
+                )
+                return True
+            await self._finish(conn, job_id, JobState.FAILED, error)
+            await self._add_notice(conn, job_id, NoticeKind.FAILED, error)
+            return True
+
+    async def mark_cancelled(self, job_id: int, worker_id: str) -> bool:
+        async with self._write() as conn:
+            cursor = await conn.execute(
+                "UPDATE jobs SET state = 'cancelled', finished_at = ?, lease_until = NULL "
+                "WHERE id = ? AND state = 'running' AND worker_id = ?",
+                (_now(), job_id, worker_id),
+            )
+            return cursor.rowcount == 1
+
+    async def release(self, job_id: int, worker_id: str) -> bool:
+        async with self._write() as conn:
+            cursor = await conn.execute(
+                "UPDATE jobs SET state = 'queued', attempts = max(attempts - 1, 0), worker_id = NULL, "
+                "lease_until = NULL, progress_step = NULL, started_at = NULL "
+                "WHERE id = ? AND state = 'running' AND worker_id = ?",
+                (job_id, worker_id),
+            )
+            return cursor.rowcount == 1
+
+    async def _finish(self, conn: aiosqlite.Connection, job_id: int, state: JobState, error: str | None) -> None:
+        await conn.execute(
+            "UPDATE jobs SET state = ?, finished_at = ?, error = coalesce(?, error), worker_id = NULL, "
+            "lease_until = NULL WHERE id = ?",
+            (state.value, _now(), error, job_id),
+        )
+
+    # --- outbox ------------------------------------------------------------------------
+    async def _add_notice(self, conn: aiosqlite.Connection, job_id: int, kind: NoticeKind, body: str) -> None:
+        now = _now()
+        await conn.execute(
+            "INSERT INTO notices (job_id, kind, body, created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?)",
+            (job_id, kind.value, body, now, now),
+        )
+
+    async def pending_notices(self, limit: int = 20) -> list[Notice]:
+        async with self._read() as conn:
+            rows = await conn.execute_fetchall(
+                "SELECT n.id AS notice_id, n.kind AS notice_kind, n.body AS notice_body, "
+                "n.attempts AS notice_attempts, j.* FROM notices n JOIN jobs j ON j.id = n.job_id "
+                "WHERE n.delivered_at IS NULL AND n.next_attempt_at <= ? ORDER BY n.id LIMIT ?",
+                (_now(), int(limit)),
+            )
+        return [
+            Notice(
+                id=row["notice_id"],
+                kind=NoticeKind(row["notice_kind"]),
+                job=_job_from_row(row),
+                attempts=row["notice_attempts"],
+                body=row["notice_body"],
+            )
+            for row in rows
+        ]
+
+    async def notice_sent(self, notice_id: int, message_id: int | None) -> None:
+        now = _now()
+        async with self._write() as conn:
+            row = await (
+                await conn.execute(
+                    "UPDATE notices SET delivered_at = ?, message_id = ?, attempts = attempts + 1 "
+                    "WHERE id = ? AND delivered_at IS NULL RETURNING job_id, kind",
+                    (now, message_id, notice_id),
+                )
+            ).fetchone()
+            if row is not None and row["kind"] == NoticeKind.RESULT.value:
+                await conn.execute(
+                    "UPDATE jobs SET result_message_id = ?, delivered_at = ? WHERE id = ?",
+                    (message_id, now, row["job_id"]),
+                )
+
+    async def notice_failed(self, notice_id: int, error: str, retry_in_s: float, *, give_up: bool = False) -> None:
+        now = _now()
+        async with self._write() as conn:
+            await conn.execute(
+                "UPDATE notices SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?, "
+                "delivered_at = CASE WHEN ? THEN ? ELSE NULL END WHERE id = ? AND delivered_at IS NULL",
+                (error[:1000], now + retry_in_s, int(give_up), now, notice_id),
+            )
+
+    # --- runtime state and audit -----------------------------------------------------------
+    async def _kv_get(self, conn: aiosqlite.Connection, key: str) -> str | None:
+        row = await (await conn.execute("SELECT value FROM kv WHERE key = ?", (key,))).fetchone()
+        return row["value"] if row else None
+
+    async def kv_get(self, key: str) -> str | None:
+        async with self._read() as conn:
+            return await self._kv_get(conn, key)
+
+    async def kv_set(self, key: str, value: str) -> None:
+        async with self._write() as conn:
+            await conn.execute(
+                "INSERT INTO kv (key, value, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                (key, value, _now()),
+            )
+
+    async def set_paused(self, paused: bool) -> None:
+        await self.kv_set("paused", "1" if paused else "0")
+
+    async def is_paused(self) -> bool:
+        return await self.kv_get("paused") == "1"
+
+    async def audit(self, actor_id: int, action: str, detail: str = "", *, guild_id: int | None = None) -> None:
+        async with self._write() as conn:
+            await conn.execute(
+                "INSERT INTO audit (at, actor_id, guild_id, action, detail) VALUES (?, ?, ?, ?, ?)",
+                (_now(), actor_id, guild_id, action, detail[:2000]),
+            )
+
+    async def audit_log(self, limit: int = 50) -> list[AuditEntry]:
+        async with self._read() as conn:
+            rows = await conn.execute_fetchall("SELECT * FROM audit ORDER BY id DESC LIMIT ?", (int(limit),))
+        return [
+            AuditEntry(
+                at=row["at"],
+                actor_id=row["actor_id"],
+                action=row["action"],
+                detail=row["detail"],
+                guild_id=row["guild_id"],
+            )
+            for row in rows
+        ]

@@ -1,0 +1,88 @@
+"""Put the loaded components where a plan wants them, and take them back out.
+
+Switching plans without reloading means undoing whatever the previous plan
+installed: accelerate's offload hooks and diffusers' group-offloading hooks.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from engine.plans import Placement, Plan
+
+log = logging.getLogger(__name__)
+
+_DIFFUSERS_HOOKS = ("group_offloading", "layer_execution_tracker", "lazy_prefetch_group_offloading")
+
+
+def strip_placement(pipe: object) -> None:
+    """Remove every offload hook and bring all weights back to the CPU."""
+    from accelerate.hooks import remove_hook_from_module
+    from diffusers.hooks import HookRegistry
+
+    for name in ("text_encoder", "transformer", "vae"):
+        module = getattr(pipe, name, None)
+        if not isinstance(module, torch.nn.Module):
+            continue
+        remove_hook_from_module(module, recurse=True)
+        registry = getattr(module, "_diffusers_hook", None)
+        if isinstance(registry, HookRegistry):
+            for hook in _DIFFUSERS_HOOKS:
+                registry.remove_hook(hook, recurse=True)
+    if hasattr(pipe, "_all_hooks"):
+        pipe._all_hooks = []  # type: ignore[attr-defined]
+
+
+def _to(module: torch.nn.Module, device: torch.device) -> None:
+    if any(p.device != device for p in module.parameters()):
+        module.to(device)
+
+
+def apply_placement(pipe: object, plan: Plan, device: torch.device) -> None:
+    """Install the plan's placement on a pipeline whose components carry no hooks."""
+    te = pipe.text_encoder  # type: ignore[attr-defined]
+    transformer = pipe.transformer  # type: ignore[attr-defined]
+    vae = pipe.vae  # type: ignore[attr-defined]
+    cpu = torch.device("cpu")
+    placement = plan.placement
+    if placement is Placement.RESIDENT:
+        for module in (te, transformer, vae):
+            _to(module, device)
+    elif placement is Placement.SWAP:
+        _to(te, cpu)
+        _to(transformer, device)
+        _to(vae, device)
+    elif placement is Placement.MODEL_OFFLOAD:
+        for module in (te, transformer, vae):
+            _to(module, cpu)
+        pipe.enable_model_cpu_offload(device=device)  # type: ignore[attr-defined]
+    elif placement is Placement.SEQUENTIAL:
+        for module in (te, transformer, vae):
+            _to(module, cpu)
+        pipe.enable_sequential_cpu_offload(device=device)  # type: ignore[attr-defined]
+    elif placement in (Placement.GROUP_BLOCK, Placement.GROUP_LEAF):
+        from diffusers.hooks import apply_group_offloading
+
+        kind = "block_level" if placement is Placement.GROUP_BLOCK else "leaf_level"
+        extra = {"num_blocks_per_group": 1} if kind == "block_level" else {}
+        for module in (te, transformer):
+            _to(module, cpu)
+            apply_group_offloading(
+                module, onload_device=device, offload_device=cpu, offload_type=kind, use_stream=True, **extra
+            )
+        _to(vae, device)
+    else:  # pragma: no cover - every Placement is handled above
+        raise ValueError(f"unknown placement {placement}")
+    vae.enable_slicing()
+    vae.enable_tiling()
+
+
+def execution_device(pipe: object, fallback: torch.device) -> torch.device:
+    """Where the pipeline computes (offload plans report the GPU even while weights sit on the CPU)."""
+    try:
+        device = pipe._execution_device  # type: ignore[attr-defined]
+    except Exception:
+        return fallback
+    return fallback if device.type == "cpu" and fallback.type != "cpu" else device

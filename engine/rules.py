@@ -1,0 +1,148 @@
+"""Input rules for a generation request, in one place for the engine and the Discord layer.
+
+The limits come from the model's own config files (transformer sample_size × VAE
+scale factor = the native size), so the real CogView4-6B gets 512–2048 px with
+1024 by default and a tiny test model gets 32–128 px with 64 by default, with no
+special case for tests. This module imports no torch: the cogs use it directly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from db.models import MAX_PROMPT_CHARS, MAX_SEED, JobRequest
+
+log = logging.getLogger(__name__)
+
+MAX_IMAGES_PER_JOB = 4
+MIN_STEPS, MAX_STEPS = 1, 100
+MIN_GUIDANCE, MAX_GUIDANCE = 0.0, 20.0
+# The pipeline's max_sequence_length: longer prompts would be cut silently.
+MAX_PROMPT_TOKENS = 1024
+
+ASPECTS: dict[str, tuple[int, int]] = {
+    "1:1": (1, 1),
+    "16:9": (16, 9),
+    "9:16": (9, 16),
+    "4:3": (4, 3),
+    "3:4": (3, 4),
+    "3:2": (3, 2),
+    "2:3": (2, 3),
+}
+
+
+class InvalidRequest(ValueError):
+    """A request breaks a rule; the message tells the user what to change."""
+
+
+@dataclass(frozen=True)
+class ModelLimits:
+    """What sizes a model accepts, derived from its config."""
+
+    native_size: int  # transformer sample_size × VAE scale factor (1024 for CogView4-6B)
+    multiple: int  # width and height must be multiples of this
+    min_size: int
+    max_size: int
+    max_area: int
+    max_prompt_tokens: int = MAX_PROMPT_TOKENS
+    count_tokens: Callable[[str], int] | None = field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def from_sizes(cls, sample_size: int, vae_scale_factor: int, patch_size: int) -> ModelLimits:
+        native = sample_size * vae_scale_factor
+        multiple = vae_scale_factor * patch_size * 2
+        return cls(
+            native_size=native,
+            multiple=multiple,
+            min_size=max(multiple, native // 2),
+            max_size=native * 2,
+            max_area=2 * native * native,
+        )
+
+    def size_for_aspect(self, aspect: str) -> tuple[int, int]:
+        """Largest valid (width, height) near the native area with this aspect ratio."""
+        if aspect not in ASPECTS:
+            raise InvalidRequest(f"Unknown aspect {aspect!r}: use one of {', '.join(ASPECTS)}.")
+        rw, rh = ASPECTS[aspect]
+        scale = math.sqrt(self.native_size * self.native_size / (rw * rh))
+        width = self._snap(rw * scale)
+        height = self._snap(rh * scale)
+        return width, height
+
+    def _snap(self, value: float) -> int:
+        snapped = round(value / self.multiple) * self.multiple
+        return int(min(self.max_size, max(self.min_size, snapped)))
+
+
+# CogView4-6B as published; used until the model's own configs can be read.
+COGVIEW4_LIMITS = ModelLimits.from_sizes(sample_size=128, vae_scale_factor=8, patch_size=2)
+
+
+def limits_from_folder(folder: str | Path) -> ModelLimits:
+    """Read the limits from a diffusers pipeline folder (a local copy or the HF cache snapshot)."""
+    folder = Path(folder)
+    transformer = json.loads((folder / "transformer" / "config.json").read_text())
+    vae = json.loads((folder / "vae" / "config.json").read_text())
+    scale = 2 ** (len(vae.get("block_out_channels", [1, 1, 1, 1])) - 1)
+    limits = ModelLimits.from_sizes(
+        sample_size=int(transformer.get("sample_size", 128)),
+        vae_scale_factor=scale,
+        patch_size=int(transformer.get("patch_size", 2)),
+    )
+    counter = _token_counter(folder / "tokenizer" / "tokenizer.json")
+    if counter is not None:
+        limits = ModelLimits(**{**limits.__dict__, "count_tokens": counter})
+    return limits
+
+
+def _token_counter(path: Path) -> Callable[[str], int] | None:
+    """Count tokens with the `tokenizers` library (no torch needed)."""
+    if not path.exists():
+        return None
+    try:
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception:  # a tokenizer we cannot read only disables the token check
+        log.warning("Could not read %s; prompt length is checked in characters only", path, exc_info=True)
+        return None
+    return lambda text: len(tokenizer.encode(text).ids)
+
+
+def validate_request(request: JobRequest, limits: ModelLimits) -> None:
+    """Raise InvalidRequest with a message that says what to change."""
+    width, height = request.width, request.height
+    for name, value in (("width", width), ("height", height)):
+        if value % limits.multiple:
+            raise InvalidRequest(f"The {name} must be a multiple of {limits.multiple} px (got {value}).")
+        if not limits.min_size <= value <= limits.max_size:
+            raise InvalidRequest(
+                f"The {name} must be between {limits.min_size} and {limits.max_size} px (got {value})."
+            )
+    if width * height > limits.max_area:
+        raise InvalidRequest(
+            f"{width}×{height} is too many pixels for this model: keep width × height ≤ {limits.max_area:,} "
+            f"(e.g. {limits.native_size}×{limits.native_size} or an --ar aspect)."
+        )
+    if not MIN_STEPS <= request.steps <= MAX_STEPS:
+        raise InvalidRequest(f"Steps must be from {MIN_STEPS} to {MAX_STEPS} (got {request.steps}).")
+    if not MIN_GUIDANCE <= request.guidance <= MAX_GUIDANCE:
+        raise InvalidRequest(f"Guidance must be from {MIN_GUIDANCE:g} to {MAX_GUIDANCE:g} (got {request.guidance:g}).")
+    if not 1 <= request.count <= MAX_IMAGES_PER_JOB:
+        raise InvalidRequest(f"You can ask for 1 to {MAX_IMAGES_PER_JOB} images at a time (got {request.count}).")
+    if request.seed is not None and not 0 <= request.seed <= MAX_SEED:
+        raise InvalidRequest(f"The seed must be from 0 to {MAX_SEED} (got {request.seed}).")
+    for label, text in (("prompt", request.prompt), ("negative prompt", request.negative_prompt)):
+        if len(text) > MAX_PROMPT_CHARS:
+            raise InvalidRequest(f"The {label} is too long: keep it under {MAX_PROMPT_CHARS} characters.")
+        if limits.count_tokens is not None and text:
+            tokens = limits.count_tokens(text)
+            if tokens > limits.max_prompt_tokens:
+                raise InvalidRequest(
+                    f"The {label} is too long ({tokens} tokens): keep it under {limits.max_prompt_tokens} tokens."
+                )

@@ -1,0 +1,143 @@
+"""One typed settings object, read from the environment and `.env`.
+
+Every variable is documented in `.env.example`. A missing or malformed value
+stops start-up with one line per problem that names the variable and says what
+to put there; the Discord token is a `SecretStr`, so it never shows up in a
+repr, a log line or an error message.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+IdList = Annotated[list[int], NoDecode]
+WordList = Annotated[list[str], NoDecode]
+
+# What to write for each kind of value, used in start-up error messages.
+_HINTS: dict[str, str] = {
+    "DISCORD_TOKEN": "the bot token from https://discord.com/developers/applications → your app → Bot → Reset Token",
+    "DEV_GUILD_ID": "a server id (right-click the server with Developer Mode on → Copy Server ID), or leave empty",
+    "ADMIN_USER_IDS": "comma-separated user ids, e.g. 123456789012345678,234567890123456789",
+    "ADMIN_ROLE_IDS": "comma-separated role ids, e.g. 345678901234567890",
+    "ALLOWED_CHANNEL_IDS": "comma-separated channel ids, or leave empty to allow every channel",
+    "MEMORY_MODE": "auto, or a plan name listed by `python -m engine doctor`",
+    "DEVICE": "auto, cuda or cpu",
+    "QUEUE_BACKEND": "sqlite (one machine) or postgres (several GPU machines)",
+}
+
+
+class Settings(BaseSettings):
+    """Everything the bot, the engine and the queue can be told from outside."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        case_sensitive=False,
+        extra="ignore",
+    )
+
+    # Discord
+    discord_token: SecretStr | None = None
+    discord_api_base: str = "https://discord.com/api/v10"
+    discord_gateway_url: str = "wss://gateway.discord.gg/"
+    dev_guild_id: int | None = None
+    admin_user_ids: IdList = Field(default_factory=list)
+    admin_role_ids: IdList = Field(default_factory=list)
+    allowed_channel_ids: IdList = Field(default_factory=list)
+
+    # Model and engine
+    model_id: str = "THUDM/CogView4-6B"
+    memory_mode: str = "auto"
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    torch_compile: bool = False
+    quantized_cache_dir: Path | None = None
+    default_steps: int = Field(default=50, ge=1, le=100)
+    default_guidance: float = Field(default=3.5, ge=0, le=20)
+    engine_step_delay: float = Field(default=0.0, ge=0, le=60)
+
+    # Storage
+    database_path: Path = Path("data/queue.sqlite3")
+    output_dir: Path = Path("data/outputs")
+    queue_backend: Literal["sqlite", "postgres"] = "sqlite"
+    database_url: SecretStr | None = None
+
+    # Limits
+    max_jobs_per_user: int = Field(default=3, ge=1, le=1000)
+    max_queue_length: int = Field(default=100, ge=1, le=100_000)
+    user_cooldown_seconds: float = Field(default=0.0, ge=0, le=3600)
+    banned_words: WordList = Field(default_factory=list)
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("admin_user_ids", "admin_role_ids", "allowed_channel_ids", mode="before")
+    @classmethod
+    def _split_ids(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("banned_words", mode="before")
+    @classmethod
+    def _split_words(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip().lower() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("dev_guild_id", "quantized_cache_dir", "discord_token", "database_url", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    def token(self) -> str:
+        """The Discord token, for the one call that logs in."""
+        if self.discord_token is None:
+            raise MissingToken
+        return self.discord_token.get_secret_value()
+
+
+class SettingsError(Exception):
+    """Start-up configuration problem, already phrased for the person running the bot."""
+
+
+class MissingToken(SettingsError):
+    def __init__(self) -> None:
+        super().__init__(
+            "DISCORD_TOKEN is not set. Create a bot at https://discord.com/developers/applications "
+            "(New Application → Bot → Reset Token), then put DISCORD_TOKEN=<your token> in .env "
+            "(copy .env.example to .env first). See README.md, 'Create the Discord application'."
+        )
+
+
+def _describe(error: dict) -> str:
+    """One line for one pydantic error, without echoing the value (it may be a secret)."""
+    name = str(error["loc"][0]).upper() if error.get("loc") else "settings"
+    hint = _HINTS.get(name)
+    message = error.get("msg", "is invalid")
+    line = f"{name}: {message}"
+    if hint:
+        line += f" — put {hint}"
+    return line
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings; raise SettingsError with one clear line per bad variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = [_describe(err) for err in exc.errors(include_input=False, include_url=False)]
+        raise SettingsError("Invalid settings (check .env or the environment):\n  " + "\n  ".join(lines)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()
