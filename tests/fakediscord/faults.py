@@ -93,8 +93,12 @@ class ErrorResponse:
         return json_response({"message": self.message, "code": self.code}, self.status)
 
 
-class ConnectionDropped(Exception):
-    """Raised inside the server after a :class:`Disconnect` fault closed the socket; nothing is answered."""
+DROPPED_STATUS = 599
+
+
+def _dropped() -> web.Response:
+    """Placeholder "response" for a closed socket; aiohttp discards it as the transport is gone."""
+    return web.Response(status=DROPPED_STATUS)
 
 
 @dataclass(frozen=True)
@@ -121,7 +125,7 @@ class Disconnect:
                 transport.abort()
             else:
                 transport.close()
-        raise ConnectionDropped
+        return _dropped()
 
 
 @dataclass(frozen=True)

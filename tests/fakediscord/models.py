@@ -260,6 +260,7 @@ class RecordedRequest:
     files: list[RecordedFile] = field(default_factory=list)
     raw_body: bytes = b""
     status: int | None = None
+    """HTTP status answered; None while in flight; 599 when a ``Disconnect`` fault dropped the connection."""
     response: Any = None
     fault: str | None = None
     """Name of the injected fault that answered this request, if any."""

@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import BodyPartReader, web
 
 from .errors import ApiError
-from .faults import ConnectionDropped, FaultSchedule
+from .faults import FaultSchedule
 from .http_util import json_response
 from .models import RecordedFile, RecordedRequest
 from .state import FakeState
@@ -94,10 +94,6 @@ def make_middleware(
                 response = await handler(request)
         except ApiError as exc:
             response = json_response(exc.body(), exc.status)
-        except ConnectionDropped:
-            record.status = 0
-            state.changed()
-            raise
         record.status = response.status
         record.response = _decode_response(response)
         state.changed()

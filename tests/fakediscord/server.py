@@ -83,6 +83,7 @@ class FakeDiscord:
         self.state.publish = self.gateway.publish
         self.rest = RestApi(self.state, lambda: self.gateway_url, token=token)
         self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
 
     # ================================================================== lifecycle
 
@@ -103,16 +104,39 @@ class FakeDiscord:
         site = web.TCPSite(runner, self.host, self._requested_port)
         await site.start()
         self._runner = runner
+        self._site = site
         self.port = int(runner.addresses[0][1])
         self.state.base_url = self.base_url
         return self
+
+    async def go_offline(self) -> None:
+        """Stop listening and kill every open connection (gateway included, without close frames).
+
+        Until :meth:`go_online`, connects fail with ECONNREFUSED, like Discord being unreachable.
+        """
+        if self._site is None or self._runner is None:
+            return
+        site, self._site = self._site, None
+        await site.stop()
+        server = self._runner.server
+        for handler in list(server.connections) if server is not None else []:
+            handler.force_close()
+        await asyncio.sleep(0)
+
+    async def go_online(self) -> None:
+        """Listen again on the same port after :meth:`go_offline`."""
+        if self._site is not None or self._runner is None:
+            return
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        self._site = site
 
     async def stop(self) -> None:
         """Close gateway sockets (code 1001) and stop listening. Safe to call twice."""
         if self._runner is None:
             return
         await self.gateway.close_all(1001)
-        runner, self._runner = self._runner, None
+        runner, self._runner, self._site = self._runner, None, None
         await runner.cleanup()
 
     async def __aenter__(self) -> FakeDiscord:
@@ -561,8 +585,15 @@ class FakeDiscord:
     ) -> FaultRule:
         return self.inject(ErrorResponse(status, message, code), method=method, path=path, times=times)
 
-    async def drop_gateway(self, code: int = 4000, *, abrupt: bool = False) -> int:
-        """Close the bot's websocket(s) with ``code`` (4000 → the client RESUMEs); returns connections closed."""
+    async def drop_gateway(self, code: int = 4000, *, abrupt: bool = False, forget_session: bool = False) -> int:
+        """Close the bot's websocket(s) with ``code`` (4000 → the client RESUMEs); returns connections closed.
+
+        ``abrupt``: kill the TCP connection without a close frame. ``forget_session``: the sessions expire too,
+        so the client's RESUME is answered with op 9 and it must IDENTIFY again.
+        """
+        if forget_session:
+            for session in self.gateway.live_sessions():
+                session.invalidated = True
         count = self.gateway.drop(code, abrupt=abrupt)
         await asyncio.sleep(0)
         return count
