@@ -55,6 +55,16 @@ class PanelView(discord.ui.View):
         await interaction.response.edit_message(content="bumped")
 
 
+class FeedbackModal(discord.ui.Modal, title="Feedback"):
+    text: discord.ui.TextInput[FeedbackModal] = discord.ui.TextInput(label="Text", custom_id="fb:text")
+
+    def __init__(self) -> None:
+        super().__init__(custom_id="fb")
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:
+        await interaction.response.send_message(f"thanks {self.text.value}", ephemeral=True)
+
+
 class TinyBot(commands.Bot):
     """A minimal slash-command bot; records what its handlers saw so tests can assert on it."""
 
@@ -152,6 +162,10 @@ class TinyBot(commands.Bot):
             original = await interaction.original_response()
             self.seen.append(("progress", original.content, [a.filename for a in original.attachments]))
             await interaction.followup.send("secret", ephemeral=True, file=discord.File(io.BytesIO(b"f"), "f.txt"))
+
+        @tree.command(name="feedback", description="Open a modal")
+        async def feedback(interaction: discord.Interaction) -> None:
+            await interaction.response.send_modal(FeedbackModal())
 
         @tree.command(name="silent", description="Never answers")
         async def silent(interaction: discord.Interaction) -> None:
@@ -395,6 +409,14 @@ async def test_edit_original_and_private_followup_with_file(
     assert routes == [("PATCH", "@original"), ("PATCH", "@original"), ("GET", "@original"), ("POST", handle.token)]
 
 
+async def test_modal_roundtrip(server: FakeDiscord, guild: FakeGuild, alice: FakeUser, bot: TinyBot) -> None:
+    handle = await server.send_slash_command(alice, guild, "feedback")
+    callback = await handle.wait_response()
+    assert callback.type == 9 and (callback.data or {})["custom_id"] == "fb"
+    submit = await server.send_modal_submit(alice, guild, "fb", {"fb:text": "great"})
+    assert (await submit.wait_response()).content == "thanks great"
+
+
 async def test_callback_rules(server: FakeDiscord, guild: FakeGuild, alice: FakeUser, bot: TinyBot) -> None:
     handle = await server.send_slash_command(alice, guild, "silent")
     await server.wait_for(lambda: ("silent", handle.id) in bot.seen, 2)
@@ -430,6 +452,33 @@ async def test_rest_lookups(server: FakeDiscord, guild: FakeGuild, alice: FakeUs
         sent = await dm.send("psst")
     assert server.message(sent.id).channel_id == server.dm_channel(alice).id
     assert server.unknown_requests == []
+
+
+async def test_guild_sync_and_user_messages(server: FakeDiscord, guild: FakeGuild, alice: FakeUser) -> None:
+    bot = TinyBot()
+    heard: list[tuple[str, int]] = []
+
+    async def on_message(message: discord.Message) -> None:
+        heard.append((message.content, message.author.id))
+
+    bot.add_listener(on_message)
+
+    async def setup_hook() -> None:
+        bot.tree.copy_global_to(guild=discord.Object(guild.id))
+        await bot.tree.sync(guild=discord.Object(guild.id))
+
+    bot.setup_hook = setup_hook  # type: ignore[method-assign]
+    async with running(server, bot):
+        assert [s.guild_id for s in server.command_syncs] == [guild.id]
+        assert "ping" in server.synced_command_names(guild) and server.commands() == []
+        handle = await server.send_slash_command(alice, guild, "ping", {"text": "guild"})
+        assert handle.payload["data"]["guild_id"] == str(guild.id)
+        assert (await handle.wait_response()).content == "pong guild"
+
+        await server.post_user_message(alice, guild, "no content intent, so this arrives blank")
+        await server.post_user_message(alice, guild, f"{server.bot_user.mention} mentions are visible")
+        await server.wait_for(lambda: len(heard) == 2, 2, "two on_message")
+    assert heard == [("", alice.id), (f"<@{server.bot_user.id}> mentions are visible", alice.id)]
 
 
 # ---------------------------------------------------------------------- components

@@ -221,7 +221,7 @@ class OptionBuilder:
                 if sub is None:
                     raise ValueError(f"fakediscord: no subcommand {head!r} in the registered command")
             kind = sub["type"] if sub is not None else (SUB_COMMAND_GROUP if rest else SUB_COMMAND)
-            inner = sub.get("options") or [] if sub is not None else None
+            inner = (sub.get("options") or []) if sub is not None else None
             return [{"name": head, "type": kind, "options": self.build(inner, rest, values, focused)}]
         known = {o["name"]: o for o in schema or []}
         out = []

@@ -30,6 +30,8 @@ _USER_MENTION = re.compile(r"<@!?(\d+)>")
 _ROLE_MENTION = re.compile(r"<@&(\d+)>")
 # Flags a client may set on send/edit (SUPPRESS_EMBEDS, EPHEMERAL, SUPPRESS_NOTIFICATIONS, IS_COMPONENTS_V2...).
 _CLIENT_FLAGS = (1 << 2) | FLAG_EPHEMERAL | (1 << 12) | (1 << 13) | (1 << 15)
+# Flags an edit may change (SUPPRESS_EMBEDS, IS_COMPONENTS_V2); ephemerality is fixed at creation.
+_EDITABLE_FLAGS = (1 << 2) | (1 << 15)
 
 
 def _image_size(data: bytes) -> tuple[int, int] | None:
@@ -156,7 +158,9 @@ def _normalise_embeds(embeds: list[dict[str, Any]], attachments: list[StoredAtta
     return out
 
 
-def _mentions(state: FakeState, content: str, allowed: dict[str, Any] | None) -> tuple[list[dict], list[str], bool]:
+def _mentions(
+    state: FakeState, content: str, allowed: dict[str, Any] | None
+) -> tuple[list[dict[str, Any]], list[str], bool]:
     parse = {"users", "roles", "everyone"} if allowed is None else set(allowed.get("parse") or [])
     ok_users = {str(u) for u in (allowed or {}).get("users") or []}
     ok_roles = {str(r) for r in (allowed or {}).get("roles") or []}
@@ -339,8 +343,8 @@ def edit_message(
     if "embeds" in body:
         data["embeds"] = _normalise_embeds(body["embeds"] or [], message.attachments)
     if "flags" in body and body["flags"] is not None:
-        keep = data.get("flags", 0) & ~_CLIENT_FLAGS
-        data["flags"] = keep | (int(body["flags"]) & _CLIENT_FLAGS) | (data.get("flags", 0) & FLAG_EPHEMERAL)
+        current = int(data.get("flags", 0))
+        data["flags"] = (current & ~_EDITABLE_FLAGS) | (int(body["flags"]) & _EDITABLE_FLAGS)
     if "poll" in body:
         data["poll"] = copy.deepcopy(body["poll"])
     data["flags"] = int(data.get("flags", 0)) & ~FLAG_LOADING

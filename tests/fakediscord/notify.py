@@ -23,7 +23,7 @@ class Notifier:
         event, self._event = self._event, asyncio.Event()
         event.set()
 
-    async def wait_for(self, predicate: Callable[[], T], timeout: float, what: str = "condition") -> T:
+    async def wait_for(self, predicate: Callable[[], T | None], timeout: float, what: str = "condition") -> T:
         """Return the predicate's first truthy result; raise ``TimeoutError`` naming ``what`` otherwise.
 
         The poll catches conditions that depend on things outside the fake (files, other processes).

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import BodyPartReader, web
+from aiohttp.typedefs import Handler, Middleware
 
 from .errors import ApiError
 from .faults import FaultSchedule
@@ -17,8 +17,6 @@ from .state import FakeState
 
 API_PREFIX = "/api/v10"
 RECORD_KEY = web.RequestKey("fakediscord_record", RecordedRequest)
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 async def _read_body(request: web.Request, record: RecordedRequest) -> None:
@@ -62,9 +60,7 @@ def _decode_response(response: web.StreamResponse) -> Any:
     return None
 
 
-def make_middleware(
-    state: FakeState, faults: FaultSchedule
-) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def make_middleware(state: FakeState, faults: FaultSchedule) -> Middleware:
     """Build the middleware; every request, including the gateway upgrade and attachment fetches, passes here."""
 
     @web.middleware

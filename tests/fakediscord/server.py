@@ -296,7 +296,7 @@ class FakeDiscord:
             raise LookupError(f"fakediscord: /{parts[0]} was never synced (synced: {self.synced_command_names()})")
         guild = self.state.guilds.get(channel.guild_id) if channel.guild_id else None
         builder = cmds.OptionBuilder(self.state, guild, channel.id)
-        schema = command.get("options") or [] if command is not None else None
+        schema = (command.get("options") or []) if command is not None else None
         data: dict[str, Any] = {
             "id": command["id"] if command is not None else str(self.state.ids.next()),
             "name": parts[0],
@@ -500,7 +500,7 @@ class FakeDiscord:
 
     # ================================================================== waiting
 
-    async def wait_for(self, predicate: Callable[[], T], timeout: float = 5.0, what: str = "condition") -> T:
+    async def wait_for(self, predicate: Callable[[], T | None], timeout: float = 5.0, what: str = "condition") -> T:
         """Wait until ``predicate()`` is truthy (re-checked on every change and every 50 ms); return its value."""
         return await self.state.notifier.wait_for(predicate, timeout, what)
 
