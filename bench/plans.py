@@ -1,0 +1,468 @@
+"""Measure every memory plan: bare diffusers and this engine, side by side, under VRAM caps.
+
+Each measurement runs in its own process (a cap set with
+`torch.cuda.set_per_process_memory_fraction` cannot be lifted, and a clean
+process gives honest peak figures). Device time is short, so runs use few steps
+and the per-image figure for 50 steps is projected from the measured per-step
+time: projected = encode + 50 × step + decode (stated as such in the results).
+
+    python bench/plans.py measure --model DIR --impl engine --plan nf4_swap --cap 8 --steps 8
+    python bench/plans.py matrix --model DIR --runs engine:bf16_resident:0,diffusers:nf4_model_offload:8 --out r.jsonl
+    python bench/plans.py table r.jsonl            # writes engine/plan_table.json and prints a markdown table
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+import traceback
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+GIB = 1024**3
+PROMPTS = [
+    "a lighthouse on a cliff at dusk, oil painting, warm light over a stormy sea",
+    "a red fox sleeping in fresh snow under pine trees, soft morning light",
+    "an astronaut riding a horse across a desert, cinematic, wide shot",
+    "a bowl of ramen with steam rising, studio photo, shallow depth of field",
+    "a cozy library with tall wooden shelves and a cat on an armchair, watercolor",
+    "a futuristic city skyline at night with neon signs reflected in rain puddles",
+    "a portrait of an old fisherman with a white beard, detailed, natural light",
+    "a field of sunflowers under a blue sky with small white clouds, summer",
+]
+
+
+def versions() -> dict[str, str]:
+    found = {}
+    for name in ("torch", "diffusers", "transformers", "accelerate", "bitsandbytes"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "missing"
+    return found
+
+
+def host_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB
+
+
+class StepClock:
+    """CUDA events at call start, each step end and call end: per-phase GPU time without extra syncs.
+
+    encode = start → first step end, less one steady step (so it includes weight moves, like the
+    anchor file); step = mean of steps 2..n (step 1 pays warm-up); decode = last step → end.
+    """
+
+    def __init__(self) -> None:
+        import torch
+
+        self._torch = torch
+        self.start: Any = None
+        self.marks: list[Any] = []
+
+    def _event(self) -> Any:
+        event = self._torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def begin(self) -> None:
+        self.marks = []
+        self.start = self._event()
+
+    def mark(self) -> None:
+        self.marks.append(self._event())
+
+    def split(self) -> dict[str, float]:
+        end = self._event()
+        end.synchronize()
+        ms = [self.start.elapsed_time(m) / 1000 for m in self.marks]
+        total = self.start.elapsed_time(end) / 1000
+        if len(ms) >= 3:
+            step = (ms[-1] - ms[1]) / (len(ms) - 2)
+        elif len(ms) == 2:
+            step = ms[1] - ms[0]
+        else:
+            step = ms[0] if ms else 0.0
+        encode = max(0.0, (ms[0] if ms else total) - step)
+        decode = total - (ms[-1] if ms else total)
+        return {"encode_s": encode, "step_s": step, "decode_s": decode, "total_s": total}
+
+
+# --- bare diffusers recipes ----------------------------------------------------------------------
+
+
+def bare_pipeline(model: Path, plan: str, device: Any) -> Any:
+    """The best-known plain-diffusers recipe for each plan (what a user of bare diffusers would write)."""
+    import torch
+    from diffusers import CogView4Pipeline
+
+    bf16 = torch.bfloat16
+    if plan == "bf16_resident":
+        return CogView4Pipeline.from_pretrained(model, torch_dtype=bf16).to(device)
+    if plan == "nf4_resident":
+        from diffusers.quantizers import PipelineQuantizationConfig
+
+        quant = PipelineQuantizationConfig(
+            quant_backend="bitsandbytes_4bit",
+            quant_kwargs={"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": bf16},
+            components_to_quantize=["transformer", "text_encoder"],
+        )
+        return CogView4Pipeline.from_pretrained(model, torch_dtype=bf16, quantization_config=quant).to(device)
+    if plan in ("nf4_model_offload", "nf4_sequential", "nf4_swap"):
+        # "nf4staged": each component quantized on its own and parked on the CPU before the next loads.
+        from diffusers import BitsAndBytesConfig as DiffusersBnb
+        from diffusers import CogView4Transformer2DModel
+        from transformers import BitsAndBytesConfig as TransformersBnb
+        from transformers import GlmModel
+
+        kwargs = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": bf16}
+        te = GlmModel.from_pretrained(
+            model / "text_encoder", dtype=bf16, quantization_config=TransformersBnb(**kwargs), device_map={"": device}
+        )
+        te.to("cpu")
+        torch.cuda.empty_cache()
+        tr = CogView4Transformer2DModel.from_pretrained(
+            model / "transformer", torch_dtype=bf16, quantization_config=DiffusersBnb(**kwargs), device_map={"": device}
+        )
+        if plan != "nf4_swap":
+            tr.to("cpu")
+            torch.cuda.empty_cache()
+        pipe = CogView4Pipeline.from_pretrained(model, text_encoder=te, transformer=tr, torch_dtype=bf16)
+        if plan == "nf4_model_offload":
+            pipe.enable_model_cpu_offload(device=device)
+        elif plan == "nf4_sequential":
+            pipe.enable_sequential_cpu_offload(device=device)
+        else:
+            pipe.vae.to(device)
+        return pipe
+    pipe = CogView4Pipeline.from_pretrained(model, torch_dtype=bf16)
+    if plan == "bf16_model_offload":
+        pipe.enable_model_cpu_offload(device=device)
+    elif plan == "bf16_sequential":
+        pipe.enable_sequential_cpu_offload(device=device)
+    elif plan in ("bf16_group_block", "bf16_group_leaf"):
+        from diffusers.hooks import apply_group_offloading
+
+        kind = "block_level" if plan == "bf16_group_block" else "leaf_level"
+        extra = {"num_blocks_per_group": 1} if kind == "block_level" else {}
+        for module in (pipe.transformer, pipe.text_encoder):
+            apply_group_offloading(module, onload_device=device, offload_type=kind, use_stream=True, **extra)
+        pipe.vae.to(device)
+    else:
+        raise SystemExit(f"no bare-diffusers recipe for {plan}")
+    return pipe
+
+
+def measure_bare(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    device = torch.device("cuda", 0)
+    t0 = time.perf_counter()
+    pipe = bare_pipeline(args.model, args.plan, device)
+    pipe.vae.enable_slicing()
+    pipe.vae.enable_tiling()
+    torch.cuda.synchronize()
+    load_s = time.perf_counter() - t0
+    load_peak = torch.cuda.max_memory_reserved() / GIB
+    clock = StepClock()
+    images = []
+    for index in range(args.images):
+
+        def on_step(pipe: Any, i: int, t: Any, kwargs: dict) -> dict:
+            clock.mark()
+            return kwargs
+
+        clock.begin()
+        pipe(
+            prompt=PROMPTS[index % len(PROMPTS)],
+            height=args.size,
+            width=args.size,
+            num_inference_steps=args.steps,
+            guidance_scale=5.0,
+            generator=torch.Generator("cpu").manual_seed(index),
+            callback_on_step_end=on_step,
+        )
+        images.append(clock.split())
+    return {"load_s": load_s, "load_peak_reserved_gib": load_peak, "images": images}
+
+
+# --- this engine -------------------------------------------------------------------------------------
+
+
+def measure_engine(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from db.models import JobRequest
+    from engine.service import Engine, EngineConfig, Prefetch
+
+    config = EngineConfig(
+        model_id=str(args.model),
+        memory_mode=args.plan,
+        device="cuda" if torch.cuda.is_available() else "cpu",
+        memory_cap_gib=args.cap or None,
+        torch_compile=args.compile,
+    )
+    engine = Engine(config)
+
+    async def run() -> dict[str, Any]:
+        t0 = time.perf_counter()
+        engine.start()
+        await engine.wait_ready()
+        status = engine.status()
+        if status.error:
+            raise RuntimeError(status.error)
+        load_s = time.perf_counter() - t0
+        cuda = torch.cuda.is_available()
+        load_peak = torch.cuda.max_memory_reserved() / GIB if cuda else 0.0
+        images = []
+        requests = [
+            JobRequest(
+                prompt=PROMPTS[i % len(PROMPTS)],
+                width=args.size,
+                height=args.size,
+                steps=args.steps,
+                guidance=5.0,
+                seed=i,
+            )
+            for i in range(args.images)
+        ]
+        for index, request in enumerate(requests):
+            lookahead = [
+                Prefetch(f"job{j}", (r.prompt, r.negative_prompt))
+                for j, r in enumerate(requests[index + 1 : index + 1 + args.lookahead], start=index + 1)
+            ]
+            started = time.perf_counter()
+            result = await engine.generate(request, holder=f"job{index}", prefetch=lookahead)
+            timings = dict(result.timings)
+            images.append(
+                {
+                    "encode_s": timings["encode_s"],
+                    "step_s": timings.get("steady_step_s", timings["step_s"]),
+                    "decode_s": timings["decode_s"],
+                    "total_s": time.perf_counter() - started,
+                    "plan": result.plan,
+                    "notes": result.notes,
+                }
+            )
+        final = engine.status()
+        await engine.stop()
+        return {
+            "load_s": load_s,
+            "load_peak_reserved_gib": load_peak,
+            "images": images,
+            "plan_used": final.plan,
+            "plan_note": final.plan_note,
+        }
+
+    return asyncio.run(run())
+
+
+def measure(args: argparse.Namespace) -> None:
+    import torch
+
+    if args.impl == "diffusers":
+        os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+        if args.cap:
+            total = torch.cuda.get_device_properties(0).total_memory
+            torch.cuda.set_per_process_memory_fraction(args.cap * GIB / total)
+    row: dict[str, Any] = {
+        "impl": args.impl,
+        "plan": args.plan,
+        "cap_gib": args.cap,
+        "size": args.size,
+        "steps": args.steps,
+        "compile": args.compile,
+    }
+    try:
+        data = measure_bare(args) if args.impl == "diffusers" else measure_engine(args)
+        row.update(data, ok=True)
+    except Exception as exc:  # the benchmark records failures (OOM, known bugs) as data
+        row.update(ok=False, error=f"{exc.__class__.__name__}: {str(exc)[:300]}")
+        traceback.print_exc()
+    if torch.cuda.is_available():
+        row["peak_alloc_gib"] = round(torch.cuda.max_memory_allocated() / GIB, 2)
+        row["peak_reserved_gib"] = round(torch.cuda.max_memory_reserved() / GIB, 2)
+        row["gpu"] = torch.cuda.get_device_name(0)
+    row["host_rss_gib"] = round(host_rss_gib(), 2)
+    row["versions"] = versions()
+    row["date"] = time.strftime("%Y-%m-%d")
+    images = row.get("images") or []
+    if images:
+        steady = images[1:] or images
+        for key in ("encode_s", "step_s", "decode_s"):
+            row[key] = round(sum(i[key] for i in steady) / len(steady), 4)
+        row["first_image_encode_s"] = round(images[0]["encode_s"], 3)
+        row["image_s_50"] = round(row["encode_s"] + 50 * row["step_s"] + row["decode_s"], 2)
+        row["first_image_s_50"] = round(images[0]["encode_s"] + 50 * images[0]["step_s"] + images[0]["decode_s"], 2)
+    print("RESULT " + json.dumps(row), flush=True)
+
+
+def matrix(args: argparse.Namespace) -> None:
+    deadline = time.monotonic() + args.budget_s
+    out = Path(args.out)
+    for spec in args.runs.split(","):
+        impl, plan, cap, *extra = spec.split(":")
+        left = deadline - time.monotonic()
+        if left < 30:
+            print(f"SKIP {spec}: out of time", flush=True)
+            continue
+        cmd = [
+            sys.executable,
+            __file__,
+            "measure",
+            "--model",
+            str(args.model),
+            "--impl",
+            impl,
+            "--plan",
+            plan,
+            "--cap",
+            cap,
+            "--steps",
+            str(args.steps),
+            "--size",
+            str(args.size),
+            "--images",
+            str(args.images),
+        ]
+        if "compile" in extra:
+            cmd.append("--compile")
+        print(f"RUN {spec}", flush=True)
+        started = time.monotonic()
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=min(args.run_timeout_s, left))
+            lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+            if lines:
+                row = json.loads(lines[-1][7:])
+            else:
+                row = {
+                    "impl": impl,
+                    "plan": plan,
+                    "cap_gib": float(cap),
+                    "ok": False,
+                    "error": (proc.stderr or proc.stdout)[-600:],
+                }
+        except subprocess.TimeoutExpired:
+            row = {"impl": impl, "plan": plan, "cap_gib": float(cap), "ok": False, "error": "timeout"}
+        row["wall_s"] = round(time.monotonic() - started, 1)
+        with out.open("a") as handle:
+            handle.write(json.dumps(row) + "\n")
+        brief = {
+            k: row.get(k)
+            for k in (
+                "impl",
+                "plan",
+                "cap_gib",
+                "ok",
+                "step_s",
+                "encode_s",
+                "decode_s",
+                "image_s_50",
+                "peak_reserved_gib",
+                "error",
+                "wall_s",
+            )
+        }
+        print("DONE " + json.dumps(brief), flush=True)
+
+
+def table(args: argparse.Namespace) -> None:
+    rows = [json.loads(line) for line in Path(args.results).read_text().splitlines() if line.strip()]
+    engine_rows = [r for r in rows if r.get("impl") == "engine" and r.get("ok") and r.get("size") == 1024]
+    plans: dict[str, dict[str, Any]] = {}
+    for row in engine_rows:
+        name = row.get("plan_used") or row["plan"]
+        peak = max(row.get("peak_reserved_gib", 0), row.get("load_peak_reserved_gib", 0))
+        best = plans.get(name)
+        # The uncapped run tells what a plan needs; capped runs only prove it fits.
+        if best is None or (row.get("cap_gib") or 0) == 0:
+            plans[name] = {
+                "plan": name,
+                "peak_gib": round(peak, 2),
+                "step_s": row["step_s"],
+                "encode_s": row["encode_s"],
+                "decode_s": row["decode_s"],
+                "fits_caps_gib": sorted({*(best or {}).get("fits_caps_gib", [])}),
+            }
+        if row.get("cap_gib"):
+            plans[name]["fits_caps_gib"] = sorted({*plans[name].get("fits_caps_gib", []), row["cap_gib"]})
+    failed = [r for r in rows if r.get("impl") == "engine" and not r.get("ok")]
+    for row in failed:
+        if row["plan"] not in plans and not row.get("cap_gib"):
+            plans[row["plan"]] = {
+                "plan": row["plan"],
+                "peak_gib": 0,
+                "step_s": 0,
+                "encode_s": 0,
+                "decode_s": 0,
+                "ok": False,
+                "note": row.get("error", "")[:200],
+            }
+    meta = {
+        "source": f"bench/plans.py on {rows[0].get('gpu', '?')}, {rows[0].get('date', '?')}, 1024x1024, CFG 5.0, "
+        f"{rows[0].get('steps')} steps measured (50-step figures projected)",
+        "gpu": rows[0].get("gpu"),
+        "versions": rows[0].get("versions"),
+        "size": 1024,
+        "plans": sorted(plans.values(), key=lambda p: p["peak_gib"]),
+    }
+    if args.write:
+        (ROOT / "engine" / "plan_table.json").write_text(json.dumps(meta, indent=1) + "\n")
+    print(
+        "| impl | plan | cap GiB | ok | s/step | encode s | decode s | 50-step image s | peak reserved GiB | load s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r.get('impl')} | {r.get('plan_used') or r.get('plan')} | {r.get('cap_gib') or '-'} | "
+            f"{'yes' if r.get('ok') else 'no: ' + str(r.get('error', ''))[:60]} | {r.get('step_s', '')} | "
+            f"{r.get('encode_s', '')} | {r.get('decode_s', '')} | {r.get('image_s_50', '')} | "
+            f"{max(r.get('peak_reserved_gib', 0) or 0, r.get('load_peak_reserved_gib', 0) or 0):.2f} | "
+            f"{round(r['load_s'], 1) if r.get('load_s') else ''} |"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    m = sub.add_parser("measure")
+    m.add_argument("--model", type=Path, required=True)
+    m.add_argument("--impl", choices=("engine", "diffusers"), required=True)
+    m.add_argument("--plan", required=True)
+    m.add_argument("--cap", type=float, default=0.0)
+    m.add_argument("--steps", type=int, default=8)
+    m.add_argument("--size", type=int, default=1024)
+    m.add_argument("--images", type=int, default=2, help="images made in a row (the first one is the cold one)")
+    m.add_argument("--lookahead", type=int, default=4)
+    m.add_argument("--compile", action="store_true")
+    x = sub.add_parser("matrix")
+    x.add_argument("--model", type=Path, required=True)
+    x.add_argument("--runs", required=True, help="impl:plan:cap[:compile],... e.g. engine:nf4_swap:8")
+    x.add_argument("--out", required=True)
+    x.add_argument("--steps", type=int, default=8)
+    x.add_argument("--size", type=int, default=1024)
+    x.add_argument("--images", type=int, default=2)
+    x.add_argument("--budget-s", type=float, default=540)
+    x.add_argument("--run-timeout-s", type=float, default=240)
+    t = sub.add_parser("table")
+    t.add_argument("results")
+    t.add_argument("--write", action="store_true", help="write engine/plan_table.json")
+    args = parser.parse_args()
+    {"measure": measure, "matrix": matrix, "table": table}[args.command](args)
+    if args.command == "measure":
+        print(f"host: {platform.node()}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Build the full-size CogView4-6B architecture with random weights, saved as a diffusers folder.
+
+Real weights cannot be downloaded in the benchmark environment; random weights of
+the real shapes cost the same memory and time. The configs come from
+`../shared/cogview4-6b/` (or any folder holding the same files). The tokenizer is
+built locally with the `tokenizers` library: GLM's vocabulary size, one token per
+word, `[gMASK]<sop>` prefix and left padding like GLM-4's.
+
+    python bench/random_model.py OUT_DIR [--configs ../shared/cogview4-6b]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIGS = ROOT.parent / "shared" / "cogview4-6b"
+
+
+def build_tokenizer(out: Path, vocab_size: int, pad_id: int) -> None:
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"w{i}": i for i in range(vocab_size)}
+    specials = {"<pad>": pad_id, "<unk>": pad_id + 1, "[gMASK]": pad_id + 2, "<sop>": pad_id + 3}
+    for token, index in specials.items():
+        vocab.pop(f"w{index}")
+        vocab[token] = index
+    # Common words get ids so prompts are not all <unk> (the ids only matter for realism of shapes).
+    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[gMASK] <sop> $A",
+        special_tokens=[("[gMASK]", specials["[gMASK]"]), ("<sop>", specials["<sop>"])],
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        padding_side="left",
+        model_max_length=8192,
+    )
+    fast.save_pretrained(out / "tokenizer")
+
+
+def build(out: Path, configs: Path) -> None:
+    from diffusers import AutoencoderKL, CogView4Transformer2DModel
+    from transformers import GlmConfig, GlmModel
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy(configs / "model_index.json", out / "model_index.json")
+    (out / "scheduler").mkdir(exist_ok=True)
+    shutil.copy(configs / "scheduler_config.json", out / "scheduler" / "scheduler_config.json")
+
+    started = time.time()
+    te_config = GlmConfig.from_dict(json.loads((configs / "text_encoder_config.json").read_text()))
+    build_tokenizer(out, te_config.vocab_size, te_config.pad_token_id)
+    with torch.device(device):
+        torch.manual_seed(0)
+        text_encoder = GlmModel._from_config(te_config, dtype=torch.bfloat16)
+    text_encoder.save_pretrained(out / "text_encoder", max_shard_size="5GB")
+    del text_encoder
+    torch.cuda.empty_cache() if device == "cuda" else None
+    print(f"text encoder saved ({time.time() - started:.0f} s)", flush=True)
+
+    tr_config = json.loads((configs / "transformer_config.json").read_text())
+    with torch.device(device):
+        transformer = CogView4Transformer2DModel.from_config(tr_config).to(torch.bfloat16)
+    transformer.save_pretrained(out / "transformer", max_shard_size="5GB")
+    del transformer
+    torch.cuda.empty_cache() if device == "cuda" else None
+    print(f"transformer saved ({time.time() - started:.0f} s)", flush=True)
+
+    vae_config = json.loads((configs / "vae_config.json").read_text())
+    with torch.device(device):
+        vae = AutoencoderKL.from_config(vae_config).to(torch.bfloat16)
+    vae.save_pretrained(out / "vae")
+    print(f"model built in {out} ({time.time() - started:.0f} s)", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--configs", type=Path, default=DEFAULT_CONFIGS)
+    args = parser.parse_args()
+    build(args.out, args.configs)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Run the plan benchmark on a GPU machine, from the repo root:
+#   bash bench/run_gpu.sh RUNS [STEPS] [IMAGES]
+# RUNS is bench/plans.py's --runs list (impl:plan:cap[:compile],...). The full-size random
+# CogView4-6B is built once into $MODEL (31 GB) from $CONFIGS (default ../shared/cogview4-6b).
+# diffusers and bitsandbytes may come as wheels in .whl/ (see bench/RESULTS.md).
+set -u
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site
+fi
+MODEL=${MODEL:-/tmp/cogview4-random}
+CONFIGS=${CONFIGS:-../shared/cogview4-6b}
+RESULTS=${RESULTS:-/tmp/plans.jsonl}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c "import torch, diffusers, transformers, accelerate, bitsandbytes as b; print(torch.__version__, diffusers.__version__, transformers.__version__, accelerate.__version__, b.__version__)"
+if [ ! -f "$MODEL/vae/config.json" ]; then
+  python3 bench/random_model.py "$MODEL" --configs "$CONFIGS" || exit 1
+fi
+python3 bench/plans.py matrix --model "$MODEL" --runs "$1" --out "$RESULTS" --steps "${2:-4}" --images "${3:-2}" \
+  --budget-s "${BUDGET_S:-1500}"
+echo "MATRIX FINISHED"

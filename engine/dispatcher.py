@@ -1,0 +1,247 @@
+"""Feed queued jobs to the engine, one at a time, and record what happened.
+
+The dispatcher is the only consumer of the local queue. It claims a job,
+renews its lease while the engine works (each renewal also carries progress and
+brings back a cancel request), writes the PNGs, and marks the job done together
+with its outbox row. It never talks to Discord, so a slow or failing Discord
+cannot stall the GPU.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from db.interface import JobQueue
+from db.models import Job
+from engine.results import save_images
+from engine.rules import InvalidRequest
+from engine.service import Engine, Prefetch
+from engine.types import EngineError, EngineUnavailable, JobCancelled, Progress
+
+log = logging.getLogger(__name__)
+
+UNEXPECTED = (
+    "Something went wrong while making your image (logged as job #{id}). Try again; "
+    "if it keeps happening, tell the bot owner."
+)
+DISK_FULL = "The bot's disk is full, so the image could not be saved. Your job is back in the queue."
+
+
+@dataclass
+class _Running:
+    job: Job
+    cancel: threading.Event
+    progress: Progress | None = None
+    handing_back: bool = False
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        queue: JobQueue,
+        engine: Engine,
+        output_dir: Path,
+        *,
+        worker_id: str,
+        model_id: str,
+        lease_s: float = 60.0,
+        heartbeat_s: float = 1.0,
+        lookahead: int = 4,
+        idle_poll_s: float = 2.0,
+    ) -> None:
+        self.queue = queue
+        self.engine = engine
+        self.output_dir = output_dir
+        self.worker_id = worker_id
+        self.model_id = model_id
+        self.lease_s = lease_s
+        self.heartbeat_s = heartbeat_s
+        self.lookahead = lookahead
+        self.idle_poll_s = idle_poll_s
+        self._stopping = asyncio.Event()
+        self._running: _Running | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._prefetched: set[int] = set()
+        self._hold_claims_until = 0.0
+
+    # --- lifecycle --------------------------------------------------------------------------
+    def start(self) -> asyncio.Task[None]:
+        self._task = asyncio.create_task(self.run(), name="dispatcher")
+        return self._task
+
+    async def stop(self, grace_s: float = 30.0) -> None:
+        """Stop claiming; let the running job finish within grace_s, else hand it back to the queue."""
+        self._stopping.set()
+        if self._task is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), grace_s)
+        except TimeoutError:
+            running = self._running
+            if running is not None:
+                log.info("Handing job #%s back to the queue for the next start", running.job.id)
+                running.handing_back = True
+                running.cancel.set()
+            try:
+                await asyncio.wait_for(self._task, 30)
+            except TimeoutError:
+                self._task.cancel()
+
+    @property
+    def current_job_id(self) -> int | None:
+        return self._running.job.id if self._running else None
+
+    async def run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                if not self.engine.ready or time.monotonic() < self._hold_claims_until:
+                    await self._sleep(1.0)
+                    continue
+                job = await self.queue.claim_next(self.worker_id, self.lease_s)
+                if job is None:
+                    await self.queue.wait_for_change(self.idle_poll_s)
+                    continue
+                await self.process(job)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("Dispatcher loop error; retrying in 2 s")
+                await self._sleep(2.0)
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        except TimeoutError:
+            pass
+
+    # --- one job ------------------------------------------------------------------------------
+    async def process(self, job: Job) -> None:
+        running = _Running(job=job, cancel=threading.Event())
+        self._running = running
+        beat = asyncio.create_task(self._heartbeat(running), name=f"heartbeat-{job.id}")
+        try:
+            prefetch = await self._lookahead(job)
+            try:
+                result = await self.engine.generate(
+                    job.request,
+                    on_progress=lambda p: setattr(running, "progress", p),
+                    should_cancel=running.cancel.is_set,
+                    holder=job.id,
+                    prefetch=prefetch,
+                )
+            except JobCancelled:
+                if running.handing_back:
+                    await self.queue.release(job.id, self.worker_id)
+                else:
+                    await self.queue.mark_cancelled(job.id, self.worker_id)
+                return
+            except InvalidRequest as exc:
+                await self.queue.fail(job.id, self.worker_id, str(exc))
+                return
+            except EngineUnavailable as exc:
+                log.warning("Job #%s: engine unavailable: %s", job.id, exc)
+                await self.queue.fail(job.id, self.worker_id, str(exc), retry=True)
+                return
+            except EngineError as exc:
+                await self.queue.fail(job.id, self.worker_id, str(exc))
+                return
+            except Exception:
+                log.exception("Job #%s failed", job.id)
+                await self.queue.fail(job.id, self.worker_id, UNEXPECTED.format(id=job.id))
+                return
+            for note in result.notes:
+                log.warning("Job #%s: %s", job.id, note)
+            await self._store(job, result)
+        finally:
+            beat.cancel()
+            self._running = None
+            self._prefetched.discard(job.id)
+
+    async def _store(self, job: Job, result: object) -> None:
+        request = job.request
+        parameters = {
+            "prompt": request.prompt,
+            "negative_prompt": request.negative_prompt,
+            "seed": result.seed,  # type: ignore[attr-defined]
+            "steps": request.steps,
+            "guidance": request.guidance,
+            "width": request.width,
+            "height": request.height,
+            "model": self.model_id,
+            "plan": result.plan,  # type: ignore[attr-defined]
+            "job_id": job.id,
+        }
+        try:
+            paths = await asyncio.to_thread(
+                save_images,
+                result.images,  # type: ignore[attr-defined]
+                self.output_dir,
+                job.id,
+                parameters,
+            )
+        except OSError as exc:
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            log.error("Job #%s: could not save the images: %s", job.id, exc)
+            message = DISK_FULL if full else f"The image could not be saved ({exc.strerror or exc})."
+            await self.queue.fail(job.id, self.worker_id, message, retry=True)
+            # Give the owner time to free space instead of burning the job's attempts.
+            self._hold_claims_until = time.monotonic() + 30.0
+            return
+        done = await self.queue.complete(
+            job.id,
+            self.worker_id,
+            result_paths=paths,
+            seed_used=result.seed,  # type: ignore[attr-defined]
+            plan=result.plan,  # type: ignore[attr-defined]
+            timings={k: float(v) for k, v in result.timings.items()},  # type: ignore[attr-defined]
+        )
+        if not done:
+            log.warning("Job #%s finished after its lease was lost; the result is discarded", job.id)
+
+    async def _lookahead(self, job: Job) -> list[Prefetch]:
+        """Queued jobs that will run next: their prompts ride along in this job's encoder visit."""
+        if self.lookahead <= 0:
+            return []
+        upcoming = await self.queue.peek_next(self.lookahead)
+        wanted = {j.id for j in upcoming}
+        stale = self._prefetched - wanted - {job.id}
+        if stale:
+            await self.engine.release(stale)
+        self._prefetched = wanted | {job.id}
+        return [
+            Prefetch(
+                j.id, (j.request.prompt, j.request.negative_prompt) if j.request.guidance > 1 else (j.request.prompt,)
+            )
+            for j in upcoming
+        ]
+
+    async def _heartbeat(self, running: _Running) -> None:
+        job = running.job
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            progress = running.progress
+            try:
+                beat = await self.queue.heartbeat(
+                    job.id,
+                    self.worker_id,
+                    self.lease_s,
+                    step=progress.step if progress else None,
+                    total=progress.total if progress else None,
+                )
+            except Exception:
+                log.warning("Heartbeat for job #%s failed", job.id, exc_info=True)
+                continue
+            if beat.cancel_requested or not beat.alive:
+                running.cancel.set()
+
+
+def _texts(job: Job) -> tuple[str, ...]:
+    """The texts the encoder must embed for a job (no negative prompt without CFG)."""
+    request = job.request
+    return (request.prompt, request.negative_prompt) if request.guidance > 1 else (request.prompt,)
