@@ -65,18 +65,20 @@ class ModelLimits:
         )
 
     def size_for_aspect(self, aspect: str) -> tuple[int, int]:
-        """Largest valid (width, height) near the native area with this aspect ratio."""
+        """The valid (width, height) closest to this aspect ratio at about the native pixel count."""
         if aspect not in ASPECTS:
             raise InvalidRequest(f"Unknown aspect {aspect!r}: use one of {', '.join(ASPECTS)}.")
         rw, rh = ASPECTS[aspect]
-        scale = math.sqrt(self.native_size * self.native_size / (rw * rh))
-        width = self._snap(rw * scale)
-        height = self._snap(rh * scale)
-        return width, height
+        target_ratio = math.log(rw / rh)
+        native_area = self.native_size * self.native_size
+        sizes = range(self.min_size, self.max_size + 1, self.multiple)
+        candidates = [(w, h) for w in sizes for h in sizes if w * h <= self.max_area]
 
-    def _snap(self, value: float) -> int:
-        snapped = round(value / self.multiple) * self.multiple
-        return int(min(self.max_size, max(self.min_size, snapped)))
+        def score(size: tuple[int, int]) -> float:
+            w, h = size
+            return abs(math.log(w / h) - target_ratio) + 0.5 * abs(math.log(w * h / native_area))
+
+        return min(candidates, key=score)
 
 
 # CogView4-6B as published; used until the model's own configs can be read.

@@ -75,7 +75,8 @@ class Runner:
         self.device = device
         self.options = options or RunnerOptions()
         self.embeddings = EmbeddingCache()
-        self.encoder_calls = 0  # how many times the text encoder ran (tests count visits)
+        self.encoder_calls = 0  # forward passes of the text encoder
+        self.encoder_visits = 0  # times the encoder was brought in for a batch of texts
 
     # --- text encoder ---------------------------------------------------------------------
     def encode(self, texts: list[str]) -> None:
@@ -83,6 +84,7 @@ class Runner:
         missing = [t for t in dict.fromkeys(texts) if not self.embeddings.has(t)]
         if not missing:
             return
+        self.encoder_visits += 1
         te = self.pipe.text_encoder
         visiting = self.plan.placement is Placement.SWAP and self.device.type == "cuda"
         if visiting:

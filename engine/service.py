@@ -115,7 +115,7 @@ class Engine:
         await asyncio.to_thread(self._thread.join, 30)
         self._state = EngineState.STOPPED
 
-    async def wait_ready(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109 - an optional deadline
+    async def wait_ready(self, timeout: float | None = None) -> bool:
         return await asyncio.to_thread(self._ready.wait, timeout)
 
     @property
