@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -97,10 +98,7 @@ async def migrate(conn: aiosqlite.Connection, db_path: Path | None = None) -> in
     if current > latest:
         raise _too_new(db_path, current, latest)
     pending = [m for m in migrations if m.version > current]
-    if pending and current > 0 and db_path is not None:
-        backup = db_path.with_name(f"{db_path.name}.v{current}.bak")
-        await _backup(conn, backup)
-        log.info("Backed up the database to %s before migrating", backup)
+    backed_up = False
     for migration in pending:
         statements = split_statements(migration.path.read_text(encoding="utf-8"))
         version = current
@@ -112,6 +110,13 @@ async def migrate(conn: aiosqlite.Connection, db_path: Path | None = None) -> in
             if version >= migration.version:
                 await conn.execute("ROLLBACK")  # another process applied it meanwhile
                 continue
+            if current > 0 and db_path is not None and not backed_up:  # a fresh file needs none
+                # Under the write lock: only the process that migrates backs up, and the copy is
+                # exactly the version it names (nobody can commit in between).
+                backup = db_path.with_name(f"{db_path.name}.v{version}.bak")
+                await asyncio.to_thread(_backup, db_path, backup)
+                backed_up = True
+                log.info("Backed up the database to %s before migrating", backup)
             for statement in statements:
                 await conn.execute(statement)
             await conn.execute(f"PRAGMA user_version = {migration.version}")
@@ -135,8 +140,20 @@ async def _rollback_quietly(conn: aiosqlite.Connection) -> None:
         pass  # no transaction was open (BEGIN itself failed, or it was already rolled back)
 
 
-async def _backup(conn: aiosqlite.Connection, target: Path) -> None:
-    tmp = target.with_suffix(target.suffix + ".tmp")
-    async with aiosqlite.connect(tmp) as dest:
-        await conn.backup(dest)
+def _backup(db_path: Path, target: Path) -> None:
+    """Copy the committed database through a separate read connection.
+
+    The migrating connection holds BEGIN IMMEDIATE, and SQLite's backup from a connection inside
+    its own write transaction never finishes; a second reader is not blocked by that lock.
+    """
+    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    source = sqlite3.connect(db_path)
+    try:
+        dest = sqlite3.connect(tmp)
+        try:
+            source.backup(dest)
+        finally:
+            dest.close()
+    finally:
+        source.close()
     os.replace(tmp, target)

@@ -75,8 +75,19 @@ class Requester:
     interaction_id: int | None = None
 
     def __post_init__(self) -> None:
-        if self.user_id <= 0 or self.channel_id <= 0:
-            raise InvalidJob("user_id and channel_id must be positive Discord ids")
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise InvalidJob if a field is unusable (also run by the queue, in case a caller bypassed __init__)."""
+        for value in (self.user_id, self.channel_id):
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise InvalidJob("user_id and channel_id must be positive Discord ids")
+        for name in ("guild_id", "interaction_id"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+                raise InvalidJob(f"{name} must be a positive Discord id or None (got {value!r}).")
+        if not isinstance(self.user_name, str):
+            raise InvalidJob(f"user_name must be text (got {self.user_name!r}).")
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +104,14 @@ class JobRequest:
     count: int = 1
 
     def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise InvalidJob if a field is unusable (also run by the queue, in case a caller bypassed __init__)."""
         if not isinstance(self.prompt, str) or not self.prompt.strip():
             raise InvalidJob("The prompt is empty: describe the image you want.")
+        if not isinstance(self.negative_prompt, str):
+            raise InvalidJob(f"The negative prompt must be text (got {self.negative_prompt!r}).")
         if len(self.prompt) > MAX_PROMPT_CHARS or len(self.negative_prompt) > MAX_PROMPT_CHARS:
             raise InvalidJob(f"Prompts are limited to {MAX_PROMPT_CHARS} characters.")
         if "\x00" in self.prompt or "\x00" in self.negative_prompt:
@@ -105,7 +122,12 @@ class JobRequest:
                 raise InvalidJob(f"{name} must be a positive whole number (got {value!r}).")
         if self.count > 16:
             raise InvalidJob("count must be at most 16.")
-        if not isinstance(self.guidance, int | float) or not math.isfinite(self.guidance) or self.guidance < 0:
+        if (
+            not isinstance(self.guidance, int | float)
+            or isinstance(self.guidance, bool)
+            or not math.isfinite(self.guidance)
+            or self.guidance < 0
+        ):
             raise InvalidJob(f"guidance must be a number ≥ 0 (got {self.guidance!r}).")
         if self.seed is not None and (
             not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed <= MAX_SEED

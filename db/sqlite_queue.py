@@ -51,7 +51,41 @@ from db.models import (
 log = logging.getLogger(__name__)
 
 CRASH_ERROR = "crashed the worker {n} times"
+ADMIN_CANCEL = "cancelled by an admin"
+MIN_SQLITE = (3, 35, 0)
 _ACTIVE = (JobState.QUEUED, JobState.RUNNING)
+
+# Fair claim order in SQL, for the per-write paths (enqueue, claim). It must agree with
+# db.fairness.fair_order, which peek_next/active_jobs use and the tests compare against:
+# users ordered by (last serve number, 0 if never served; then their oldest queued id),
+# one job per user per round, each user's jobs oldest first.
+_QUEUED_USERS = (
+    "queued_users AS ("
+    " SELECT user_id, count(*) AS n, min(id) AS first,"
+    " coalesce((SELECT max(s.served_seq) FROM jobs s WHERE s.user_id = q.user_id), 0) AS seq"
+    " FROM jobs q WHERE q.state = 'queued' GROUP BY q.user_id)"
+)
+# Place of a queued job: its round r is its rank among its user's queued jobs; before it come
+# min(n, r - 1) jobs of every user, and the round-r job of each user ahead in the rotation.
+# One pass over the queued users (an index scan), instead of loading every queued row into Python.
+_POSITION_SQL = (
+    f"WITH {_QUEUED_USERS}, me AS MATERIALIZED ("
+    " SELECT j.user_id, u.seq, u.first,"
+    " (SELECT count(*) FROM jobs x WHERE x.state = 'queued' AND x.user_id = j.user_id AND x.id <= j.id) AS r"
+    " FROM jobs j JOIN queued_users u ON u.user_id = j.user_id WHERE j.id = ? AND j.state = 'queued')"
+    " SELECT 1 + sum(min(u.n, me.r - 1))"
+    " + sum(u.user_id <> me.user_id AND u.n >= me.r AND (u.seq < me.seq OR (u.seq = me.seq AND u.first < me.first)))"
+    " AS position FROM me, queued_users u GROUP BY me.user_id"
+)
+# Take the first job of the user whose turn it is, unless paused, in one statement.
+_CLAIM_SQL = (
+    "UPDATE jobs SET state = 'running', attempts = attempts + 1, worker_id = ?, lease_until = ?,"
+    " started_at = ?, served_seq = (SELECT coalesce(max(served_seq), 0) + 1 FROM jobs), progress_step = 0,"
+    " progress_total = steps, cancel_requested = 0"
+    f" WHERE id = (WITH {_QUEUED_USERS} SELECT first FROM queued_users ORDER BY seq, first LIMIT 1)"
+    " AND state = 'queued' AND NOT EXISTS (SELECT 1 FROM kv WHERE key = 'paused' AND value = '1')"
+    " RETURNING *"
+)
 
 
 def _now() -> float:
@@ -61,6 +95,8 @@ def _now() -> float:
 def _states(states: Iterable[JobState | str] | None) -> list[JobState]:
     if states is None:
         return list(_ACTIVE)
+    if isinstance(states, str):  # states="queued" means that one state, not its letters
+        states = [states]
     result = []
     for state in states:
         try:
@@ -124,19 +160,49 @@ class SqliteJobQueue:
 
     # --- lifecycle -----------------------------------------------------------------
     async def open(self) -> None:
+        if sqlite3.sqlite_version_info < MIN_SQLITE:
+            raise QueueError(
+                f"The queue needs SQLite {'.'.join(map(str, MIN_SQLITE))} or newer (RETURNING, MATERIALIZED); "
+                f"this Python is linked with {sqlite3.sqlite_version}."
+            )
+        if self._conn is not None:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = await aiosqlite.connect(self.path, isolation_level=None)
-        conn.row_factory = aiosqlite.Row
-        await conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
-        await conn.execute("PRAGMA journal_mode = WAL")
-        await conn.execute("PRAGMA synchronous = FULL")
-        await conn.execute("PRAGMA foreign_keys = ON")
-        try:
+        try:  # whatever fails, close it: aiosqlite's thread would otherwise keep the process alive
+            conn.row_factory = aiosqlite.Row
+            await conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+            await self._enable_wal(conn)
+            await conn.execute("PRAGMA synchronous = FULL")
+            await conn.execute("PRAGMA foreign_keys = ON")
             await migrate(conn, self.path)
-        except BaseException:
+        except BaseException as exc:
             await conn.close()
+            if isinstance(exc, sqlite3.Error):
+                raise QueueError(f"Could not open the queue database {self.path}: {exc}.") from exc
             raise
         self._conn = conn
+
+    async def _enable_wal(self, conn: aiosqlite.Connection) -> None:
+        """Switch the file to WAL. Several processes converting a new file at once can get
+        "database is locked" straight away (this pragma does not always wait for busy_timeout)."""
+        deadline = time.monotonic() + self._busy_timeout_ms / 1000
+        while True:
+            try:
+                row = await (await conn.execute("PRAGMA journal_mode = WAL")).fetchone()
+                break
+            except sqlite3.OperationalError as exc:
+                if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(random.uniform(0.005, 0.05))
+        mode = row[0] if row else None
+        if mode != "wal":
+            log.warning(
+                "SQLite kept journal_mode=%s for %s (WAL unsupported here, e.g. a network filesystem?); "
+                "the queue stays durable but other processes will see 'database is locked' more often.",
+                mode,
+                self.path,
+            )
 
     async def close(self) -> None:
         if self._conn is not None:
@@ -159,24 +225,36 @@ class SqliteJobQueue:
 
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
-        """One short write transaction; retried with jitter if another process holds the lock."""
+        """One short write transaction; retried with jitter if another process holds the lock.
+
+        Whatever ends the block early (an error, or the caller being cancelled while a statement
+        was queued on aiosqlite's thread, which still runs it) rolls back, so the connection is
+        never left inside a transaction that the next BEGIN would trip over.
+        """
         async with self._lock:
             conn = self._db
-            for attempt in range(8):
-                try:
-                    await conn.execute("BEGIN IMMEDIATE")
-                    break
-                except sqlite3.OperationalError as exc:
-                    if ("locked" not in str(exc) and "busy" not in str(exc)) or attempt == 7:
-                        raise
-                    await asyncio.sleep(random.uniform(0.01, 0.05) * (attempt + 1))
+            await self._begin(conn)
             try:
                 yield conn
+                await conn.execute("COMMIT")
             except BaseException:
-                await conn.execute("ROLLBACK")
+                await _rollback_quietly(conn)
                 raise
-            await conn.execute("COMMIT")
         self._notify()
+
+    async def _begin(self, conn: aiosqlite.Connection) -> None:
+        for attempt in range(8):
+            try:
+                await conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if ("locked" not in str(exc) and "busy" not in str(exc)) or attempt == 7:
+                    raise
+                await asyncio.sleep(random.uniform(0.01, 0.05) * (attempt + 1))
+            except BaseException:
+                # Cancelled while BEGIN was queued on the worker thread: it still runs, so undo it.
+                await _rollback_quietly(conn)
+                raise
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -207,13 +285,13 @@ class SqliteJobQueue:
         self, conn: aiosqlite.Connection, where: str, params: tuple
     ) -> tuple[list[int], list[int]]:
         rows = await conn.execute_fetchall(
-            f"SELECT id, attempts, max_attempts, cancel_requested FROM jobs WHERE {where}", params
+            f"SELECT id, attempts, max_attempts, cancel_requested FROM jobs WHERE {where} ORDER BY id", params
         )
         requeued, failed = [], []
         now = _now()
         for row in rows:
             if row["cancel_requested"]:
-                await self._finish(conn, row["id"], JobState.CANCELLED, "cancelled while the worker was down")
+                await self._end_cancelled(conn, row["id"])
             elif row["attempts"] >= row["max_attempts"]:
                 error = CRASH_ERROR.format(n=row["attempts"])
                 await self._finish(conn, row["id"], JobState.FAILED, error)
@@ -241,11 +319,28 @@ class SqliteJobQueue:
         kind: str = "imagine",
         parent_job_id: int | None = None,
     ) -> Enqueued:
-        if not isinstance(requester, Requester) or not isinstance(request, JobRequest):
-            raise InvalidJob("enqueue needs a Requester and a JobRequest")
-        limits = limits or EnqueueLimits()
+        if not isinstance(requester, Requester):
+            raise InvalidJob(f"enqueue needs a Requester (who asked, where to answer), got {type(requester).__name__}.")
+        if not isinstance(request, JobRequest):
+            raise InvalidJob(f"enqueue needs a JobRequest (the generation parameters), got {type(request).__name__}.")
+        requester.validate()  # again: a caller may have bypassed __init__ (object.__setattr__, copy tricks)
+        request.validate()
+        if not isinstance(kind, str) or not kind.strip() or len(kind) > 32:
+            raise InvalidJob(f"kind must be a short name such as 'imagine' (got {kind!r}).")
+        if parent_job_id is not None and (
+            not isinstance(parent_job_id, int) or isinstance(parent_job_id, bool) or parent_job_id <= 0
+        ):
+            raise InvalidJob(f"parent_job_id must be a job number (got {parent_job_id!r}).")
+        if limits is None:
+            limits = EnqueueLimits()
+        elif not isinstance(limits, EnqueueLimits):
+            raise InvalidJob(f"limits must be an EnqueueLimits, got {type(limits).__name__}.")
         now = _now()
         async with self._write() as conn:
+            if parent_job_id is not None:
+                found = await (await conn.execute("SELECT 1 FROM jobs WHERE id = ?", (parent_job_id,))).fetchone()
+                if found is None:
+                    raise InvalidJob(f"There is no job #{parent_job_id} to start from.")
             await self._check_limits(conn, requester.user_id, limits, now)
             cursor = await conn.execute(
                 "INSERT INTO jobs (kind, parent_job_id, user_id, user_name, guild_id, channel_id, "
@@ -272,14 +367,17 @@ class SqliteJobQueue:
             )
             job_id = cursor.lastrowid
             assert job_id is not None
-            order = await self._fair_order(conn)
-        return Enqueued(job_id=job_id, position=order.index(job_id) + 1)
+            position = await self._position(conn, job_id)
+            assert position is not None
+        return Enqueued(job_id=job_id, position=position)
 
     async def _check_limits(self, conn: aiosqlite.Connection, user_id: int, limits: EnqueueLimits, now: float) -> None:
         if limits.max_total is not None:
             (queued,) = await (await conn.execute("SELECT count(*) FROM jobs WHERE state = 'queued'")).fetchone()  # type: ignore[misc]
             if queued >= limits.max_total:
                 raise QueueFull(f"The queue is full ({limits.max_total} jobs waiting). Try again in a few minutes.")
+        if limits.max_per_user is None and limits.cooldown_s <= 0:
+            return
         row = await (
             await conn.execute(
                 "SELECT count(*) AS pending, "
@@ -310,11 +408,16 @@ class SqliteJobQueue:
             if job.state.finished:
                 raise QueueError(f"Job #{job_id} has already finished ({job.state.value}).")
             if job.state is JobState.QUEUED:
-                await self._finish(conn, job_id, JobState.CANCELLED, None if own else "cancelled by an admin")
+                await self._finish(conn, job_id, JobState.CANCELLED, None if own else ADMIN_CANCEL)
                 if not own:
-                    await self._add_notice(conn, job_id, NoticeKind.CANCELLED, "cancelled by an admin")
+                    await self._add_notice(conn, job_id, NoticeKind.CANCELLED, ADMIN_CANCEL)
                 return CancelOutcome(job_id, JobState.CANCELLED, immediate=True)
-            await conn.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
+            # The worker sees the flag at its next heartbeat and calls mark_cancelled. An admin's
+            # cancel is announced to the owner then, once the job really stopped.
+            await conn.execute(
+                "UPDATE jobs SET cancel_requested = 1, error = CASE WHEN ? THEN ? ELSE error END WHERE id = ?",
+                (int(not own), ADMIN_CANCEL, job_id),
+            )
             return CancelOutcome(job_id, JobState.RUNNING, immediate=False)
 
     async def purge(self, *, user_id: int | None = None) -> list[int]:
@@ -354,26 +457,31 @@ class SqliteJobQueue:
         async with self._read() as conn:
             rows = await conn.execute_fetchall(
                 f"SELECT * FROM jobs WHERE user_id = ? AND state IN ({marks}) ORDER BY id DESC LIMIT ?",
-                (user_id, *[s.value for s in wanted], int(limit)),
+                (user_id, *[s.value for s in wanted], max(0, int(limit))),
             )
         return [_job_from_row(row) for row in rows]
 
     async def _fair_order(self, conn: aiosqlite.Connection) -> list[int]:
+        """The whole claim order (O(queued jobs)); the write paths use the SQL forms above instead."""
         queued = await conn.execute_fetchall("SELECT id, user_id FROM jobs WHERE state = 'queued'")
         if not queued:
             return []
         served = await conn.execute_fetchall(
-            "SELECT user_id, max(served_seq) AS seq FROM jobs WHERE served_seq IS NOT NULL AND user_id IN "
-            "(SELECT DISTINCT user_id FROM jobs WHERE state = 'queued') GROUP BY user_id"
+            "SELECT user_id, (SELECT max(s.served_seq) FROM jobs s WHERE s.user_id = q.user_id) AS seq "
+            "FROM (SELECT DISTINCT user_id FROM jobs WHERE state = 'queued') q"
         )
         return fair_order(
-            [(row["id"], row["user_id"]) for row in queued], {row["user_id"]: row["seq"] for row in served}
+            [(row["id"], row["user_id"]) for row in queued],
+            {row["user_id"]: row["seq"] for row in served if row["seq"] is not None},
         )
+
+    async def _position(self, conn: aiosqlite.Connection, job_id: int) -> int | None:
+        row = await (await conn.execute(_POSITION_SQL, (job_id,))).fetchone()
+        return None if row is None else int(row["position"])
 
     async def position(self, job_id: int) -> int | None:
         async with self._read() as conn:
-            order = await self._fair_order(conn)
-        return order.index(job_id) + 1 if job_id in order else None
+            return await self._position(conn, job_id)
 
     async def queue_length(self) -> int:
         async with self._read() as conn:
@@ -426,21 +534,7 @@ class SqliteJobQueue:
     async def claim_next(self, worker_id: str, lease_s: float) -> Job | None:
         now = _now()
         async with self._write() as conn:
-            if await self._kv_get(conn, "paused") == "1":
-                return None
-            order = await self._fair_order(conn)
-            if not order:
-                return None
-            (seq,) = await (await conn.execute("SELECT coalesce(max(served_seq), 0) + 1 FROM jobs")).fetchone()  # type: ignore[misc]
-            row = await (
-                await conn.execute(
-                    "UPDATE jobs SET state = 'running', attempts = attempts + 1, worker_id = ?, "
-                    "lease_until = ?, started_at = ?, served_seq = ?, progress_step = 0, "
-                    "progress_total = steps, cancel_requested = 0 "
-                    "WHERE id = ? AND state = 'queued' RETURNING *",
-                    (worker_id, now + lease_s, now, seq, order[0]),
-                )
-            ).fetchone()
+            row = await (await conn.execute(_CLAIM_SQL, (worker_id, now + lease_s, now))).fetchone()
             return _job_from_row(row) if row else None
 
     async def heartbeat(
@@ -493,12 +587,16 @@ class SqliteJobQueue:
         async with self._write() as conn:
             row = await (
                 await conn.execute(
-                    "SELECT attempts, max_attempts FROM jobs WHERE id = ? AND state = 'running' AND worker_id = ?",
+                    "SELECT attempts, max_attempts, cancel_requested FROM jobs "
+                    "WHERE id = ? AND state = 'running' AND worker_id = ?",
                     (job_id, worker_id),
                 )
             ).fetchone()
             if row is None:
                 return False
+            if retry and row["cancel_requested"]:
+                await self._end_cancelled(conn, job_id)  # requeueing would lose the cancel request
+                return True
             if retry and row["attempts"] < row["max_attempts"]:
                 await conn.execute(
                     "UPDATE jobs SET state = 'queued', worker_id = NULL, lease_until = NULL, "
@@ -512,22 +610,45 @@ class SqliteJobQueue:
 
     async def mark_cancelled(self, job_id: int, worker_id: str) -> bool:
         async with self._write() as conn:
-            cursor = await conn.execute(
-                "UPDATE jobs SET state = 'cancelled', finished_at = ?, lease_until = NULL "
-                "WHERE id = ? AND state = 'running' AND worker_id = ?",
-                (_now(), job_id, worker_id),
-            )
-            return cursor.rowcount == 1
+            if not await self._owns(conn, job_id, worker_id):
+                return False
+            await self._end_cancelled(conn, job_id)
+            return True
 
     async def release(self, job_id: int, worker_id: str) -> bool:
         async with self._write() as conn:
-            cursor = await conn.execute(
+            row = await (
+                await conn.execute(
+                    "SELECT cancel_requested FROM jobs WHERE id = ? AND state = 'running' AND worker_id = ?",
+                    (job_id, worker_id),
+                )
+            ).fetchone()
+            if row is None:
+                return False
+            if row["cancel_requested"]:
+                await self._end_cancelled(conn, job_id)  # back in the queue it would run again
+                return True
+            await conn.execute(
                 "UPDATE jobs SET state = 'queued', attempts = max(attempts - 1, 0), worker_id = NULL, "
-                "lease_until = NULL, progress_step = NULL, started_at = NULL "
-                "WHERE id = ? AND state = 'running' AND worker_id = ?",
-                (job_id, worker_id),
+                "lease_until = NULL, progress_step = NULL, started_at = NULL WHERE id = ?",
+                (job_id,),
             )
-            return cursor.rowcount == 1
+            return True
+
+    async def _owns(self, conn: aiosqlite.Connection, job_id: int, worker_id: str) -> bool:
+        row = await (
+            await conn.execute(
+                "SELECT 1 FROM jobs WHERE id = ? AND state = 'running' AND worker_id = ?", (job_id, worker_id)
+            )
+        ).fetchone()
+        return row is not None
+
+    async def _end_cancelled(self, conn: aiosqlite.Connection, job_id: int) -> None:
+        """A running job whose cancel was requested has stopped; tell the owner if an admin did it."""
+        row = await (await conn.execute("SELECT error FROM jobs WHERE id = ?", (job_id,))).fetchone()
+        await self._finish(conn, job_id, JobState.CANCELLED, None)
+        if row is not None and row["error"] == ADMIN_CANCEL:
+            await self._add_notice(conn, job_id, NoticeKind.CANCELLED, ADMIN_CANCEL)
 
     async def _finish(self, conn: aiosqlite.Connection, job_id: int, state: JobState, error: str | None) -> None:
         await conn.execute(
@@ -631,3 +752,10 @@ class SqliteJobQueue:
             )
             for row in rows
         ]
+
+
+async def _rollback_quietly(conn: aiosqlite.Connection) -> None:
+    try:
+        await conn.execute("ROLLBACK")
+    except sqlite3.OperationalError:
+        pass  # no transaction was open: BEGIN failed, or SQLite already rolled back after an error

@@ -1,0 +1,88 @@
+"""A separate OS process that uses the SQLite queue, for tests that need a real second process.
+
+    python tests/queue_crash_child.py DB
+        Open the queue, claim the next job as worker "crash-child", print "claimed <id>", then sleep
+        until killed (the test SIGKILLs it to simulate a crash mid-generation).
+
+    python tests/queue_crash_child.py DB enqueue TASKS JOBS FIRST_USER
+        Open the queue and run TASKS concurrent coroutines, coroutine i enqueuing JOBS jobs as user
+        FIRST_USER + i; print one JSON line: [[job_id, position], ...].
+
+If QUEUE_CHILD_START_AT (a time.time() value) is set, wait until then after the imports, so that
+several children hit the database at the same moment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import faulthandler
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from db.models import JobRequest, Requester
+from db.sqlite_queue import SqliteJobQueue
+
+WORKER_ID = "crash-child"
+
+
+def _wait_for_start() -> None:
+    start_at = os.environ.get("QUEUE_CHILD_START_AT")
+    if start_at:
+        delay = float(start_at) - time.time()
+        if delay > 0:
+            time.sleep(delay)
+
+
+async def claim_and_hang(db: Path) -> int:
+    queue = SqliteJobQueue(db)
+    await queue.open()
+    job = await queue.claim_next(WORKER_ID, lease_s=600)
+    if job is None:
+        print("empty", flush=True)
+        return 1
+    print(f"claimed {job.id}", flush=True)
+    await asyncio.sleep(3600)  # killed long before this ends
+    return 0
+
+
+async def enqueue_many(db: Path, tasks: int, jobs: int, first_user: int) -> int:
+    queue = SqliteJobQueue(db)
+    await queue.open()
+    try:
+
+        async def producer(user_id: int) -> list[list[int]]:
+            requester = Requester(user_id=user_id, channel_id=7)
+            out = []
+            for n in range(jobs):
+                request = JobRequest(prompt=f"user {user_id} job {n}", width=512, height=512, steps=4, guidance=1.0)
+                enqueued = await queue.enqueue(requester, request)
+                out.append([enqueued.job_id, enqueued.position])
+            return out
+
+        results = await asyncio.gather(*(producer(first_user + i) for i in range(tasks)))
+    finally:
+        await queue.close()
+    print(json.dumps([pair for result in results for pair in result]), flush=True)
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # a hung child can be asked where it is
+    db = Path(argv[1])
+    _wait_for_start()
+    if len(argv) == 2:
+        return asyncio.run(claim_and_hang(db))
+    if argv[2] == "enqueue" and len(argv) == 6:
+        return asyncio.run(enqueue_many(db, int(argv[3]), int(argv[4]), int(argv[5])))
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
