@@ -110,6 +110,12 @@ def bare_pipeline(model: Path, plan: str, device: Any) -> Any:
     bf16 = torch.bfloat16
     if plan == "bf16_resident":
         return CogView4Pipeline.from_pretrained(model, torch_dtype=bf16).to(device)
+    if plan == "bf16_fast":
+        # The anchor's fastest bare recipe: bf16 resident, torch.compile of the transformer,
+        # and cuDNN/flash attention forced around the call (see measure_bare).
+        pipe = CogView4Pipeline.from_pretrained(model, torch_dtype=bf16).to(device)
+        pipe.transformer.compile()
+        return pipe
     if plan == "nf4_resident":
         from diffusers.quantizers import PipelineQuantizationConfig
 
@@ -164,6 +170,16 @@ def bare_pipeline(model: Path, plan: str, device: Any) -> Any:
     return pipe
 
 
+def attention_context(plan: str) -> Any:
+    import contextlib
+
+    if plan != "bf16_fast":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION])
+
+
 def measure_bare(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
@@ -184,15 +200,16 @@ def measure_bare(args: argparse.Namespace) -> dict[str, Any]:
             return kwargs
 
         clock.begin()
-        pipe(
-            prompt=PROMPTS[index % len(PROMPTS)],
-            height=args.size,
-            width=args.size,
-            num_inference_steps=args.steps,
-            guidance_scale=5.0,
-            generator=torch.Generator("cpu").manual_seed(index),
-            callback_on_step_end=on_step,
-        )
+        with attention_context(args.plan):
+            pipe(
+                prompt=PROMPTS[index % len(PROMPTS)],
+                height=args.size,
+                width=args.size,
+                num_inference_steps=args.steps,
+                guidance_scale=5.0,
+                generator=torch.Generator("cpu").manual_seed(index),
+                callback_on_step_end=on_step,
+            )
         images.append(clock.split())
     return {"load_s": load_s, "load_peak_reserved_gib": load_peak, "images": images}
 
@@ -305,6 +322,14 @@ def measure(args: argparse.Namespace) -> None:
         row["first_image_encode_s"] = round(images[0]["encode_s"], 3)
         row["image_s_50"] = round(row["encode_s"] + 50 * row["step_s"] + row["decode_s"], 2)
         row["first_image_s_50"] = round(images[0]["encode_s"] + 50 * images[0]["step_s"] + images[0]["decode_s"], 2)
+        # Steady state of a full queue: later images, plus their share of the first image's encoder visit
+        # (the look-ahead encodes the whole window of queued prompts in that one visit).
+        later = images[1:] or images
+        per_image = [i["encode_s"] + 50 * i["step_s"] + i["decode_s"] for i in later]
+        steady = sum(per_image) / len(per_image) + images[0]["encode_s"] / len(images)
+        row["steady_image_s_50"] = round(steady, 2)
+        row["images_per_hour_50"] = round(3600 / steady, 1) if steady else None
+        row["images"] = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in i.items()} for i in images]
     print("RESULT " + json.dumps(row), flush=True)
 
 
@@ -317,31 +342,17 @@ def matrix(args: argparse.Namespace) -> None:
         if left < 30:
             print(f"SKIP {spec}: out of time", flush=True)
             continue
-        cmd = [
-            sys.executable,
-            __file__,
-            "measure",
-            "--model",
-            str(args.model),
-            "--impl",
-            impl,
-            "--plan",
-            plan,
-            "--cap",
-            cap,
-            "--steps",
-            str(args.steps),
-            "--size",
-            str(args.size),
-            "--images",
-            str(args.images),
-        ]
+        images = next((e[1:] for e in extra if e.startswith("n")), str(args.images))
+        cmd = [sys.executable, __file__, "measure", "--model", str(args.model), "--impl", impl, "--plan", plan]
+        cmd += ["--cap", cap, "--steps", str(args.steps), "--size", str(args.size), "--images", images]
+        timeout = args.run_timeout_s
         if "compile" in extra:
             cmd.append("--compile")
+            timeout *= 2
         print(f"RUN {spec}", flush=True)
         started = time.monotonic()
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=min(args.run_timeout_s, left))
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=min(timeout, left))
             lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
             if lines:
                 row = json.loads(lines[-1][7:])
@@ -358,45 +369,53 @@ def matrix(args: argparse.Namespace) -> None:
         row["wall_s"] = round(time.monotonic() - started, 1)
         with out.open("a") as handle:
             handle.write(json.dumps(row) + "\n")
-        brief = {
-            k: row.get(k)
-            for k in (
-                "impl",
-                "plan",
-                "cap_gib",
-                "ok",
-                "step_s",
-                "encode_s",
-                "decode_s",
-                "image_s_50",
-                "peak_reserved_gib",
-                "error",
-                "wall_s",
-            )
-        }
+        keys = (
+            "impl",
+            "plan",
+            "plan_used",
+            "cap_gib",
+            "ok",
+            "step_s",
+            "encode_s",
+            "decode_s",
+            "first_image_encode_s",
+            "steady_image_s_50",
+            "peak_reserved_gib",
+            "load_peak_reserved_gib",
+            "error",
+            "wall_s",
+        )
+        brief = {k: row.get(k) for k in keys}
         print("DONE " + json.dumps(brief), flush=True)
 
 
 def table(args: argparse.Namespace) -> None:
-    rows = [json.loads(line) for line in Path(args.results).read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for path in args.results for line in Path(path).read_text().splitlines() if line.strip()]
     engine_rows = [r for r in rows if r.get("impl") == "engine" and r.get("ok") and r.get("size") == 1024]
     plans: dict[str, dict[str, Any]] = {}
     for row in engine_rows:
         name = row.get("plan_used") or row["plan"]
+        if row["plan"] == "auto":
+            continue  # auto rows test the choice; the table holds named plans
         peak = max(row.get("peak_reserved_gib", 0), row.get("load_peak_reserved_gib", 0))
+        cap = row.get("cap_gib") or 0
+        entry = {
+            "plan": name,
+            "peak_gib": round(peak, 2),
+            "step_s": row["step_s"],
+            "encode_s": row["encode_s"],
+            "decode_s": row["decode_s"],
+            "measured_cap_gib": cap,
+        }
         best = plans.get(name)
-        # The uncapped run tells what a plan needs; capped runs only prove it fits.
-        if best is None or (row.get("cap_gib") or 0) == 0:
-            plans[name] = {
-                "plan": name,
-                "peak_gib": round(peak, 2),
-                "step_s": row["step_s"],
-                "encode_s": row["encode_s"],
-                "decode_s": row["decode_s"],
-                "fits_caps_gib": sorted({*(best or {}).get("fits_caps_gib", [])}),
-            }
-        if row.get("cap_gib"):
-            plans[name]["fits_caps_gib"] = sorted({*plans[name].get("fits_caps_gib", []), row["cap_gib"]})
+        # What a plan needs: swap plans adapt to the card, so their smallest successful cap is
+        # what counts; other plans need their uncapped peak.
+        if "swap" in name:
+            better = best is None or (cap and (not best["measured_cap_gib"] or cap < best["measured_cap_gib"]))
+        else:
+            better = best is None or (not cap and best["measured_cap_gib"])
+        if better:
+            plans[name] = entry
     failed = [r for r in rows if r.get("impl") == "engine" and not r.get("ok")]
     for row in failed:
         if row["plan"] not in plans and not row.get("cap_gib"):
@@ -409,6 +428,13 @@ def table(args: argparse.Namespace) -> None:
                 "ok": False,
                 "note": row.get("error", "")[:200],
             }
+    if args.write and args.keep_missing:
+        # Plans not measured by these runs keep their earlier rows (with their own source noted).
+        old = json.loads((ROOT / "engine" / "plan_table.json").read_text())
+        for row in old["plans"]:
+            if row["plan"] not in plans:
+                row.setdefault("note", f"from {old.get('source', 'an earlier table')}"[:200])
+                plans[row["plan"]] = row
     meta = {
         "source": f"bench/plans.py on {rows[0].get('gpu', '?')}, {rows[0].get('date', '?')}, 1024x1024, CFG 5.0, "
         f"{rows[0].get('steps')} steps measured (50-step figures projected)",
@@ -444,7 +470,7 @@ def main() -> None:
     m.add_argument("--steps", type=int, default=8)
     m.add_argument("--size", type=int, default=1024)
     m.add_argument("--images", type=int, default=2, help="images made in a row (the first one is the cold one)")
-    m.add_argument("--lookahead", type=int, default=4)
+    m.add_argument("--lookahead", type=int, default=8)
     m.add_argument("--compile", action="store_true")
     x = sub.add_parser("matrix")
     x.add_argument("--model", type=Path, required=True)
@@ -456,8 +482,9 @@ def main() -> None:
     x.add_argument("--budget-s", type=float, default=540)
     x.add_argument("--run-timeout-s", type=float, default=240)
     t = sub.add_parser("table")
-    t.add_argument("results")
+    t.add_argument("results", nargs="+", help="result files, oldest first (later rows win)")
     t.add_argument("--write", action="store_true", help="write engine/plan_table.json")
+    t.add_argument("--keep-missing", action="store_true", help="keep table rows of plans these runs did not measure")
     args = parser.parse_args()
     {"measure": measure, "matrix": matrix, "table": table}[args.command](args)
     if args.command == "measure":

@@ -52,7 +52,7 @@ class Dispatcher:
         model_id: str,
         lease_s: float = 60.0,
         heartbeat_s: float = 1.0,
-        lookahead: int = 4,
+        lookahead: int = 8,
         idle_poll_s: float = 2.0,
     ) -> None:
         self.queue = queue

@@ -11,6 +11,7 @@ import logging
 import torch
 
 from engine.plans import Placement, Plan
+from engine.residency import Residency
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +41,16 @@ def _to(module: torch.nn.Module, device: torch.device) -> None:
         module.to(device)
 
 
-def apply_placement(pipe: object, plan: Plan, device: torch.device) -> None:
-    """Install the plan's placement on a pipeline whose components carry no hooks."""
+def apply_placement(pipe: object, plan: Plan, device: torch.device) -> Residency | None:
+    """Install the plan's placement on a pipeline whose components carry no hooks.
+
+    Swap plans return the Residency that moves components in and out per phase."""
     te = pipe.text_encoder  # type: ignore[attr-defined]
     transformer = pipe.transformer  # type: ignore[attr-defined]
     vae = pipe.vae  # type: ignore[attr-defined]
     cpu = torch.device("cpu")
     placement = plan.placement
+    residency = None
     if placement is Placement.RESIDENT:
         for module in (te, transformer, vae):
             _to(module, device)
@@ -54,6 +58,7 @@ def apply_placement(pipe: object, plan: Plan, device: torch.device) -> None:
         _to(te, cpu)
         _to(transformer, device)
         _to(vae, device)
+        residency = Residency({"text_encoder": te, "transformer": transformer, "vae": vae}, device)
     elif placement is Placement.MODEL_OFFLOAD:
         for module in (te, transformer, vae):
             _to(module, cpu)
@@ -77,6 +82,7 @@ def apply_placement(pipe: object, plan: Plan, device: torch.device) -> None:
         raise ValueError(f"unknown placement {placement}")
     vae.enable_slicing()
     vae.enable_tiling()
+    return residency
 
 
 def execution_device(pipe: object, fallback: torch.device) -> torch.device:

@@ -120,6 +120,9 @@ def resolve(name: str, *, has_gpu: bool) -> Resolved:
 
 # --- the measured table -----------------------------------------------------------------------
 
+# Headroom on top of a peak measured without a cap: other processes, driver fragmentation.
+SAFETY_GIB = 0.25
+
 
 @dataclass(frozen=True)
 class Measurement:
@@ -132,9 +135,14 @@ class Measurement:
     decode_s: float
     ok: bool = True
     note: str = ""
+    measured_cap_gib: float = 0.0  # > 0: proven to run under a hard cap of this size
 
     def image_s(self, steps: int = 50) -> float:
         return self.encode_s + steps * self.step_s + self.decode_s
+
+    def need_gib(self) -> float:
+        """VRAM this plan needs: the cap it was proven under, else its measured peak plus headroom."""
+        return self.measured_cap_gib if self.measured_cap_gib else self.peak_gib + SAFETY_GIB
 
 
 def load_table(data: dict[str, Any] | None = None) -> dict[str, Measurement]:
@@ -154,17 +162,26 @@ def table_meta() -> dict[str, Any]:
     return {k: v for k, v in json.loads(text).items() if k != "plans"}
 
 
-# Headroom on top of the measured peak: other processes, the desktop, driver fragmentation.
-SAFETY_GIB = 0.5
-
-
 def leaner_plans(current: str, table: dict[str, Measurement]) -> list[str]:
     """Plans that need less memory than `current`, most memory-hungry (i.e. fastest) first."""
     if current not in table:
         return []
-    peak = table[current].peak_gib
-    lean = [m for m in table.values() if m.ok and m.plan in PLANS and m.peak_gib < peak and m.plan not in REMAPS]
-    return [m.plan for m in sorted(lean, key=lambda m: m.peak_gib, reverse=True)]
+    need = table[current].need_gib()
+    lean = [m for m in _usable(table) if m.need_gib() < need]
+    return [m.plan for m in sorted(lean, key=lambda m: m.need_gib(), reverse=True)]
+
+
+def _usable(table: dict[str, Measurement], allow_compile: bool = True) -> list[Measurement]:
+    return [
+        m
+        for m in table.values()
+        if m.ok and m.plan in PLANS and m.plan not in REMAPS and (allow_compile or not PLANS[m.plan].fast)
+    ]
+
+
+# A plan measured a little above the free memory is still worth trying before a much slower one:
+# swap plans shrink to fit, and an OOM steps down anyway.
+NEAR_FIT = 1.1
 
 
 def choose_auto(
@@ -174,27 +191,24 @@ def choose_auto(
     steps: int = 50,
     allow_compile: bool = True,
 ) -> Resolved:
-    """The fastest measured plan whose peak fits in free VRAM (with headroom).
+    """The fastest measured plan that fits in free VRAM.
 
-    `free_gib` None means no CUDA GPU: the CPU plan. If nothing fits, the leanest
-    plan that works is used, with a note saying the card is below what was measured.
+    `free_gib` None means no CUDA GPU: the CPU plan. If nothing fits, the fastest plan
+    within 10 % of the free memory is tried, else the leanest, with a note saying why.
     """
     if free_gib is None:
         return Resolved(PLANS["bf16_resident"], "No CUDA GPU found: running on the CPU (very slow).")
-    candidates = [
-        m
-        for m in table.values()
-        if m.ok and m.plan in PLANS and m.plan not in REMAPS and (allow_compile or not PLANS[m.plan].fast)
-    ]
-    fitting = [m for m in candidates if m.peak_gib + SAFETY_GIB <= free_gib]
-    if fitting:
-        best = min(fitting, key=lambda m: (m.image_s(steps), m.peak_gib))
-        return Resolved(PLANS[best.plan])
+    candidates = _usable(table, allow_compile)
     if not candidates:
         raise PlanError("No measured plan is available; run bench/plans.py or pick a plan by name.")
-    leanest = min(candidates, key=lambda m: m.peak_gib)
+    fitting = [m for m in candidates if m.need_gib() <= free_gib]
+    if fitting:
+        best = min(fitting, key=lambda m: (m.image_s(steps), m.need_gib()))
+        return Resolved(PLANS[best.plan])
+    near = [m for m in candidates if m.need_gib() <= free_gib * NEAR_FIT]
+    pick = min(near, key=lambda m: m.image_s(steps)) if near else min(candidates, key=lambda m: m.need_gib())
     return Resolved(
-        PLANS[leanest.plan],
-        f"Only {free_gib:.1f} GiB of GPU memory is free; the leanest plan {leanest.plan} was measured at "
-        f"{leanest.peak_gib:.1f} GiB, so it may run out of memory. Close other GPU programs.",
+        PLANS[pick.plan],
+        f"Only {free_gib:.1f} GiB of GPU memory is free; {pick.plan} was measured needing "
+        f"{pick.need_gib():.1f} GiB, so it may run out of memory. Close other GPU programs.",
     )

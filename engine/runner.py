@@ -13,15 +13,17 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
 from engine.embeddings import EmbeddingCache
-from engine.plans import Placement, Plan
+from engine.plans import Plan
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+GIB = 1024**3
 
 
 class Cancelled(Exception):
@@ -69,8 +71,16 @@ def _sync(device: torch.device) -> None:
 class Runner:
     """Holds a placed pipeline and turns (embeddings, size, seed) into images."""
 
-    def __init__(self, pipe: Any, plan: Plan, device: torch.device, options: RunnerOptions | None = None) -> None:
+    def __init__(
+        self,
+        pipe: Any,
+        plan: Plan,
+        device: torch.device,
+        options: RunnerOptions | None = None,
+        residency: Any = None,
+    ) -> None:
         self.pipe = pipe
+        self.residency = residency  # engine.residency.Residency for the swap plans
         self.plan = plan
         self.device = device
         self.options = options or RunnerOptions()
@@ -85,11 +95,8 @@ class Runner:
         if not missing:
             return
         self.encoder_visits += 1
-        te = self.pipe.text_encoder
-        visiting = self.plan.placement is Placement.SWAP and self.device.type == "cuda"
-        if visiting:
-            te.to(self.device)
-        try:
+
+        def run_encoder() -> None:
             with torch.inference_mode():
                 for text in missing:
                     # One prompt at a time: GLM attends to the pad tokens, so batching
@@ -97,10 +104,14 @@ class Runner:
                     embeds = self.pipe._get_glm_embeds(text, 1024, self.device, None)
                     self.embeddings.put(text, embeds)
                     self.encoder_calls += 1
-        finally:
-            if visiting:
-                te.to("cpu")
-                torch.cuda.empty_cache()
+
+        self._phase("text_encoder", int(0.75 * GIB), run_encoder)
+
+    def _phase(self, component: str, working_bytes: int, fn: Callable[[], T]) -> T:
+        """Run one phase; under a swap plan the component is brought in first (evicting others if needed)."""
+        if self.residency is None:
+            return fn()
+        return self.residency.run(component, working_bytes, fn)
 
     # --- one image ----------------------------------------------------------------------
     def generate(
@@ -129,8 +140,14 @@ class Runner:
         t1 = time.perf_counter()
         step_events: list[Any] = []
         with torch.inference_mode(), self._attention_backend():
-            latents = self._denoise(
-                prompt_embeds, negative_embeds, width, height, steps, guidance, seed, on_step, cfg, step_events
+            batched = cfg and self.options.batched_cfg
+            working = int(2 * GIB * (width * height) / (1024 * 1024) * (2 if batched else 1))
+            latents = self._phase(
+                "transformer",
+                working,
+                lambda: self._denoise(
+                    prompt_embeds, negative_embeds, width, height, steps, guidance, seed, on_step, cfg, step_events
+                ),
             )
             _sync(device)
             timings.denoise_s = time.perf_counter() - t1
@@ -139,7 +156,7 @@ class Runner:
                 timings.steady_step_s = gpu_s / (len(step_events) - 2)
             timings.steps = steps
             t2 = time.perf_counter()
-            image = self._decode(latents)
+            image = self._phase("vae", int(1.5 * GIB), lambda: self._decode(latents))
             _sync(device)
         timings.decode_s = time.perf_counter() - t2
         return image, timings
@@ -186,14 +203,11 @@ class Runner:
         )
         timesteps, _ = retrieve_timesteps(scheduler, steps, device, timesteps, sigmas, mu=mu)
         transformer_dtype = transformer.dtype
-        batched = (
-            cfg
-            and self.options.batched_cfg
-            and negative_embeds is not None
-            and negative_embeds.shape[1] == prompt_embeds.shape[1]
-        )
+        batched = cfg and self.options.batched_cfg and negative_embeds is not None
         if batched:
-            both_embeds = torch.cat([prompt_embeds, negative_embeds])  # type: ignore[list-item]
+            from engine.attention import batch_pair
+
+            both_embeds, key_bias = batch_pair(prompt_embeds, negative_embeds, image_seq_len)  # type: ignore[arg-type]
 
         for i, t in enumerate(timesteps):
             model_input = latents.to(transformer_dtype)
@@ -206,6 +220,7 @@ class Runner:
                     original_size=sizes.repeat(2, 1),
                     target_size=sizes.repeat(2, 1),
                     crop_coords=crops.repeat(2, 1),
+                    attention_mask=key_bias,
                     return_dict=False,
                 )[0]
                 noise_cond, noise_uncond = pred.chunk(2)

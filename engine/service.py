@@ -317,6 +317,8 @@ class Engine:
         reloading_te = self._components is None or self._components.text_encoder_quant != plan.text_encoder
         embeddings = old_runner.embeddings if old_runner is not None and not reloading_te else None
         if old_runner is not None:
+            if old_runner.residency is not None:
+                old_runner.residency.strip()
             strip_placement(old_runner.pipe)
             # Drop the old pipeline so weights being replaced can be freed before the new ones load.
             self._runner = old_runner = None
@@ -332,12 +334,18 @@ class Engine:
             transformer=c.transformer,
             scheduler=c.scheduler,
         )
-        apply_placement(pipe, plan, self._device)
+        residency = apply_placement(pipe, plan, self._device)
+        if plan.fast:
+            from engine.attention import install
+
+            install(c.transformer)
         if plan.fast and self.config.torch_compile and self._device.type == "cuda":
-            # Compiled once per process; the first image pays the compile time.
-            c.transformer.compile()
+            # Regional compilation: the 28 blocks share one compiled graph, so compiling takes
+            # seconds instead of minutes; the first image pays it, once per process.
+            for block in c.transformer.transformer_blocks:
+                block.compile()
         options = RunnerOptions(step_delay_s=self.config.step_delay_s, batched_cfg=plan.fast)
-        runner = Runner(pipe, plan, self._device, options)
+        runner = Runner(pipe, plan, self._device, options, residency=residency)
         if embeddings is not None:
             runner.embeddings = embeddings  # same encoder weights: the embeddings stay valid
         self._runner = runner
@@ -519,11 +527,10 @@ class Engine:
 
         held = torch.cuda.memory_reserved() / plan_catalog.GIB
         area = request.width * request.height / (self.limits.native_size**2)
-        needed = max(0.0, measured.peak_gib * max(1.0, area) - held) + plan_catalog.SAFETY_GIB
-        if free >= needed:
+        if free + held >= measured.need_gib() * max(1.0, area):
             return
         for name in self._leaner(self._runner.plan.name):
-            if self.table[name].peak_gib * max(1.0, area) + plan_catalog.SAFETY_GIB <= free + held:
+            if self.table[name].need_gib() * max(1.0, area) <= free + held:
                 previous = self._runner.plan.name
                 self._install(Resolved(plan_catalog.PLANS[name]), allow_step_down=True)
                 notes.append(f"Only {free:.1f} GiB of GPU memory was free; switched from {previous} to {name}.")
@@ -547,8 +554,9 @@ class Engine:
         for item in lookahead:
             runner.embeddings.hold(item.holder, list(item.texts))
         started = time.perf_counter()
-        # One encoder visit for this job and the queued ones behind it.
-        runner.encode(texts + [t for item in lookahead for t in item.texts])
+        if not all(runner.embeddings.has(t) for t in texts):
+            # One encoder visit for this job and the queued ones behind it; later jobs find theirs ready.
+            runner.encode(texts + [t for item in lookahead for t in item.texts])
         encode_s = time.perf_counter() - started
         total = request.steps * request.count
         images, timings = [], []
