@@ -1,0 +1,105 @@
+"""Admin commands: /memory, /pause, /resume, /purge, /status.
+
+Every command is checked in code (``admin_only``): Manage Server, ADMIN_USER_IDS or
+ADMIN_ROLE_IDS, never in DMs. Every change is written to the audit table.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, cast
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from cogs.checks import admin_only
+from cogs.errors import reply_private
+from cogs.reports import memory_report, status_report
+from engine.plans import PLANS
+from engine.types import PlanSwitchFailed
+
+if TYPE_CHECKING:
+    from bot import ImageBot
+
+log = logging.getLogger(__name__)
+
+MEMORY_KEY = "memory_mode"
+_PLAN_CHOICES = [app_commands.Choice(name="auto", value="auto")] + [
+    app_commands.Choice(name=name, value=name) for name in PLANS
+]
+
+
+class Admin(commands.Cog):
+    def __init__(self, bot: ImageBot) -> None:
+        self.bot = bot
+
+    async def _audit(self, interaction: discord.Interaction, action: str, detail: str) -> None:
+        await self.bot.queue.audit(interaction.user.id, action, detail, guild_id=interaction.guild_id)
+        log.info("Admin %s: %s %s", interaction.user.id, action, detail)
+
+    @app_commands.command(name="memory", description="Show or switch the GPU memory plan (admins)")
+    @app_commands.describe(plan="auto, or a plan name; the switch applies between jobs and is remembered")
+    @app_commands.choices(plan=_PLAN_CHOICES)
+    @admin_only()
+    async def memory(self, interaction: discord.Interaction, plan: str | None = None) -> None:
+        engine = self.bot.engine
+        if plan is None:
+            await reply_private(interaction, memory_report(engine.status(), engine.plan_rows()))
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        try:
+            sentence = await engine.switch_plan(plan)
+        except PlanSwitchFailed as exc:
+            await self._audit(interaction, "memory", f"{plan}: failed: {exc}")
+            raise
+        await self.bot.queue.kv_set(MEMORY_KEY, plan)
+        await self._audit(interaction, "memory", f"{plan}: {sentence}")
+        await reply_private(interaction, f"{sentence} It applies between jobs and is remembered across restarts.")
+
+    @app_commands.command(name="pause", description="Stop starting new jobs; the running one finishes (admins)")
+    @admin_only()
+    async def pause(self, interaction: discord.Interaction) -> None:
+        await self.bot.queue.set_paused(True)
+        await self._audit(interaction, "pause", "")
+        waiting = await self.bot.queue.queue_length()
+        await reply_private(
+            interaction, f"Paused: the running job finishes, nothing new starts until /resume ({waiting} waiting)."
+        )
+
+    @app_commands.command(name="resume", description="Start jobs again after /pause (admins)")
+    @admin_only()
+    async def resume(self, interaction: discord.Interaction) -> None:
+        await self.bot.queue.set_paused(False)
+        await self._audit(interaction, "resume", "")
+        waiting = await self.bot.queue.queue_length()
+        await reply_private(interaction, f"Resumed: {waiting} job(s) waiting.")
+
+    @app_commands.command(name="purge", description="Remove waiting jobs, of everyone or of one user (admins)")
+    @app_commands.describe(user="Only this user's jobs (default: everyone's)")
+    @admin_only()
+    async def purge(self, interaction: discord.Interaction, user: discord.User | None = None) -> None:
+        ids = await self.bot.queue.purge(user_id=user.id if user is not None else None)
+        whose = f"user {user.id}" if user is not None else "everyone"
+        await self._audit(interaction, "purge", f"{whose}: {len(ids)} job(s) {ids[:50]}")
+        target = f"of <@{user.id}> " if user is not None else ""
+        await reply_private(
+            interaction, f"Removed {len(ids)} waiting job(s) {target}from the queue; their owners are told."
+        )
+
+    @app_commands.command(name="status", description="Engine, plan, speed and queue (admins)")
+    @admin_only()
+    async def status(self, interaction: discord.Interaction) -> None:
+        stats = await self.bot.queue.stats()
+        report = status_report(
+            self.bot.engine.status(),
+            stats,
+            uptime_s=time.time() - self.bot.started_at,
+            current_job=self.bot.dispatcher.current_job_id,
+        )
+        await reply_private(interaction, report)
+
+
+async def setup(bot: commands.Bot) -> None:
+    await bot.add_cog(Admin(cast("ImageBot", bot)))

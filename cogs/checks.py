@@ -1,0 +1,107 @@
+"""Who may do what, and where: admin rights, allowed channels, the prompt ban list.
+
+Admin rights are checked here in code on every call: Discord's default_permissions
+only hides commands in the client and a server admin can override it. Each refusal
+is a ``Refused`` whose message is shown to the user as is.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord import app_commands
+
+from cogs.text import quote
+
+if TYPE_CHECKING:
+    from settings import Settings
+
+
+class Refused(app_commands.CheckFailure):
+    """The user may not do this here; the message says why and what to do."""
+
+
+class NotAdmin(Refused):
+    pass
+
+
+class ChannelNotAllowed(Refused):
+    pass
+
+
+class BannedWord(Refused):
+    pass
+
+
+def is_admin(interaction: discord.Interaction, settings: Settings) -> bool:
+    """Manage Server in this guild, or listed in ADMIN_USER_IDS, or holding a role in ADMIN_ROLE_IDS."""
+    if interaction.guild_id is None:
+        return False
+    user = interaction.user
+    if user.id in settings.admin_user_ids:
+        return True
+    permissions = interaction.permissions
+    if permissions.manage_guild or permissions.administrator:
+        return True
+    roles: Iterable[Any] = getattr(user, "roles", ())
+    return any(role.id in settings.admin_role_ids for role in roles)
+
+
+def require_admin(interaction: discord.Interaction, settings: Settings) -> None:
+    if interaction.guild_id is None:
+        raise NotAdmin("Admin commands work in a server, not in direct messages.")
+    if not is_admin(interaction, settings):
+        raise NotAdmin("This command is for server admins (Manage Server permission or an admin role).")
+
+
+def admin_only() -> Any:
+    """app_commands check: refuse DMs and non-admins before the command body runs."""
+
+    async def predicate(interaction: discord.Interaction) -> bool:
+        require_admin(interaction, interaction.client.settings)  # type: ignore[attr-defined]
+        return True
+
+    return app_commands.check(predicate)
+
+
+def require_allowed_channel(interaction: discord.Interaction, settings: Settings) -> None:
+    """ALLOWED_CHANNEL_IDS, when set, limits image commands to those channels (and their threads)."""
+    allowed = settings.allowed_channel_ids
+    if not allowed:
+        return
+    channel = interaction.channel
+    ids = {interaction.channel_id, getattr(channel, "parent_id", None)}
+    if ids & set(allowed):
+        return
+    where = ", ".join(f"<#{cid}>" for cid in allowed[:10])
+    raise ChannelNotAllowed(f"Images are made only in {where}. Try again there.")
+
+
+@lru_cache(maxsize=8)
+def _ban_pattern(words: tuple[str, ...]) -> re.Pattern[str] | None:
+    cleaned = sorted({w.strip().lower() for w in words if w.strip()}, key=len, reverse=True)
+    if not cleaned:
+        return None
+    return re.compile(r"(?<!\w)(" + "|".join(re.escape(w) for w in cleaned) + r")(?!\w)", re.IGNORECASE)
+
+
+def banned_word(texts: Iterable[str], words: Iterable[str]) -> str | None:
+    """The first banned word (or phrase) found as a whole word in any of the texts, case-insensitively."""
+    pattern = _ban_pattern(tuple(words))
+    if pattern is None:
+        return None
+    for text in texts:
+        match = pattern.search(text)
+        if match:
+            return match.group(1)
+    return None
+
+
+def require_no_banned_words(texts: Iterable[str], settings: Settings) -> None:
+    word = banned_word(texts, settings.banned_words)
+    if word is not None:
+        raise BannedWord(f"Your prompt contains “{quote(word, 60)}”, which this server doesn't allow. Rephrase it.")

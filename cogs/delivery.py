@@ -1,0 +1,196 @@
+"""The delivery loop: post every channel message the bot still owes (the outbox), exactly once.
+
+The queue writes a notice in the same transaction that finishes a job; this loop posts
+it with ``channel.send`` (interaction tokens die after 15 minutes) and then records the
+message id. Each notice has its own nonce with ``enforce_nonce``, so if the bot dies
+between posting and recording, the retry returns the message already posted instead of
+a duplicate. A failed post is retried later with exponential backoff and jitter, without
+holding up the other notices; only errors that can never succeed (channel gone, no
+access) give up, after logging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, cast
+
+import aiohttp
+import discord
+from discord.ext import commands
+
+from cogs.buttons import result_view
+from cogs.notices import compose
+from cogs.text import only_user
+from db.models import Notice
+
+if TYPE_CHECKING:
+    from bot import ImageBot
+
+log = logging.getLogger(__name__)
+
+POLL_S = 1.0
+PARALLEL_POSTS = 3
+MAX_UPLOAD_BYTES = 8 * 1024 * 1024  # stay under Discord's smallest per-message upload limit
+# Discord error codes after which a retry can never succeed.
+PERMANENT_CODES = {
+    10003,  # Unknown Channel
+    10013,  # Unknown User
+    50001,  # Missing Access
+    50007,  # Cannot send messages to this user (DMs closed)
+    40005,  # Request entity too large
+    50035,  # Invalid form body
+}
+
+
+def retry_delay(
+    attempts: int, *, base_s: float = 2.0, cap_s: float = 300.0, rand: Callable[[], float] = random.random
+) -> float:
+    """Exponential backoff with "equal jitter": half fixed, half random, capped at 5 minutes."""
+    ceiling = min(cap_s, base_s * 2 ** max(0, attempts))
+    return ceiling / 2 + rand() * ceiling / 2
+
+
+def is_permanent(error: discord.HTTPException) -> bool:
+    return error.code in PERMANENT_CODES
+
+
+def nonce_for(notice: Notice, part: int = 0) -> str:
+    """Stable across retries and restarts, unique per notice (≤ 25 characters, as Discord requires)."""
+    base = f"cv{notice.id}.{int(notice.job.created_at) % 10**8}"
+    return base if part == 0 else f"{base}p{part}"
+
+
+class Delivery(commands.Cog):
+    def __init__(self, bot: ImageBot) -> None:
+        self.bot = bot
+        self._task: asyncio.Task[None] | None = None
+        self._busy: set[int] = set()
+        self._posts: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(PARALLEL_POSTS)
+
+    async def cog_load(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="delivery")
+
+    async def cog_unload(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._posts:  # let posts under way finish briefly; a cut-off one is retried (nonce: no duplicate)
+            _, pending = await asyncio.wait(self._posts, timeout=5)
+            for task in pending:
+                task.cancel()
+
+    async def _loop(self) -> None:
+        queue = self.bot.queue
+        while True:
+            try:
+                for notice in await queue.pending_notices(limit=20):
+                    if notice.id in self._busy:
+                        continue
+                    self._busy.add(notice.id)
+                    task = asyncio.create_task(self._deliver(notice), name=f"notice-{notice.id}")
+                    self._posts.add(task)
+                    task.add_done_callback(self._posts.discard)
+            except Exception:
+                log.exception("Reading the outbox failed; trying again shortly")
+            await queue.wait_for_change(POLL_S)
+            await asyncio.sleep(0.05)
+
+    async def _deliver(self, notice: Notice) -> None:
+        try:
+            async with self._slots:
+                await self._deliver_one(notice)
+        finally:
+            self._busy.discard(notice.id)
+
+    async def _deliver_one(self, notice: Notice) -> None:
+        queue = self.bot.queue
+        job = notice.job
+        try:
+            message_id = await self._post(notice)
+        except discord.HTTPException as exc:
+            await self._failed(notice, f"HTTP {exc.status} (code {exc.code}): {exc.text}", is_permanent(exc))
+            return
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            await self._failed(notice, f"network: {exc.__class__.__name__}: {exc}", False)
+            return
+        except Exception as exc:
+            log.exception("Posting notice %s (%s) of job #%s failed", notice.id, notice.kind.value, job.id)
+            await self._failed(notice, f"{exc.__class__.__name__}: {exc}", False)
+            return
+        try:
+            await queue.notice_sent(notice.id, message_id)
+        except Exception:
+            # Posted but not recorded: the retry finds the same message through its nonce.
+            log.exception("Recording notice %s as sent failed; it will be re-sent with the same nonce", notice.id)
+            return
+        log.info("Posted %s of job #%s (message %s)", notice.kind.value, job.id, message_id)
+
+    async def _failed(self, notice: Notice, error: str, permanent: bool) -> None:
+        job = notice.job
+        delay = retry_delay(notice.attempts)
+        if permanent:
+            log.error(
+                "Giving up on the %s post of job #%s to channel %s: %s",
+                notice.kind.value,
+                job.id,
+                job.requester.channel_id,
+                error,
+            )
+        else:
+            log.warning(
+                "Posting the %s of job #%s failed (%s); retrying in %.0f s", notice.kind.value, job.id, error, delay
+            )
+        try:
+            await self.bot.queue.notice_failed(notice.id, error, delay, give_up=permanent)
+        except Exception:
+            log.exception("Recording the failed post of notice %s failed", notice.id)
+
+    async def _post(self, notice: Notice) -> int:
+        post = await asyncio.to_thread(compose, notice, self.bot.settings.output_dir)
+        job = notice.job
+        channel = self.bot.get_partial_messageable(job.requester.channel_id, guild_id=job.requester.guild_id)
+        groups = await asyncio.to_thread(_read_groups, post.files)
+        first = await channel.send(
+            post.content,
+            files=[_file(name, data) for name, data in groups[0]] if groups else discord.utils.MISSING,
+            view=result_view(post.buttons_for) if post.buttons_for is not None else discord.utils.MISSING,
+            allowed_mentions=only_user(post.user_id),
+            nonce=nonce_for(notice),
+        )
+        for part, group in enumerate(groups[1:], start=1):
+            await channel.send(
+                files=[_file(name, data) for name, data in group],
+                allowed_mentions=only_user(post.user_id),
+                nonce=nonce_for(notice, part),
+            )
+        return first.id
+
+
+def _file(name: str, data: bytes) -> discord.File:
+    return discord.File(io.BytesIO(data), filename=name)
+
+
+def _read_groups(paths: list[Path]) -> list[list[tuple[str, bytes]]]:
+    """Read the result files and split them into uploads that fit Discord's per-message limit."""
+    groups: list[list[tuple[str, bytes]]] = []
+    size = 0
+    for path in paths:
+        data = path.read_bytes()
+        if not groups or size + len(data) > MAX_UPLOAD_BYTES:
+            groups.append([])
+            size = 0
+        groups[-1].append((path.name, data))
+        size += len(data)
+    return groups
+
+
+async def setup(bot: commands.Bot) -> None:
+    await bot.add_cog(Delivery(cast("ImageBot", bot)))

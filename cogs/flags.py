@@ -1,0 +1,106 @@
+"""Midjourney-style inline flags in a prompt: ``a cat --ar 16:9 --seed 42 --no text, blur``.
+
+Pure parsing (no Discord, no engine) so every odd input can be tested on its own.
+Flags go after the prompt text; each one may appear once. Ranges (steps 1–100 and
+so on) are checked later by ``engine.rules.validate_request``, in one place for the
+options and the flags alike. Phones often turn ``--`` into an em dash, so ``—ar``
+works too.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from engine.rules import ASPECTS
+
+# A flag starts a word: "--ar" or "—ar" at the start or after whitespace ("well--known" is no flag).
+_FLAG = re.compile(r"(?:(?<=\s)|^)(?:--|—)([A-Za-z][\w-]*)")
+
+_ALIASES = {
+    "ar": "aspect",
+    "aspect": "aspect",
+    "seed": "seed",
+    "no": "negative",
+    "steps": "steps",
+    "guidance": "guidance",
+    "cfg": "guidance",
+    "count": "count",
+}
+_EXAMPLES = {
+    "aspect": "--ar 16:9",
+    "seed": "--seed 42",
+    "negative": "--no text, blur",
+    "steps": "--steps 30",
+    "guidance": "--guidance 4",
+    "count": "--count 2",
+}
+FLAG_HELP = "--ar, --seed, --no, --steps, --guidance, --count"
+
+
+class FlagError(ValueError):
+    """A malformed flag; the message says what to type instead."""
+
+
+@dataclass(frozen=True)
+class ParsedPrompt:
+    """The prompt without its flags, and the values the flags set (None = not given)."""
+
+    prompt: str
+    aspect: str | None = None
+    seed: int | None = None
+    negative: str | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    count: int | None = None
+
+
+def parse_flags(text: str) -> ParsedPrompt:
+    """Split ``text`` into the prompt and its flags; raise FlagError for anything malformed."""
+    matches = list(_FLAG.finditer(text))
+    if not matches:
+        return ParsedPrompt(prompt=text.strip())
+    values: dict[str, object] = {}
+    for index, match in enumerate(matches):
+        name = match.group(1).lower()
+        end = matches[index + 1].start() if index + 1 < len(matches) else len(text)
+        raw = text[match.end() : end].strip()
+        key = _ALIASES.get(name)
+        if key is None:
+            raise FlagError(f"Unknown flag --{name}. The flags are: {FLAG_HELP}.")
+        if key in values:
+            raise FlagError(f"--{name} is given twice: keep one.")
+        values[key] = _value(key, name, raw)
+    return ParsedPrompt(prompt=text[: matches[0].start()].strip(), **values)  # type: ignore[arg-type]
+
+
+def _value(key: str, name: str, raw: str) -> object:
+    if not raw:
+        raise FlagError(f"--{name} needs a value, e.g. {_EXAMPLES[key]}.")
+    if key == "negative":
+        return raw
+    if len(raw.split()) > 1:
+        raise FlagError(
+            f"--{name} takes one value, e.g. {_EXAMPLES[key]} (got “{_short(raw)}”). "
+            "Put the flags after the prompt text."
+        )
+    if key == "aspect":
+        if raw not in ASPECTS:
+            raise FlagError(f"--{name} {_short(raw)} isn't supported: use one of {', '.join(ASPECTS)}.")
+        return raw
+    if key == "guidance":
+        try:
+            number = float(raw)
+        except ValueError:
+            raise FlagError(f"--{name} needs a number, e.g. {_EXAMPLES[key]} (got “{_short(raw)}”).") from None
+        if not math.isfinite(number):
+            raise FlagError(f"--{name} needs a finite number, e.g. {_EXAMPLES[key]}.")
+        return number
+    if not re.fullmatch(r"[+-]?\d+", raw):
+        raise FlagError(f"--{name} needs a whole number, e.g. {_EXAMPLES[key]} (got “{_short(raw)}”).")
+    return int(raw)
+
+
+def _short(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,126 @@
+"""/queue, /cancel and /show: a user's own jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, cast
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from cogs.buttons import result_view
+from cogs.checks import is_admin, require_allowed_channel
+from cogs.errors import reply_private
+from cogs.eta import finish_times, queue_positions
+from cogs.text import NO_MENTIONS, clip, minutes, now, params_line, quote, relative
+from db.models import JobNotFound, JobState, NotAllowed, QueueError
+from engine.results import inside_output_dir
+
+if TYPE_CHECKING:
+    from bot import ImageBot
+
+log = logging.getLogger(__name__)
+
+
+class MyJobs(commands.Cog):
+    def __init__(self, bot: ImageBot) -> None:
+        self.bot = bot
+
+    @app_commands.command(name="queue", description="Your jobs and their place in line")
+    async def queue_command(self, interaction: discord.Interaction) -> None:
+        queue = self.bot.queue
+        active = await queue.active_jobs()
+        t = now()
+        ends = finish_times(active, self.bot.engine.estimate_seconds, t)
+        positions = queue_positions(active)
+        mine = [job for job in active if job.requester.user_id == interaction.user.id]
+        lines = []
+        for job in mine:
+            prompt = quote(job.request.prompt, 60)
+            if job.state is JobState.RUNNING:
+                step, total = job.progress_step or 0, job.progress_total or job.request.steps
+                lines.append(f"#{job.id} — running, step {step}/{total}, ready {relative(t + ends[job.id])} · {prompt}")
+            else:
+                where = positions.get(job.id, 0)
+                lines.append(
+                    f"#{job.id} — position {where}, {minutes(ends[job.id])} ({relative(t + ends[job.id])}) · {prompt}"
+                )
+        head = "Your jobs:\n" + "\n".join(lines) if lines else "You have no jobs waiting or running."
+        waiting = len(positions)
+        paused = await queue.is_paused()
+        tail = f"\nIn the queue: {waiting} waiting" + (" · **paused** by an admin" if paused else "")
+        if not self.bot.engine.ready:
+            tail += " · the image engine is warming up"
+        await reply_private(interaction, clip(head + tail))
+
+    @app_commands.command(name="cancel", description="Cancel your latest job, or a job by number")
+    @app_commands.describe(job="Job number (default: your latest waiting or running job)")
+    async def cancel(self, interaction: discord.Interaction, job: app_commands.Range[int, 1] | None = None) -> None:
+        queue = self.bot.queue
+        admin = is_admin(interaction, self.bot.settings)
+        if job is None:
+            latest = await queue.list_user_jobs(interaction.user.id, limit=1)
+            if not latest:
+                raise QueueError("You have no job waiting or running to cancel.")
+            job = latest[0].id
+        interaction.extras["job_id"] = job
+        target = await queue.get_job(job)
+        if target is None:
+            raise JobNotFound(f"There is no job #{job}.")
+        outcome = await queue.cancel(job, by_user_id=interaction.user.id, is_admin=admin)
+        if target.requester.user_id != interaction.user.id:
+            await queue.audit(
+                interaction.user.id,
+                "cancel",
+                f"job #{job} of user {target.requester.user_id}",
+                guild_id=interaction.guild_id,
+            )
+        if outcome.immediate:
+            await reply_private(interaction, f"Cancelled #{job}.")
+        else:
+            await reply_private(interaction, f"Stopping #{job} at its next step.")
+
+    @app_commands.command(name="show", description="Post a finished job's images here again")
+    @app_commands.describe(job="Job number")
+    async def show(self, interaction: discord.Interaction, job: app_commands.Range[int, 1]) -> None:
+        require_allowed_channel(interaction, self.bot.settings)
+        interaction.extras["job_id"] = job
+        found = await self.bot.queue.get_job(job)
+        if found is None:
+            raise JobNotFound(f"There is no job #{job}.")
+        owner = found.requester.user_id == interaction.user.id
+        if not owner and not is_admin(interaction, self.bot.settings) and found.result_message_id is None:
+            raise NotAllowed(f"Only the person who asked for #{job} or an admin can post it again.")
+        if found.state is not JobState.DONE:
+            raise QueueError(f"Job #{job} has no images ({found.state.value}).")
+        output_dir = self.bot.settings.output_dir
+        paths = [Path(p) for p in found.result_paths]
+        files = await asyncio.to_thread(_read, paths, output_dir)
+        if files is None:
+            raise QueueError(f"The images of #{job} are no longer on the bot's disk. Use /imagine to make them again.")
+        await interaction.response.defer(thinking=True)
+        content = clip(
+            f"**#{job}** by <@{found.requester.user_id}>\n> {quote(found.request.prompt, 900)}\n"
+            f"-# {params_line(found.request, found.seed_used)}"
+        )
+        await interaction.followup.send(
+            content,
+            files=[discord.File(io.BytesIO(data), filename=name) for name, data in files],
+            view=result_view(job),
+            allowed_mentions=NO_MENTIONS,
+        )
+
+
+def _read(paths: list[Path], output_dir: Path) -> list[tuple[str, bytes]] | None:
+    if not paths or not all(inside_output_dir(output_dir, p) and os.path.isfile(p) for p in paths):
+        return None
+    return [(p.name, p.read_bytes()) for p in paths]
+
+
+async def setup(bot: commands.Bot) -> None:
+    await bot.add_cog(MyJobs(cast("ImageBot", bot)))

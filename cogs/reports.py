@@ -1,0 +1,62 @@
+"""Text of the admin reports (/status, /memory), as pure functions of what the engine and queue say."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from cogs.text import clip, seconds_text
+from db.models import QueueStats
+from engine.types import EngineState, EngineStatus, PlanRow
+
+
+def status_report(engine: EngineStatus, stats: QueueStats, *, uptime_s: float, current_job: int | None) -> str:
+    lines = [f"**Engine:** {engine.state.value} on {engine.device_name}"]
+    if engine.state in (EngineState.STARTING, EngineState.LOADING):
+        lines.append(f"**Warming up:** {engine.load_message} ({engine.load_fraction:.0%})")
+    if engine.error:
+        lines.append(f"**Error:** {engine.error}")
+    plan = engine.plan or "not loaded yet"
+    mode = f" (asked: {engine.requested_mode})" if engine.requested_mode != engine.plan else ""
+    lines.append(f"**Plan:** {plan}{mode}")
+    if engine.plan_note:
+        lines.append(f"-# {engine.plan_note}")
+    if engine.free_vram_gib is not None:
+        lines.append(f"**Free VRAM:** {engine.free_vram_gib:.1f} GiB")
+    speed = f"{engine.step_s:.2f} s/step at the native size" if engine.step_s else "not measured yet"
+    lines.append(f"**Speed:** {speed}")
+    lines.append(f"**Jobs since start:** {engine.jobs_done} done, {engine.jobs_failed} failed")
+    running = f" (#{current_job} now)" if current_job is not None else ""
+    lines.append(
+        f"**Queue:** {stats.queued} waiting, {stats.running} running{running} · all time {stats.done} done, "
+        f"{stats.failed} failed, {stats.cancelled} cancelled" + (" · **paused**" if stats.paused else "")
+    )
+    lines.append(f"**Uptime:** {seconds_text(uptime_s)}")
+    return clip("\n".join(lines))
+
+
+def memory_report(engine: EngineStatus, rows: Sequence[PlanRow]) -> str:
+    free = f" · {engine.free_vram_gib:.1f} GiB free" if engine.free_vram_gib is not None else ""
+    plan = engine.plan or "not loaded yet"
+    lines = [f"**Plan now:** {plan} (asked: {engine.requested_mode}) on {engine.device_name}{free}"]
+    if engine.step_s:
+        lines.append(f"Measured here: {engine.step_s:.2f} s/step at the native size.")
+    lines.append("Measured on a reference GPU (peak memory · per step · per image):")
+    for row in rows:
+        if row.available:
+            numbers = " · ".join(
+                [
+                    f"{row.peak_gib:.1f} GiB" if row.peak_gib else "? GiB",
+                    f"{row.step_s:.2f} s/step" if row.step_s else "? s/step",
+                    f"{row.image_s:.0f} s/image" if row.image_s else "? s/image",
+                ]
+            )
+            lines.append(f"✅ `{row.name}` — {numbers} — {row.summary}")
+        else:
+            lines.append(f"❌ `{row.name}` — {_first_sentence(row.why_not or 'not available here')}")
+    lines.append("Switch with `/memory plan:<name>` (or `auto`); it applies between jobs and is remembered.")
+    return clip("\n".join(lines))
+
+
+def _first_sentence(text: str, limit: int = 110) -> str:
+    sentence = text.split(". ")[0].rstrip(".")
+    return sentence if len(sentence) <= limit else sentence[: limit - 1] + "…"

@@ -1,0 +1,126 @@
+"""Turn what a user asked for into a queued job, and answer with its status message.
+
+/imagine and the Re-roll / Variations buttons all go through here, so every job
+meets the same checks (channel, ban list, model limits, per-user and global caps,
+cooldown) and gets the same kind of reply within Discord's 3-second window.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
+
+import discord
+
+from cogs.checks import require_allowed_channel, require_no_banned_words
+from cogs.eta import finish_times
+from cogs.flags import parse_flags
+from cogs.status import engine_note, snapshot, status_text
+from cogs.text import NO_MENTIONS, now
+from db.models import EnqueueLimits, InvalidJob, JobRequest, Requester
+from engine.rules import ModelLimits, validate_request
+
+if TYPE_CHECKING:
+    from bot import ImageBot
+    from settings import Settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Ask:
+    """The /imagine options as given (None = not given); inline flags in the prompt override them."""
+
+    prompt: str
+    negative_prompt: str | None = None
+    aspect: str | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    seed: int | None = None
+    count: int | None = None
+
+
+def build_request(ask: Ask, limits: ModelLimits, settings: Settings) -> JobRequest:
+    """Parse flags, apply defaults and check every rule; raise a user-facing error for any problem."""
+    parsed = parse_flags(ask.prompt)
+    if not parsed.prompt:
+        raise InvalidJob("The prompt is empty: describe the image you want (flags like --ar go after the text).")
+    aspect = parsed.aspect or ask.aspect
+    width, height = limits.size_for_aspect(aspect) if aspect else (limits.native_size, limits.native_size)
+    request = JobRequest(
+        prompt=parsed.prompt,
+        negative_prompt=(parsed.negative if parsed.negative is not None else ask.negative_prompt or "").strip(),
+        width=width,
+        height=height,
+        steps=_first(parsed.steps, ask.steps, settings.default_steps),
+        guidance=float(_first(parsed.guidance, ask.guidance, settings.default_guidance)),
+        seed=parsed.seed if parsed.seed is not None else ask.seed,
+        count=_first(parsed.count, ask.count, 1),
+    )
+    check_request(request, limits, settings)
+    return request
+
+
+def check_request(request: JobRequest, limits: ModelLimits, settings: Settings) -> None:
+    validate_request(request, limits)
+    require_no_banned_words((request.prompt, request.negative_prompt), settings)
+
+
+def enqueue_limits(settings: Settings) -> EnqueueLimits:
+    return EnqueueLimits(
+        max_per_user=settings.max_jobs_per_user,
+        max_total=settings.max_queue_length,
+        cooldown_s=settings.user_cooldown_seconds,
+    )
+
+
+async def submit(
+    bot: ImageBot,
+    interaction: discord.Interaction,
+    request: JobRequest,
+    *,
+    kind: str = "imagine",
+    parent_job_id: int | None = None,
+) -> int:
+    """Queue the job and reply with its status message (which the progress loop keeps editing)."""
+    require_allowed_channel(interaction, bot.settings)
+    assert interaction.channel_id is not None
+    requester = Requester(
+        user_id=interaction.user.id,
+        channel_id=interaction.channel_id,
+        guild_id=interaction.guild_id,
+        user_name=interaction.user.display_name[:100],
+        interaction_id=interaction.id,
+    )
+    enqueued = await bot.queue.enqueue(
+        requester, request, enqueue_limits(bot.settings), kind=kind, parent_job_id=parent_job_id
+    )
+    job_id = enqueued.job_id
+    interaction.extras["job_id"] = job_id
+    active = await bot.queue.active_jobs()
+    job = next((j for j in active if j.id == job_id), None)
+    eta = finish_times(active, bot.engine.estimate_seconds).get(job_id, bot.engine.estimate_seconds(request))
+    if job is None:  # already finished or cancelled in between: the loop will show its final state
+        job = await bot.queue.get_job(job_id)
+        assert job is not None
+    paused = await bot.queue.is_paused()
+    snap = snapshot(job, position=enqueued.position, note=engine_note(bot.engine.status()), paused=paused)
+    text = status_text(job, snap, eta_s=eta, now=now())
+    callback = await interaction.response.send_message(text, allowed_mentions=NO_MENTIONS)
+    message_id = callback.message_id
+    if message_id is None:
+        message_id = (await interaction.original_response()).id
+    await bot.queue.set_status_message(job_id, message_id)
+    bot.dispatch("job_queued", job_id, snap)
+    log.info("Job #%s queued by %s (%s) at position %s", job_id, interaction.user.id, kind, enqueued.position)
+    return job_id
+
+
+def _first(*values: T | None) -> T:
+    """The first value that was given (the last one is the default and is never None)."""
+    for value in values:
+        if value is not None:
+            return value
+    raise ValueError("no value given and no default")

@@ -1,0 +1,55 @@
+"""Shared fixtures: a tiny random CogView4 folder (built once per run) and a fake Discord with a small world."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.fakediscord import FakeChannel, FakeDiscord, FakeGuild, FakeUser, Perm
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random CogView4 pipeline folder (64×64 native size; a job takes well under a second on CPU)."""
+    from engine.tiny import write_tiny_model
+
+    return write_tiny_model(tmp_path_factory.mktemp("tiny") / "cogview4-tiny")
+
+
+@dataclass
+class World:
+    """A guild with two text channels, two ordinary members and one admin (Manage Server)."""
+
+    server: FakeDiscord
+    guild: FakeGuild
+    channel: FakeChannel
+    other_channel: FakeChannel
+    alice: FakeUser
+    bob: FakeUser
+    admin: FakeUser
+
+
+@pytest.fixture
+async def fake_discord() -> AsyncIterator[FakeDiscord]:
+    server = await FakeDiscord(heartbeat_interval=0.5).start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+def world(fake_discord: FakeDiscord) -> World:
+    server = fake_discord
+    guild = server.add_guild("Art Club", channels=("general", "images"))
+    general, images = guild.text_channels()
+    alice = server.add_user("alice", global_name="Alice")
+    bob = server.add_user("bob", global_name="Bob")
+    admin = server.add_user("root", global_name="Admin")
+    server.add_member(guild, alice)
+    server.add_member(guild, bob)
+    server.add_member(guild, admin, permissions=int(Perm.MANAGE_GUILD | Perm.VIEW_CHANNEL | Perm.SEND_MESSAGES))
+    return World(server, guild, general, images, alice, bob, admin)
