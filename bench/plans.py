@@ -412,8 +412,10 @@ def table(args: argparse.Namespace) -> None:
         # what counts; other plans need their uncapped peak.
         if "swap" in name:
             better = best is None or (cap and (not best["measured_cap_gib"] or cap < best["measured_cap_gib"]))
+        elif row.get("compile"):
+            better = best is None or not best.get("compile")  # fast plans are listed as compiled
         else:
-            better = best is None or (not cap and best["measured_cap_gib"])
+            better = best is None or (not cap and best["measured_cap_gib"] and not best.get("compile"))
         if better:
             plans[name] = entry
     failed = [r for r in rows if r.get("impl") == "engine" and not r.get("ok")]
