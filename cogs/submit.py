@@ -18,7 +18,7 @@ from cogs.eta import finish_times
 from cogs.flags import parse_flags
 from cogs.status import engine_note, snapshot, status_text
 from cogs.text import NO_MENTIONS, now
-from db.models import EnqueueLimits, InvalidJob, JobRequest, Requester
+from db.models import EnqueueLimits, InvalidJob, Job, JobRequest, JobState, Requester
 from engine.rules import ModelLimits, validate_request
 
 if TYPE_CHECKING:
@@ -100,11 +100,11 @@ async def submit(
     job_id = enqueued.job_id
     interaction.extras["job_id"] = job_id
     active = await bot.queue.active_jobs()
-    job = next((j for j in active if j.id == job_id), None)
     eta = finish_times(active, bot.engine.estimate_seconds).get(job_id, bot.engine.estimate_seconds(request))
-    if job is None:  # already finished or cancelled in between: the loop will show its final state
-        job = await bot.queue.get_job(job_id)
-        assert job is not None
+    # The reply shows the job as it was accepted; if it started meanwhile, the next edit says so.
+    job = Job(
+        id=job_id, requester=requester, request=request, state=JobState.QUEUED, attempts=0, created_at=now(), kind=kind
+    )
     paused = await bot.queue.is_paused()
     snap = snapshot(job, position=enqueued.position, note=engine_note(bot.engine.status()), paused=paused)
     text = status_text(job, snap, eta_s=eta, now=now())

@@ -43,7 +43,11 @@ async def fake_discord() -> AsyncIterator[FakeDiscord]:
 
 @pytest.fixture
 def world(fake_discord: FakeDiscord) -> World:
-    server = fake_discord
+    return make_world(fake_discord)
+
+
+def make_world(server: FakeDiscord) -> World:
+    """Populate a fake Discord with the usual test guild and users."""
     guild = server.add_guild("Art Club", channels=("general", "images"))
     general, images = guild.text_channels()
     alice = server.add_user("alice", global_name="Alice")

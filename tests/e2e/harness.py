@@ -1,7 +1,6 @@
 """Run the real bot against the fake Discord: in this process (fast) or as `python bot.py` (the real thing)."""
 
 # Test helpers wait with an explicit timeout argument by design.
-# ruff: noqa: ASYNC109
 
 from __future__ import annotations
 
@@ -12,13 +11,14 @@ import os
 import re
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
 from bot import ImageBot, point_discord_at
+from db.models import Job
 from settings import Settings
 from tests.fakediscord import FakeDiscord, InteractionHandle, StoredMessage, point_discord_py_at
 
@@ -174,6 +174,18 @@ async def wait_result(server: FakeDiscord, channel: Any, job_id: int, timeout: f
     return await server.wait_for_message(
         channel, lambda m: f"**#{job_id}**" in m.content and bool(m.attachments), timeout, include_ephemeral=False
     )
+
+
+async def wait_job(bot: ImageBot, job_id: int, predicate: Callable[[Job], bool], timeout: float = 20) -> Job:
+    """Until the job's row satisfies ``predicate`` (re-read whenever the queue changes)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        job = await bot.queue.get_job(job_id)
+        if job is not None and predicate(job):
+            return job
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"job #{job_id} never got there: {job}")
+        await bot.queue.wait_for_change(0.2)
 
 
 def image_size(data: bytes) -> tuple[int, int]:
