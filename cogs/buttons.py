@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from pathlib import PurePath
 from typing import TYPE_CHECKING, Any, cast
 
 import discord
@@ -113,7 +114,8 @@ def job_info(job: Job, model_id: str) -> str:
         lines.append(f"**Negative:** {quote(request.negative_prompt, 400)}")
     seed = job.seed_used if job.seed_used is not None else request.seed
     lines.append(f"**Parameters:** {params_line(request, seed)}")
-    lines.append(f"**Model:** {quote(model_id, 100)} · **plan:** {job.plan or 'not run yet'}")
+    model = PurePath(model_id).name or model_id  # a local folder's name, not the owner's disk layout
+    lines.append(f"**Model:** {quote(model, 100)} · **plan:** {job.plan or 'not run yet'}")
     timing = [f"asked {relative(job.created_at)}"]
     if job.started_at is not None:
         timing.append(f"waited {seconds_text(job.started_at - job.created_at)}")

@@ -18,7 +18,7 @@ from cogs.checks import is_admin, require_allowed_channel
 from cogs.errors import reply_private
 from cogs.eta import finish_times, queue_positions
 from cogs.text import NO_MENTIONS, clip, minutes, now, params_line, quote, relative
-from db.models import JobNotFound, JobState, NotAllowed, QueueError
+from db.models import Job, JobNotFound, JobState, NotAllowed, QueueError
 from engine.results import inside_output_dir
 
 if TYPE_CHECKING:
@@ -93,8 +93,7 @@ class MyJobs(commands.Cog):
         found = await self.bot.queue.get_job(job)
         if found is None:
             raise JobNotFound(f"There is no job #{job}.")
-        owner = found.requester.user_id == interaction.user.id
-        if not owner and not is_admin(interaction, self.bot.settings) and found.result_message_id is None:
+        if not _may_repost(interaction, found, is_admin(interaction, self.bot.settings)):
             raise NotAllowed(f"Only the person who asked for #{job} or an admin can post it again.")
         if found.state is not JobState.DONE:
             raise QueueError(f"Job #{job} has no images ({found.state.value}).")
@@ -114,6 +113,16 @@ class MyJobs(commands.Cog):
             view=result_view(job),
             allowed_mentions=NO_MENTIONS,
         )
+
+
+def _may_repost(interaction: discord.Interaction, job: Job, admin: bool) -> bool:
+    """The requester always; others only within the server it was made in (never a DM's result),
+    and once the requester deleted it, only admins."""
+    if job.requester.user_id == interaction.user.id:
+        return True
+    if job.requester.guild_id is None or job.requester.guild_id != interaction.guild_id:
+        return False
+    return admin or job.result_message_id is not None
 
 
 def _read(paths: list[Path], output_dir: Path) -> list[tuple[str, bytes]] | None:

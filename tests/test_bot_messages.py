@@ -175,3 +175,21 @@ def test_status_report_while_warming_up() -> None:
     report = status_report(engine_status(EngineState.LOADING, plan=None), stats, uptime_s=75, current_job=None)
     assert "**Engine:** loading on CPU" in report and "**Warming up:** Loading transformer (40%)" in report
     assert "2 waiting" in report and "**paused**" in report and "**Uptime:** 75 s" in report
+
+
+def test_who_may_repost_a_result() -> None:
+    from types import SimpleNamespace
+
+    from cogs.myjobs import _may_repost
+
+    def asker(user_id: int, guild_id: int | None) -> discord.Interaction:
+        return SimpleNamespace(user=SimpleNamespace(id=user_id), guild_id=guild_id)  # type: ignore[return-value]
+
+    posted = job(1, JobState.DONE, result_message_id=99)
+    deleted = job(1, JobState.DONE, result_message_id=None)
+    in_dm = job(1, JobState.DONE, result_message_id=99, requester=Requester(user_id=ALICE, channel_id=5))
+    assert _may_repost(asker(ALICE, None), deleted, admin=False)  # the requester, anywhere
+    assert _may_repost(asker(7, 333), posted, admin=False)  # still up, same server
+    assert not _may_repost(asker(7, 444), posted, admin=True)  # another server
+    assert not _may_repost(asker(7, 333), deleted, admin=False) and _may_repost(asker(7, 333), deleted, admin=True)
+    assert not _may_repost(asker(7, 333), in_dm, admin=True)  # DM results stay private
