@@ -19,6 +19,7 @@ import signal
 import socket
 import sys
 import time
+from pathlib import Path
 
 import discord
 import discord.gateway
@@ -32,6 +33,7 @@ from cogs.text import NO_MENTIONS
 from db import JobQueue, open_queue
 from db.models import QueueError
 from engine.dispatcher import Dispatcher
+from engine.plans import PLANS
 from engine.service import Engine, EngineConfig
 from settings import Settings, SettingsError, load_settings
 
@@ -69,6 +71,12 @@ def point_discord_at(settings: Settings) -> None:
     discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)
 
 
+def model_label(model_id: str) -> str:
+    """How the model is named to users: a Hugging Face id as is, a local folder by its name only."""
+    path = Path(model_id).expanduser()
+    return path.name if path.is_dir() else model_id
+
+
 def invite_url(application_id: int) -> str:
     return (
         f"https://discord.com/oauth2/authorize?client_id={application_id}"
@@ -96,6 +104,7 @@ class ImageBot(commands.Bot):
         )
         self.settings = settings
         self.started_at = time.time()
+        self.model_label = settings.model_id
         self._closed_services = False
 
     async def setup_hook(self) -> None:
@@ -106,19 +115,20 @@ class ImageBot(commands.Bot):
             log.warning(
                 "Jobs interrupted by the last stop: %d back in the queue, %d failed", len(requeued), len(failed)
             )
-        mode = await self.queue.kv_get(MEMORY_KEY) or settings.memory_mode
+        mode = await self._memory_mode()
         if await self.queue.is_paused():
             log.warning("The queue is paused (an admin used /pause); /resume starts jobs again")
         config = dataclasses.replace(EngineConfig.from_settings(settings), memory_mode=mode)
-        self.engine = Engine(config)
+        self.engine = await asyncio.to_thread(Engine, config)  # reads the model's configs and tokenizer
         self.engine.start()  # loads in the background; jobs wait in the queue meanwhile
         log.info("Loading %s with memory plan %s in the background", settings.model_id, mode)
+        self.model_label = await asyncio.to_thread(model_label, settings.model_id)
         self.dispatcher = Dispatcher(
             self.queue,
             self.engine,
             settings.output_dir,
             worker_id=f"{socket.gethostname()}:{os.getpid()}",
-            model_id=settings.model_id,
+            model_id=self.model_label,  # written into the PNGs people download: no local paths
         )
         self.dispatcher.start()
         for extension in EXTENSIONS:
@@ -127,6 +137,18 @@ class ImageBot(commands.Bot):
         await self._sync_commands()
         if self.application_id is not None:
             log.info("Invite the bot with: %s", invite_url(self.application_id))
+
+    async def _memory_mode(self) -> str:
+        """The plan an admin chose with /memory (kept across restarts), else MEMORY_MODE."""
+        chosen = await self.queue.kv_get(MEMORY_KEY)
+        if chosen is None:
+            return self.settings.memory_mode
+        if chosen != "auto" and chosen not in PLANS:
+            log.warning(
+                "The saved memory plan %r no longer exists; using MEMORY_MODE=%s", chosen, self.settings.memory_mode
+            )
+            return self.settings.memory_mode
+        return chosen
 
     async def _sync_commands(self) -> None:
         guild_id = self.settings.dev_guild_id

@@ -11,7 +11,6 @@ import dataclasses
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from pathlib import PurePath
 from typing import TYPE_CHECKING, Any, cast
 
 import discord
@@ -75,7 +74,7 @@ async def info(bot: ImageBot, interaction: discord.Interaction, job_id: int) -> 
     job = await bot.queue.get_job(job_id)
     if job is None:
         raise JobNotFound(f"Job #{job_id} no longer exists.")
-    await reply_private(interaction, job_info(job, bot.settings.model_id))
+    await reply_private(interaction, job_info(job, bot.model_label))
 
 
 async def delete(bot: ImageBot, interaction: discord.Interaction, job_id: int) -> None:
@@ -114,8 +113,7 @@ def job_info(job: Job, model_id: str) -> str:
         lines.append(f"**Negative:** {quote(request.negative_prompt, 400)}")
     seed = job.seed_used if job.seed_used is not None else request.seed
     lines.append(f"**Parameters:** {params_line(request, seed)}")
-    model = PurePath(model_id).name or model_id  # a local folder's name, not the owner's disk layout
-    lines.append(f"**Model:** {quote(model, 100)} · **plan:** {job.plan or 'not run yet'}")
+    lines.append(f"**Model:** {quote(model_id, 100)} · **plan:** {job.plan or 'not run yet'}")
     timing = [f"asked {relative(job.created_at)}"]
     if job.started_at is not None:
         timing.append(f"waited {seconds_text(job.started_at - job.created_at)}")

@@ -193,3 +193,12 @@ def test_who_may_repost_a_result() -> None:
     assert not _may_repost(asker(7, 444), posted, admin=True)  # another server
     assert not _may_repost(asker(7, 333), deleted, admin=False) and _may_repost(asker(7, 333), deleted, admin=True)
     assert not _may_repost(asker(7, 333), in_dm, admin=True)  # DM results stay private
+
+
+def test_model_label_hides_local_paths(tmp_path: Path) -> None:
+    from bot import model_label
+
+    folder = tmp_path / "private" / "cogview4-local"
+    folder.mkdir(parents=True)
+    assert model_label(str(folder)) == "cogview4-local"
+    assert model_label("THUDM/CogView4-6B") == "THUDM/CogView4-6B"
