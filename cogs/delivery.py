@@ -86,6 +86,7 @@ class Delivery(commands.Cog):
             _, pending = await asyncio.wait(self._posts, timeout=5)
             for task in pending:
                 task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
     async def _loop(self) -> None:
         queue = self.bot.queue

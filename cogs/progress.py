@@ -64,7 +64,10 @@ class Progress(commands.Cog):
     @commands.Cog.listener()
     async def on_job_queued(self, job_id: int, shown: Snapshot) -> None:
         """The /imagine reply is the first version of the status message."""
-        self._tracked.setdefault(job_id, _Tracked(shown=shown, edited_at=time.monotonic()))
+        tracked = self._tracked.setdefault(job_id, _Tracked())
+        if tracked.shown is None:  # the loop may have seen the job before its reply existed
+            tracked.shown = shown
+            tracked.edited_at = time.monotonic()
 
     async def _loop(self) -> None:
         while True:
