@@ -1,7 +1,6 @@
 """Simulated interactions: INTERACTION_CREATE payloads, handles tests wait on, and the callback/webhook rules."""
 
 # Test helpers wait with an explicit timeout argument by design (clearer than wrapping in asyncio.timeout).
-# ruff: noqa: ASYNC109
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
 """Wake-up signal for waiters: tests wait on conditions over the fake's state instead of sleeping."""
 
 # Test helpers wait with an explicit timeout argument by design (clearer than wrapping in asyncio.timeout).
-# ruff: noqa: ASYNC109
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
 """``FakeDiscord``: the one object tests use: start/stop, build the world, act as users, inject faults, wait."""
 
 # Test helpers wait with an explicit timeout argument by design (clearer than wrapping in asyncio.timeout).
-# ruff: noqa: ASYNC109
 
 from __future__ import annotations
 
