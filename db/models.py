@@ -151,6 +151,7 @@ class Job:
     result_paths: list[str] = field(default_factory=list)
     seed_used: int | None = None
     plan: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)  # per-phase seconds of the finished run
     cancel_requested: bool = False
     worker_id: str | None = None
     progress_step: int | None = None

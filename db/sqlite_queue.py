@@ -138,6 +138,7 @@ def _job_from_row(row: aiosqlite.Row) -> Job:
         result_paths=json.loads(row["result_paths"]),
         seed_used=row["seed_used"],
         plan=row["plan"],
+        timings=json.loads(row["timings_json"] or "{}"),
         cancel_requested=bool(row["cancel_requested"]),
         worker_id=row["worker_id"],
         progress_step=row["progress_step"],
