@@ -67,16 +67,24 @@ def install(transformer: torch.nn.Module) -> None:
         block.attn1.set_processor(processor)
 
 
-def batch_pair(cond: torch.Tensor, uncond: torch.Tensor, image_tokens: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Stack text embeddings of different lengths, left-padded, with the bias that hides the padding."""
-    length = max(cond.shape[1], uncond.shape[1])
-    if cond.shape[1] == uncond.shape[1]:
-        return torch.cat([cond, uncond]), None
+def bucketed(
+    embeds: list[torch.Tensor], image_tokens: int, bucket: int = 1
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Stack text embeddings left-padded to a common length, with the bias that hides the padding.
+
+    `bucket` rounds the length up (e.g. to 64 tokens) so a compiled transformer sees the same
+    shapes for most prompts instead of recompiling, or falling back to slower dynamic-shape
+    kernels, whenever a prompt's token count changes.
+    """
+    longest = max(e.shape[1] for e in embeds)
+    length = -(-longest // bucket) * bucket
+    if all(e.shape[1] == length for e in embeds):
+        return torch.cat(embeds), None
     rows, biases = [], []
-    for embeds in (cond, uncond):
-        pad = length - embeds.shape[1]
-        rows.append(F.pad(embeds, (0, 0, pad, 0)))
-        bias = torch.zeros(length + image_tokens, dtype=embeds.dtype, device=embeds.device)
+    for e in embeds:
+        pad = length - e.shape[1]
+        rows.append(F.pad(e, (0, 0, pad, 0)))
+        bias = torch.zeros(length + image_tokens, dtype=e.dtype, device=e.device)
         bias[:pad] = float("-inf")
         biases.append(bias)
     return torch.cat(rows), torch.stack(biases)[:, None, None, :]

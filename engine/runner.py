@@ -59,6 +59,7 @@ class Timings:
 class RunnerOptions:
     step_delay_s: float = 0.0  # testing knob: slow every step down (crash soak)
     batched_cfg: bool = False
+    text_bucket: int = 0  # > 0: pad text to a multiple of this many tokens (static shapes for compile)
     attention_backend: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -204,10 +205,16 @@ class Runner:
         timesteps, _ = retrieve_timesteps(scheduler, steps, device, timesteps, sigmas, mu=mu)
         transformer_dtype = transformer.dtype
         batched = cfg and self.options.batched_cfg and negative_embeds is not None
-        if batched:
-            from engine.attention import batch_pair
+        key_bias = None
+        if batched or (self.options.text_bucket and not cfg):
+            from engine.attention import bucketed
 
-            both_embeds, key_bias = batch_pair(prompt_embeds, negative_embeds, image_seq_len)  # type: ignore[arg-type]
+            group = [prompt_embeds, negative_embeds] if batched else [prompt_embeds]
+            text, key_bias = bucketed(group, image_seq_len, max(1, self.options.text_bucket))  # type: ignore[arg-type]
+            if batched:
+                both_embeds = text
+            else:
+                prompt_embeds = text
 
         for i, t in enumerate(timesteps):
             model_input = latents.to(transformer_dtype)
@@ -234,6 +241,7 @@ class Runner:
                         original_size=sizes,
                         target_size=sizes,
                         crop_coords=crops,
+                        attention_mask=key_bias,
                         return_dict=False,
                     )[0]
                 if cfg:

@@ -342,9 +342,15 @@ class Engine:
         if plan.fast and self.config.torch_compile and self._device.type == "cuda":
             # Regional compilation: the 28 blocks share one compiled graph, so compiling takes
             # seconds instead of minutes; the first image pays it, once per process.
+            import torch._dynamo
+
+            # Static shapes per (text bucket, image size): a few compiles, each reused for good.
+            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)
             for block in c.transformer.transformer_blocks:
-                block.compile()
-        options = RunnerOptions(step_delay_s=self.config.step_delay_s, batched_cfg=plan.fast)
+                block.compile(dynamic=False)
+        options = RunnerOptions(
+            step_delay_s=self.config.step_delay_s, batched_cfg=plan.fast, text_bucket=64 if plan.fast else 0
+        )
         runner = Runner(pipe, plan, self._device, options, residency=residency)
         if embeddings is not None:
             runner.embeddings = embeddings  # same encoder weights: the embeddings stay valid

@@ -1,0 +1,74 @@
+"""`auto`: the fastest measured plan that fits the free VRAM, from the committed table."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine import plans as catalog
+from engine.plans import Measurement, choose_auto, leaner_plans, load_table
+
+SYNTHETIC = {
+    m.plan: m
+    for m in (
+        Measurement("bf16_fast", 34.7, 0.20, 0.1, 0.2),
+        Measurement("bf16_resident", 34.7, 0.32, 0.1, 0.2),
+        Measurement("mixed_swap", 15.7, 0.30, 0.1, 0.4, measured_cap_gib=16),
+        Measurement("nf4_resident", 15.3, 0.35, 0.1, 0.2),
+        Measurement("nf4_swap", 5.9, 0.36, 0.1, 1.2, measured_cap_gib=6),
+        Measurement("nf4_model_offload", 6.5, 0.36, 0.1, 3.3),
+        Measurement("bf16_sequential", 5.7, 6.5, 11.5, 0.4),
+        Measurement("nf4_sequential", 0, 0, 0, 0, ok=False),
+    )
+}
+
+
+@pytest.mark.parametrize(
+    ("free_gib", "compile_ok", "expected", "warns"),
+    [
+        (80.0, True, "bf16_fast", False),
+        (80.0, False, "mixed_swap", False),  # without torch.compile the fast plan is not offered
+        (40.0, True, "bf16_fast", False),
+        (34.8, True, "mixed_swap", False),  # 34.7 GiB peak + headroom does not fit in 34.8
+        (24.0, True, "mixed_swap", False),
+        (16.0, True, "mixed_swap", False),
+        (15.9, True, "nf4_resident", False),
+        (15.0, True, "nf4_swap", False),
+        (8.0, True, "nf4_swap", False),
+        (6.0, True, "nf4_swap", False),
+        (5.6, True, "nf4_swap", True),  # within 10 %: still the best bet, with a warning
+        (4.0, True, "bf16_sequential", True),  # nothing close: the leanest, with a warning
+    ],
+)
+def test_auto_picks_the_fastest_plan_that_fits(free_gib: float, compile_ok: bool, expected: str, warns: bool) -> None:
+    chosen = choose_auto(free_gib, SYNTHETIC, allow_compile=compile_ok)
+    assert chosen.plan.name == expected
+    assert (chosen.note is not None) == warns
+
+
+def test_no_gpu_means_the_cpu_plan() -> None:
+    chosen = choose_auto(None, SYNTHETIC)
+    assert chosen.plan.name == "bf16_resident" and chosen.note and "CPU" in chosen.note
+
+
+def test_broken_plans_are_never_chosen_or_stepped_down_to() -> None:
+    for free in (0.5, 3.0, 6.0, 100.0):
+        assert choose_auto(free, SYNTHETIC).plan.name != "nf4_sequential"
+    assert "nf4_sequential" not in leaner_plans("bf16_resident", SYNTHETIC)
+    assert leaner_plans("mixed_swap", SYNTHETIC)[0] == "nf4_resident"
+    assert leaner_plans("nf4_swap", SYNTHETIC) == ["bf16_sequential"]
+
+
+def test_the_committed_table_is_measured_data_for_known_plans() -> None:
+    table = load_table()
+    meta = catalog.table_meta()
+    assert "bench/plans.py" in meta["source"] and meta["gpu"]
+    assert set(table) <= set(catalog.PLANS)
+    assert not table["nf4_sequential"].ok
+    for m in table.values():
+        if m.ok:
+            assert m.peak_gib > 0 and m.step_s > 0
+    # What the measured table implies for common cards (fails if a new measurement changes the picture):
+    assert choose_auto(6.0, table).plan.name == "nf4_swap"
+    assert choose_auto(8.0, table).plan.name == "nf4_swap"
+    assert choose_auto(24.0, table).plan.name == "mixed_swap"
+    assert choose_auto(79.0, table, allow_compile=True).plan.name == "bf16_fast"
