@@ -411,11 +411,13 @@ def table(args: argparse.Namespace) -> None:
         # What a plan needs: swap plans adapt to the card, so their smallest successful cap is
         # what counts; other plans need their uncapped peak.
         if "swap" in name:
-            better = best is None or (cap and (not best["measured_cap_gib"] or cap < best["measured_cap_gib"]))
-        elif row.get("compile"):
-            better = best is None or not best.get("compile")  # fast plans are listed as compiled
+            # Swap plans adapt to the card: the smallest cap they ran under is what they need.
+            better = best is None or (cap and (not best["measured_cap_gib"] or cap <= best["measured_cap_gib"]))
+        elif row.get("compile") or (best is not None and best.get("compile")):
+            better = bool(row.get("compile")) and (not cap)  # fast plans are listed as compiled
         else:
-            better = best is None or (not cap and best["measured_cap_gib"] and not best.get("compile"))
+            # Later rows win; an uncapped run (the true peak) beats a capped one.
+            better = best is None or not cap or bool(best["measured_cap_gib"])
         if better:
             plans[name] = entry
     failed = [r for r in rows if r.get("impl") == "engine" and not r.get("ok")]
