@@ -14,40 +14,27 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 DEFAULT_CONFIGS = ROOT.parent / "shared" / "cogview4-6b"
 
 
 def build_tokenizer(out: Path, vocab_size: int, pad_id: int) -> None:
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
+    """GLM's vocabulary size and special ids, one token per word (ids only shape the sequence length)."""
+    from engine.tiny import save_glm_like_tokenizer
 
     vocab = {f"w{i}": i for i in range(vocab_size)}
     specials = {"<pad>": pad_id, "<unk>": pad_id + 1, "[gMASK]": pad_id + 2, "<sop>": pad_id + 3}
     for token, index in specials.items():
         vocab.pop(f"w{index}")
         vocab[token] = index
-    # Common words get ids so prompts are not all <unk> (the ids only matter for realism of shapes).
-    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tokenizer.normalizer = normalizers.Lowercase()
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="[gMASK] <sop> $A",
-        special_tokens=[("[gMASK]", specials["[gMASK]"]), ("<sop>", specials["<sop>"])],
-    )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        pad_token="<pad>",
-        unk_token="<unk>",
-        padding_side="left",
-        model_max_length=8192,
-    )
-    fast.save_pretrained(out / "tokenizer")
+    save_glm_like_tokenizer(out, vocab, per_character=False, model_max_length=8192)
 
 
 def build(out: Path, configs: Path) -> None:

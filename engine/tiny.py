@@ -16,15 +16,20 @@ SPECIAL_TOKENS = ["<pad>", "<unk>", "[gMASK]", "<sop>"]
 _WORD_PIECES = [chr(c) for c in range(ord("a"), ord("z") + 1)] + list(" 0123456789.,!?-'")
 
 
-def _build_tokenizer(folder: Path, model_max_length: int) -> None:
+def save_glm_like_tokenizer(folder: Path, vocab: dict[str, int], *, per_character: bool, model_max_length: int) -> None:
+    """A word-level tokenizer that behaves like GLM-4's where the pipeline cares.
+
+    It prefixes ``[gMASK]<sop>`` (so an empty negative prompt is not a zero-length
+    sequence) and pads on the left. `vocab` must hold <pad>, <unk>, [gMASK] and <sop>.
+    """
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + _WORD_PIECES)}
     tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tokenizer.normalizer = normalizers.Lowercase()
-    # Split into single characters so any prompt maps onto the small vocabulary.
-    tokenizer.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
+    tokenizer.pre_tokenizer = (
+        pre_tokenizers.Split(pattern="", behavior="isolated") if per_character else pre_tokenizers.Whitespace()
+    )
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[gMASK] <sop> $A",
         pair="[gMASK] <sop> $A $B",
@@ -59,7 +64,9 @@ def write_tiny_model(folder: str | Path, *, seed: int = 0) -> Path:
     torch.manual_seed(seed)
 
     text_hidden = 64  # bitsandbytes 4-bit needs in_features ≥ its block size (64)
-    _build_tokenizer(folder, model_max_length=256)
+    # Single characters as tokens, so any prompt maps onto the small vocabulary.
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + _WORD_PIECES)}
+    save_glm_like_tokenizer(folder, vocab, per_character=True, model_max_length=256)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(folder / "tokenizer")
 
     text_encoder = GlmModel(
