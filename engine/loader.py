@@ -32,9 +32,18 @@ def resolve_model_folder(model_id: str, progress: LoadProgress | None = None) ->
         return local
     from huggingface_hub import snapshot_download
 
+    from engine.types import EngineUnavailable
+
     if progress:
         progress(f"Downloading {model_id} (first start only; resumable)", 0.0)
-    return Path(snapshot_download(model_id))
+    try:
+        return Path(snapshot_download(model_id))
+    except Exception as exc:  # offline, unknown repo, gated model, disk full: all say the same to the user
+        raise EngineUnavailable(
+            f"Could not get {model_id} from Hugging Face ({exc.__class__.__name__}: {str(exc)[:200]}). "
+            "Check the internet connection and the MODEL_ID spelling, or set MODEL_ID to a local folder; "
+            "a half-finished download resumes on the next start."
+        ) from exc
 
 
 def nf4_config(library: str) -> Any:

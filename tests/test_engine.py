@@ -320,3 +320,20 @@ def test_nf4_sequential_is_never_attempted() -> None:
     assert resolved.note and "Cannot copy out of meta tensor" in resolved.note
     with pytest.raises(plan_catalog.PlanError, match="needs an NVIDIA GPU"):
         plan_catalog.resolve("nf4_sequential", has_gpu=False)
+
+
+async def test_an_unreachable_model_fails_with_a_message_and_jobs_are_refused(monkeypatch) -> None:
+    from engine.types import EngineState, EngineUnavailable
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    engine = Engine(EngineConfig(model_id="nobody/not-a-model", device="cpu"), table=dict(CPU_TABLE))
+    engine.start()
+    try:
+        assert await engine.wait_ready(60)
+        status = engine.status()
+        assert status.state is EngineState.FAILED
+        assert status.error and "Could not get nobody/not-a-model" in status.error and "MODEL_ID" in status.error
+        with pytest.raises(EngineUnavailable, match="not available"):
+            await engine.generate(request(width=1024, height=1024))
+    finally:
+        await engine.stop()
