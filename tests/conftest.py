@@ -11,6 +11,19 @@ import pytest
 from tests.fakediscord import FakeChannel, FakeDiscord, FakeGuild, FakeUser, Perm
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--soak", action="store_true", help="also run the long reliability soak (tests marked soak)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--soak"):
+        return
+    skip = pytest.mark.skip(reason="long soak: run with --soak (see README, 'Reliability soak')")
+    for item in items:
+        if "soak" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random CogView4 pipeline folder (64×64 native size; a job takes well under a second on CPU)."""
