@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
+import aiohttp
 import discord
 from discord.ext import commands
 
@@ -128,7 +129,7 @@ class Progress(commands.Cog):
             if snap.state.finished:
                 self._tracked.pop(job.id, None)
             return
-        except (discord.HTTPException, OSError) as exc:
+        except (discord.HTTPException, aiohttp.ClientError, OSError, TimeoutError) as exc:  # a dropped connection too
             log.warning("Editing the status message of job #%s failed: %s", job.id, exc)
             return
         finally:

@@ -64,6 +64,15 @@ class NotAllowed(QueueError):
     """The caller may not touch this job."""
 
 
+class StorageFull(QueueError):
+    """The disk under the queue is full: nothing was written (the caller may retry once space is freed)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The bot's disk is full, so this could not be saved. Try again later; the bot owner needs to free space."
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class Requester:
     """Who asked, and the Discord ids needed to answer later (long after the interaction expired)."""
@@ -217,3 +226,4 @@ class AuditEntry:
     action: str
     detail: str
     guild_id: int | None = None
+

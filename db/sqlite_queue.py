@@ -45,6 +45,7 @@ from db.models import (
     QueueFull,
     QueueStats,
     Requester,
+    StorageFull,
     UserQueueFull,
 )
 
@@ -238,8 +239,11 @@ class SqliteJobQueue:
             try:
                 yield conn
                 await conn.execute("COMMIT")
-            except BaseException:
+            except BaseException as exc:
                 await _rollback_quietly(conn)
+                if _disk_full(exc):  # say so plainly, to the user and in the log, instead of a generic error
+                    log.error("The disk holding the queue database %s is full: nothing can be saved", self.path)
+                    raise StorageFull from exc
                 raise
         self._notify()
 
@@ -753,6 +757,13 @@ class SqliteJobQueue:
             )
             for row in rows
         ]
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """SQLITE_FULL ("database or disk is full"), whether the INSERT or the COMMIT ran out of space."""
+    return isinstance(exc, sqlite3.OperationalError) and (
+        getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "database or disk is full" in str(exc)
+    )
 
 
 async def _rollback_quietly(conn: aiosqlite.Connection) -> None:

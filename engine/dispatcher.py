@@ -14,6 +14,7 @@ import errno
 import logging
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +31,10 @@ UNEXPECTED = (
     "Something went wrong while making your image (logged as job #{id}). Try again; "
     "if it keeps happening, tell the bot owner."
 )
-DISK_FULL = "The bot's disk is full, so the image could not be saved. Your job is back in the queue."
+# Stored as the job's error: shown if the job finally fails, so it must not promise a retry.
+DISK_FULL = "The bot's disk is full, so the image could not be saved; the bot owner needs to free some space."
+DISK_FULL_HOLD_S = 30.0  # no new job starts for this long after a full disk, so jobs don't burn their attempts
+RECORD_RETRY_MAX_S = 30.0
 
 
 @dataclass
@@ -137,23 +141,22 @@ class Dispatcher:
                 )
             except JobCancelled:
                 if running.handing_back:
-                    await self.queue.release(job.id, self.worker_id)
+                    await self._record(job, "the hand-back", lambda: self.queue.release(job.id, self.worker_id))
                 else:
-                    await self.queue.mark_cancelled(job.id, self.worker_id)
+                    await self._record(job, "the cancel", lambda: self.queue.mark_cancelled(job.id, self.worker_id))
                 return
-            except InvalidRequest as exc:
-                await self.queue.fail(job.id, self.worker_id, str(exc))
-                return
-            except EngineUnavailable as exc:
-                log.warning("Job #%s: engine unavailable: %s", job.id, exc)
-                await self.queue.fail(job.id, self.worker_id, str(exc), retry=True)
-                return
-            except EngineError as exc:
-                await self.queue.fail(job.id, self.worker_id, str(exc))
+            except (InvalidRequest, EngineUnavailable, EngineError) as exc:
+                error, retry = str(exc), isinstance(exc, EngineUnavailable)
+                if retry:
+                    log.warning("Job #%s: engine unavailable: %s", job.id, exc)
+                await self._record(
+                    job, "the failure", lambda: self.queue.fail(job.id, self.worker_id, error, retry=retry)
+                )
                 return
             except Exception:
                 log.exception("Job #%s failed", job.id)
-                await self.queue.fail(job.id, self.worker_id, UNEXPECTED.format(id=job.id))
+                error = UNEXPECTED.format(id=job.id)
+                await self._record(job, "the failure", lambda: self.queue.fail(job.id, self.worker_id, error))
                 return
             for note in result.notes:
                 log.warning("Job #%s: %s", job.id, note)
@@ -187,22 +190,49 @@ class Dispatcher:
             )
         except OSError as exc:
             full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
-            log.error("Job #%s: could not save the images: %s", job.id, exc)
             message = DISK_FULL if full else f"The image could not be saved ({exc.strerror or exc})."
-            await self.queue.fail(job.id, self.worker_id, message, retry=True)
+            log.error(
+                "Job #%s: could not save the images in %s (%s); it goes back in the queue (while it has tries left)"
+                " and no job starts for %.0f s",
+                job.id,
+                self.output_dir,
+                exc,
+                DISK_FULL_HOLD_S,
+            )
+            await self._record(job, "the failure", lambda: self.queue.fail(job.id, self.worker_id, message, retry=True))
             # Give the owner time to free space instead of burning the job's attempts.
-            self._hold_claims_until = time.monotonic() + 30.0
+            self._hold_claims_until = time.monotonic() + DISK_FULL_HOLD_S
             return
-        done = await self.queue.complete(
-            job.id,
-            self.worker_id,
-            result_paths=paths,
-            seed_used=result.seed,  # type: ignore[attr-defined]
-            plan=result.plan,  # type: ignore[attr-defined]
-            timings={k: float(v) for k, v in result.timings.items()},  # type: ignore[attr-defined]
+        done = await self._record(
+            job,
+            "the result",
+            lambda: self.queue.complete(
+                job.id,
+                self.worker_id,
+                result_paths=paths,
+                seed_used=result.seed,  # type: ignore[attr-defined]
+                plan=result.plan,  # type: ignore[attr-defined]
+                timings={k: float(v) for k, v in result.timings.items()},  # type: ignore[attr-defined]
+            ),
         )
-        if not done:
+        if done is False:
             log.warning("Job #%s finished after its lease was lost; the result is discarded", job.id)
+
+    async def _record(self, job: Job, what: str, write: Callable[[], Awaitable[bool]]) -> bool | None:
+        """Write a job's outcome. If the database refuses (disk full, I/O error), keep trying: giving up
+        would leave the job marked running until the next restart. When stopping, leave it to that restart
+        (returns None then)."""
+        delay = 1.0
+        while True:
+            try:
+                return await write()
+            except Exception as exc:
+                if self._stopping.is_set():
+                    log.error("Job #%s: could not record %s (%s); the next start requeues it", job.id, what, exc)
+                    return None
+                log.error("Job #%s: could not record %s (%s); trying again in %.0f s", job.id, what, exc, delay)
+                await self._sleep(delay)
+                delay = min(delay * 2, RECORD_RETRY_MAX_S)
 
     async def _lookahead(self, job: Job) -> list[Prefetch]:
         """Queued jobs that will run next: their prompts ride along in this job's encoder visit."""
