@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.fakediscord import FakeChannel, FakeDiscord, FakeGuild, FakeUser, Perm
+from tests.pg_fixtures import pg_server, pg_template, pg_url  # noqa: F401  (PostgreSQL fixtures)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -1,7 +1,8 @@
 """A separate OS process that uses the SQLite queue, for tests that need a real second process.
 
     python tests/queue_crash_child.py DB
-        Open the queue, claim the next job as worker "crash-child", print "claimed <id>", then sleep
+        DB is a SQLite file, or a postgresql:// URL for the cluster backend. Open the queue,
+        claim the next job as worker "crash-child", print "claimed <id>", then sleep
         until killed (the test SIGKILLs it to simulate a crash mid-generation).
 
     python tests/queue_crash_child.py DB enqueue TASKS JOBS FIRST_USER
@@ -22,6 +23,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -29,6 +31,15 @@ from db.models import JobRequest, Requester
 from db.sqlite_queue import SqliteJobQueue
 
 WORKER_ID = "crash-child"
+
+
+def open_target(db: Path) -> Any:
+    """The queue behind DB: a SQLite file, or PostgreSQL for a postgresql:// URL."""
+    if str(db).startswith("postgresql:"):
+        from db.postgres import PostgresJobQueue
+
+        return PostgresJobQueue(str(db), apply_schema=False)
+    return SqliteJobQueue(db)
 
 
 def _wait_for_start() -> None:
@@ -40,7 +51,7 @@ def _wait_for_start() -> None:
 
 
 async def claim_and_hang(db: Path) -> int:
-    queue = SqliteJobQueue(db)
+    queue = open_target(db)
     await queue.open()
     job = await queue.claim_next(WORKER_ID, lease_s=600)
     if job is None:
@@ -52,7 +63,7 @@ async def claim_and_hang(db: Path) -> int:
 
 
 async def enqueue_many(db: Path, tasks: int, jobs: int, first_user: int) -> int:
-    queue = SqliteJobQueue(db)
+    queue = open_target(db)
     await queue.open()
     try:
 
@@ -74,7 +85,7 @@ async def enqueue_many(db: Path, tasks: int, jobs: int, first_user: int) -> int:
 
 def main(argv: list[str]) -> int:
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # a hung child can be asked where it is
-    db = Path(argv[1])
+    db: Any = argv[1] if argv[1].startswith("postgresql:") else Path(argv[1])  # Path() would eat the "//"
     _wait_for_start()
     if len(argv) == 2:
         return asyncio.run(claim_and_hang(db))

@@ -1,26 +1,21 @@
-"""The SQLite job queue on real database files: fairness, concurrency, crashes, cancel, limits, outbox.
+"""What only the SQLite queue promises: its exact rotation, one file shared by processes, fair_order.
 
-Nothing here mocks the database. Crashes are real: a child process claims a job and is SIGKILLed.
-Time is only faked (by replacing `db.sqlite_queue._now`) where a test is about leases, cooldowns or
-retry times, so that it does not have to sleep.
+The behaviour both backends share (claim order, caps, cancel, leases, crash recovery, the outbox)
+is tested once for each in tests/test_queue_contract.py. Nothing here mocks the database.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
-import math
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import closing
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,31 +23,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import db.sqlite_queue as sqlite_queue
 from db.fairness import fair_order
-from db.interface import JobQueue
 from db.models import (
-    MAX_SEED,
-    CooldownActive,
-    EnqueueLimits,
-    Heartbeat,
-    InvalidJob,
     Job,
-    JobNotFound,
     JobRequest,
     JobState,
-    NotAllowed,
-    NoticeKind,
-    QueueError,
-    QueueFull,
     Requester,
-    UserQueueFull,
 )
 from db.sqlite_queue import SqliteJobQueue
 
 REPO = Path(__file__).resolve().parents[1]
 CHILD = REPO / "tests" / "queue_crash_child.py"
-CHILD_WORKER = "crash-child"
 WORKER = "gpu-0"
 
 
@@ -86,17 +67,6 @@ def raw_job(path: Path, job_id: int) -> sqlite3.Row:
     return row
 
 
-class Clock:
-    def __init__(self, start: float = 1_900_000_000.0) -> None:
-        self.t = start
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
-
-
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "queue.db"
@@ -108,21 +78,6 @@ async def queue(db_path: Path) -> AsyncIterator[SqliteJobQueue]:
     await q.open()
     yield q
     await q.close()
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    c = Clock()
-    monkeypatch.setattr(sqlite_queue, "_now", c)
-    return c
-
-
-async def reopen(queue: SqliteJobQueue) -> SqliteJobQueue:
-    """Close and open the same file again, as a restarted bot would."""
-    await queue.close()
-    fresh = SqliteJobQueue(queue.path)
-    await fresh.open()
-    return fresh
 
 
 async def must_claim(queue: SqliteJobQueue, worker: str = WORKER, lease_s: float = 60) -> Job:
@@ -144,54 +99,7 @@ async def claim_all(queue: SqliteJobQueue) -> list[int]:
     return claimed
 
 
-def start_crash_child(path: Path) -> tuple[subprocess.Popen[str], int]:
-    """A real worker process that claims the next job and hangs; returns it and the claimed id."""
-    child = subprocess.Popen(
-        [sys.executable, str(CHILD), str(path)],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert child.stdout is not None
-    line = child.stdout.readline().strip()
-    if not line.startswith("claimed "):
-        child.kill()
-        _, err = child.communicate(timeout=10)
-        pytest.fail(f"crash child did not claim a job: {line!r} {err}")
-    return child, int(line.split()[1])
-
-
-def kill_hard(child: subprocess.Popen[str]) -> None:
-    os.kill(child.pid, signal.SIGKILL)
-    assert child.wait(timeout=10) == -signal.SIGKILL
-    for stream in (child.stdout, child.stderr):
-        if stream is not None:
-            stream.close()
-
-
-# --- the interface ---------------------------------------------------------------------------
-
-
-async def test_implements_the_protocol_with_the_same_signatures(queue: SqliteJobQueue) -> None:
-    assert isinstance(queue, JobQueue)
-    for name, member in inspect.getmembers(JobQueue, inspect.isfunction):
-        if name.startswith("_"):
-            continue
-        ours = getattr(SqliteJobQueue, name)
-        assert inspect.iscoroutinefunction(ours), name
-        assert list(inspect.signature(ours).parameters) == list(inspect.signature(member).parameters), name
-
-
 # --- fairness --------------------------------------------------------------------------------
-
-
-async def test_one_job_of_b_is_claimed_right_after_the_first_of_a(queue: SqliteJobQueue) -> None:
-    a_jobs = [(await queue.enqueue(who(1), what(f"a{i}"))).job_id for i in range(5)]
-    b = await queue.enqueue(who(2), what("b"))
-    assert b.position == 2
-    claimed = await claim_all(queue)
-    assert claimed == [a_jobs[0], b.job_id, *a_jobs[1:]]
 
 
 @pytest.mark.parametrize(
@@ -212,7 +120,7 @@ def test_fair_order(queued: list[tuple[int, int]], last_served: dict[int, int], 
     assert fair_order(queued, last_served) == expected
 
 
-async def test_position_peek_and_active_jobs_agree_with_claim_order(queue: SqliteJobQueue) -> None:
+async def test_least_recently_served_user_goes_first_in_each_round(queue: SqliteJobQueue) -> None:
     # some history first, so "least recently served" matters: users 3 then 1 were served
     first = await queue.enqueue(who(3), what("history 3"))
     second = await queue.enqueue(who(1), what("history 1"))
@@ -285,33 +193,6 @@ def test_position_and_peek_match_claims_after_any_history(script: list[int | str
 # --- concurrency --------------------------------------------------------------------------------
 
 
-async def test_50_coroutines_share_one_queue(queue: SqliteJobQueue, db_path: Path) -> None:
-    async def producer(user_id: int) -> list[tuple[int, int]]:
-        out = []
-        for n in range(20):
-            enqueued = await queue.enqueue(who(user_id), what(f"{user_id}/{n}"))
-            out.append((enqueued.job_id, enqueued.position))
-        return out
-
-    results = await asyncio.gather(*(producer(user) for user in range(1, 51)))
-    pairs = [pair for result in results for pair in result]
-    ids = [job_id for job_id, _ in pairs]
-    assert len(pairs) == 1000 and len(set(ids)) == 1000
-    assert row_counts(db_path)["jobs"] == 1000
-    for job_id, position in pairs:
-        # nothing was claimed: a job's place is at least 1 and at most the number of jobs queued so far
-        assert 1 <= position <= job_id
-    for result in results:  # one user's jobs keep their order, one round apart at least
-        positions = [position for _, position in result]
-        assert positions == sorted(positions)
-    # the SQL position agrees with the reference order (db.fairness) that peek_next uses
-    peeked = [job.id for job in await queue.peek_next(1000)]
-    assert [await queue.position(job_id) for job_id in peeked] == list(range(1, 1001))
-    assert peeked[:50] == sorted(peeked[:50]) and len({raw_job(db_path, i)["user_id"] for i in peeked[:50]}) == 50
-    assert await queue.queue_length() == 1000
-    assert all([await queue.pending_count(user) == 20 for user in (1, 25, 50)])
-
-
 def test_several_processes_write_one_file(tmp_path: Path) -> None:
     """4 child processes (10 coroutines × 20 jobs each, own connection) and this one, on a new file."""
     path = tmp_path / "shared.db"
@@ -358,692 +239,12 @@ def test_several_processes_write_one_file(tmp_path: Path) -> None:
 # --- recovery ------------------------------------------------------------------------------------
 
 
-async def test_job_of_a_killed_worker_is_queued_again(queue: SqliteJobQueue, db_path: Path) -> None:
-    enqueued = await queue.enqueue(who(1), what())
-    child, claimed = start_crash_child(db_path)
-    assert claimed == enqueued.job_id
-    kill_hard(child)
-    job = await queue.get_job(claimed)
-    assert job is not None and job.state is JobState.RUNNING and job.worker_id == CHILD_WORKER
-
-    queue = await reopen(queue)
-    try:
-        assert await queue.recover_interrupted() == ([claimed], [])
-        job = await queue.get_job(claimed)
-        assert job is not None
-        assert (job.state, job.attempts, job.worker_id, job.started_at) == (JobState.QUEUED, 1, None, None)
-        assert await queue.position(claimed) == 1
-        notices = await queue.pending_notices()
-        assert [(n.kind, n.job.id) for n in notices] == [(NoticeKind.RESUMED, claimed)]
-        assert await queue.recover_interrupted() == ([], []), "a second recovery finds nothing to do"
-        assert len(await queue.pending_notices()) == 1
-    finally:
-        await queue.close()
-
-
-async def test_third_crash_fails_the_job_and_tells_the_user(queue: SqliteJobQueue, db_path: Path) -> None:
-    enqueued = await queue.enqueue(who(1), what())
-    for crash in range(1, 4):
-        child, claimed = start_crash_child(db_path)
-        assert claimed == enqueued.job_id
-        kill_hard(child)
-        queue = await reopen(queue)
-        requeued, failed = await queue.recover_interrupted()
-        job = await queue.get_job(claimed)
-        assert job is not None and job.attempts == crash
-        if crash < 3:
-            assert (requeued, failed, job.state) == ([claimed], [], JobState.QUEUED)
-    try:
-        assert (requeued, failed) == ([], [enqueued.job_id])
-        assert job.state is JobState.FAILED
-        assert job.error == "crashed the worker 3 times"
-        assert job.finished_at is not None
-        notices = await queue.pending_notices()
-        assert [n.kind for n in notices] == [NoticeKind.RESUMED, NoticeKind.RESUMED, NoticeKind.FAILED]
-        assert notices[-1].body == "crashed the worker 3 times"
-        assert await queue.claim_next(WORKER, 60) is None, "a failed job is never handed out again"
-    finally:
-        await queue.close()
-
-
-async def test_cancel_requested_before_the_crash_ends_cancelled(queue: SqliteJobQueue, db_path: Path) -> None:
-    enqueued = await queue.enqueue(who(1), what())
-    child, claimed = start_crash_child(db_path)
-    outcome = await queue.cancel(claimed, by_user_id=1)
-    assert (outcome.state, outcome.immediate) == (JobState.RUNNING, False)
-    kill_hard(child)
-    queue = await reopen(queue)
-    try:
-        assert await queue.recover_interrupted() == ([], [])
-        job = await queue.get_job(enqueued.job_id)
-        assert job is not None and job.state is JobState.CANCELLED and job.finished_at is not None
-        assert await queue.pending_notices() == [], "the owner cancelled it; nothing to announce"
-        assert await queue.claim_next(WORKER, 60) is None
-    finally:
-        await queue.close()
-
-
-async def test_completed_but_undelivered_result_survives_a_restart(queue: SqliteJobQueue) -> None:
-    enqueued = await queue.enqueue(who(1), what())
-    job = await queue.claim_next(WORKER, 60)
-    assert job is not None
-    assert await queue.complete(job.id, WORKER, result_paths=["/out/1.png"], seed_used=42, plan="bf16")
-    # the bot dies before the delivery loop posted it
-    queue = await reopen(queue)
-    try:
-        assert await queue.recover_interrupted() == ([], []), "a finished job is never re-run"
-        notices = await queue.pending_notices()
-        assert len(notices) == 1
-        notice = notices[0]
-        assert (notice.kind, notice.job.id, notice.job.state) == (NoticeKind.RESULT, enqueued.job_id, JobState.DONE)
-        assert notice.job.result_paths == ["/out/1.png"] and notice.job.seed_used == 42
-        await queue.notice_sent(notice.id, message_id=777)
-        queue = await reopen(queue)
-        assert await queue.recover_interrupted() == ([], [])
-        assert await queue.pending_notices() == [], "a delivered result is never posted again"
-    finally:
-        await queue.close()
-
-
-async def test_expired_leases_only_are_requeued(queue: SqliteJobQueue, clock: Clock) -> None:
-    short = await queue.enqueue(who(1), what())
-    long = await queue.enqueue(who(2), what())
-    assert (await must_claim(queue, "w1", lease_s=10)).id == short.job_id
-    assert (await must_claim(queue, "w2", lease_s=100)).id == long.job_id
-    clock.advance(9)
-    assert await queue.requeue_expired_leases() == ([], [])
-    clock.advance(2)
-    assert await queue.requeue_expired_leases() == ([short.job_id], [])
-    first = await queue.get_job(short.job_id)
-    second = await queue.get_job(long.job_id)
-    assert first is not None and second is not None
-    assert (first.state, first.worker_id, first.attempts) == (JobState.QUEUED, None, 1)
-    assert (second.state, second.worker_id) == (JobState.RUNNING, "w2")
-    # the hung worker wakes up: its lease is gone, so it can neither renew nor complete
-    assert await queue.heartbeat(short.job_id, "w1", 10) == Heartbeat(alive=False, cancel_requested=False)
-    assert not await queue.complete(short.job_id, "w1", result_paths=[], seed_used=1, plan="p")
-    assert [n.kind for n in await queue.pending_notices()] == [NoticeKind.RESUMED]
-
-
-async def test_expired_lease_after_max_attempts_fails(queue: SqliteJobQueue, clock: Clock) -> None:
-    enqueued = await queue.enqueue(who(1), what())
-    for attempt in range(1, 4):
-        job = await queue.claim_next(f"w{attempt}", lease_s=5)
-        assert job is not None and job.attempts == attempt
-        clock.advance(6)
-        requeued, failed = await queue.requeue_expired_leases()
-    assert (requeued, failed) == ([], [enqueued.job_id])
-    job = await queue.get_job(enqueued.job_id)
-    assert job is not None and job.state is JobState.FAILED and job.error == "crashed the worker 3 times"
-
-
-async def test_heartbeat_extends_the_lease_and_reports_cancel(queue: SqliteJobQueue, clock: Clock) -> None:
-    enqueued = await queue.enqueue(who(1), what(steps=20))
-    job = await queue.claim_next(WORKER, lease_s=10)
-    assert job is not None and (job.progress_step, job.progress_total) == (0, 20)
-    clock.advance(8)
-    beat = await queue.heartbeat(job.id, WORKER, 10, step=7)
-    assert (beat.alive, beat.cancel_requested) == (True, False)
-    clock.advance(8)  # 16 s after the claim: expired without the heartbeat, alive with it
-    assert await queue.requeue_expired_leases() == ([], [])
-    progressed = await queue.get_job(job.id)
-    assert progressed is not None and (progressed.progress_step, progressed.progress_total) == (7, 20)
-
-    await queue.cancel(enqueued.job_id, by_user_id=1)
-    beat = await queue.heartbeat(job.id, WORKER, 10, step=8)
-    assert (beat.alive, beat.cancel_requested) == (True, True)
-    clock.advance(11)
-    assert await queue.requeue_expired_leases() == ([], [])  # cancel requested: it ends cancelled, not requeued
-    ended = await queue.get_job(job.id)
-    assert ended is not None and ended.state is JobState.CANCELLED
-
-
-async def test_heartbeat_by_another_worker_is_not_alive(queue: SqliteJobQueue) -> None:
-    await queue.enqueue(who(1), what())
-    job = await queue.claim_next(WORKER, 60)
-    assert job is not None
-    assert await queue.heartbeat(job.id, "intruder", 60, step=5) == Heartbeat(False, False)
-    assert await queue.heartbeat(999, WORKER, 60) == Heartbeat(False, False)
-    unchanged = await queue.get_job(job.id)
-    assert unchanged is not None and unchanged.progress_step == 0 and unchanged.worker_id == WORKER
-
-
 # --- cancel ----------------------------------------------------------------------------------
-
-
-async def test_cancel_queued_job_is_immediate(queue: SqliteJobQueue) -> None:
-    enqueued = await queue.enqueue(who(1), what())
-    outcome = await queue.cancel(enqueued.job_id, by_user_id=1)
-    assert (outcome.job_id, outcome.state, outcome.immediate) == (enqueued.job_id, JobState.CANCELLED, True)
-    job = await queue.get_job(enqueued.job_id)
-    assert job is not None and job.state is JobState.CANCELLED and job.finished_at is not None
-    assert await queue.claim_next(WORKER, 60) is None
-    assert await queue.pending_notices() == []
-
-
-async def test_cancel_running_job_is_seen_by_the_worker(queue: SqliteJobQueue) -> None:
-    enqueued = await queue.enqueue(who(1), what())
-    job = await queue.claim_next(WORKER, 60)
-    assert job is not None
-    outcome = await queue.cancel(enqueued.job_id, by_user_id=1)
-    assert (outcome.state, outcome.immediate) == (JobState.RUNNING, False)
-    still = await queue.get_job(job.id)
-    assert still is not None and still.state is JobState.RUNNING and still.cancel_requested
-    assert (await queue.heartbeat(job.id, WORKER, 60)).cancel_requested
-    assert not await queue.mark_cancelled(job.id, "someone-else")
-    assert await queue.mark_cancelled(job.id, WORKER)
-    ended = await queue.get_job(job.id)
-    assert ended is not None and ended.state is JobState.CANCELLED and ended.finished_at is not None
-    assert not await queue.complete(job.id, WORKER, result_paths=[], seed_used=1, plan="p")
-    assert await queue.pending_notices() == []
-
-
-async def test_cancel_someone_elses_job_is_refused(queue: SqliteJobQueue, db_path: Path) -> None:
-    enqueued = await queue.enqueue(who(1), what())
-    before = row_counts(db_path)
-    with pytest.raises(NotAllowed, match="isn't yours"):
-        await queue.cancel(enqueued.job_id, by_user_id=2)
-    job = await queue.get_job(enqueued.job_id)
-    assert job is not None and job.state is JobState.QUEUED and not job.cancel_requested
-    assert row_counts(db_path) == before
-
-
-async def test_admin_cancels_someone_elses_queued_job(queue: SqliteJobQueue) -> None:
-    enqueued = await queue.enqueue(who(1), what())
-    outcome = await queue.cancel(enqueued.job_id, by_user_id=99, is_admin=True)
-    assert (outcome.state, outcome.immediate) == (JobState.CANCELLED, True)
-    notices = await queue.pending_notices()
-    assert [(n.kind, n.job.id, n.job.requester.user_id) for n in notices] == [
-        (NoticeKind.CANCELLED, enqueued.job_id, 1)
-    ]
-    assert "admin" in notices[0].body
-
-
-async def test_admin_cancels_someone_elses_running_job(queue: SqliteJobQueue) -> None:
-    enqueued = await queue.enqueue(who(1), what())
-    job = await queue.claim_next(WORKER, 60)
-    assert job is not None
-    outcome = await queue.cancel(enqueued.job_id, by_user_id=99, is_admin=True)
-    assert (outcome.state, outcome.immediate) == (JobState.RUNNING, False)
-    assert await queue.pending_notices() == [], "not announced before the worker actually stopped"
-    assert (await queue.heartbeat(job.id, WORKER, 60)).cancel_requested
-    assert await queue.mark_cancelled(job.id, WORKER)
-    notices = await queue.pending_notices()
-    assert [(n.kind, n.job.id, n.job.state) for n in notices] == [(NoticeKind.CANCELLED, job.id, JobState.CANCELLED)]
-
-
-@pytest.mark.parametrize("hand_back", ["release", "fail-retry"])
-async def test_cancel_request_survives_a_hand_back(queue: SqliteJobQueue, hand_back: str) -> None:
-    """A running job with a pending cancel must not go back to the queue (the next claim clears the flag)."""
-    enqueued = await queue.enqueue(who(1), what())
-    job = await queue.claim_next(WORKER, 60)
-    assert job is not None
-    await queue.cancel(enqueued.job_id, by_user_id=1)
-    if hand_back == "release":
-        assert await queue.release(job.id, WORKER)
-    else:
-        assert await queue.fail(job.id, WORKER, "interrupted", retry=True)
-    ended = await queue.get_job(job.id)
-    assert ended is not None and ended.state is JobState.CANCELLED
-    assert await queue.claim_next(WORKER, 60) is None
-
-
-async def test_admin_cancel_of_a_job_running_in_a_killed_worker(queue: SqliteJobQueue, db_path: Path) -> None:
-    await queue.enqueue(who(1), what())
-    child, claimed = start_crash_child(db_path)
-    await queue.cancel(claimed, by_user_id=99, is_admin=True)
-    kill_hard(child)
-    queue = await reopen(queue)
-    try:
-        assert await queue.recover_interrupted() == ([], [])
-        (notice,) = await queue.pending_notices()
-        assert (notice.kind, notice.job.id, notice.job.state) == (NoticeKind.CANCELLED, claimed, JobState.CANCELLED)
-    finally:
-        await queue.close()
-
-
-async def test_cancel_finished_job_is_a_clear_error(queue: SqliteJobQueue, db_path: Path) -> None:
-    enqueued = await queue.enqueue(who(1), what())
-    job = await queue.claim_next(WORKER, 60)
-    assert job is not None
-    assert await queue.complete(job.id, WORKER, result_paths=["x.png"], seed_used=1, plan="p")
-    before = row_counts(db_path)
-    with pytest.raises(QueueError, match=rf"#{enqueued.job_id} has already finished \(done\)"):
-        await queue.cancel(enqueued.job_id, by_user_id=1)
-    with pytest.raises(QueueError, match="already finished"):
-        await queue.cancel(enqueued.job_id, by_user_id=5, is_admin=True)
-    assert row_counts(db_path) == before
-
-
-async def test_cancel_unknown_job(queue: SqliteJobQueue) -> None:
-    with pytest.raises(JobNotFound, match="no job #12345"):
-        await queue.cancel(12345, by_user_id=1)
-    assert issubclass(JobNotFound, QueueError)
 
 
 # --- bad input -----------------------------------------------------------------------------------
 
-BAD_FIELDS = [
-    pytest.param("steps", -5, "steps must be a positive whole number", id="negative steps"),
-    pytest.param("steps", 2.5, "steps must be a positive whole number", id="fractional steps"),
-    pytest.param("prompt", "", "prompt is empty", id="empty prompt"),
-    pytest.param("prompt", "  \n\t ", "prompt is empty", id="whitespace prompt"),
-    pytest.param("prompt", "x" * 4001, "limited to 4000 characters", id="long prompt"),
-    pytest.param("negative_prompt", None, "negative prompt must be text", id="negative prompt None"),
-    pytest.param("seed", MAX_SEED + 1, "seed must be a whole number from 0 to 4294967295", id="seed too big"),
-    pytest.param("seed", -1, "seed must be a whole number from 0", id="negative seed"),
-    pytest.param("seed", True, "seed must be a whole number", id="bool seed"),
-    pytest.param("count", 0, "count must be a positive whole number", id="count 0"),
-    pytest.param("count", 17, "count must be at most 16", id="count 17"),
-    pytest.param("guidance", math.nan, "guidance must be a number", id="NaN guidance"),
-    pytest.param("guidance", -1.0, "guidance must be a number", id="negative guidance"),
-    pytest.param("guidance", True, "guidance must be a number", id="bool guidance"),
-    pytest.param("width", 0, "width must be a positive whole number", id="width 0"),
-]
-
-
-@pytest.mark.parametrize(("field", "value", "message"), BAD_FIELDS)
-def test_bad_request_is_refused_when_built(field: str, value: object, message: str) -> None:
-    fields: dict[str, Any] = {"prompt": "ok", "width": 64, "height": 64, "steps": 4, "guidance": 1.0}
-    fields[field] = value
-    with pytest.raises(InvalidJob, match=message) as info:
-        JobRequest(**fields)
-    assert isinstance(info.value, QueueError) and isinstance(info.value, ValueError)
-
-
-@pytest.mark.parametrize(("field", "value", "message"), BAD_FIELDS)
-async def test_bad_request_slipped_past_the_constructor_writes_nothing(
-    queue: SqliteJobQueue, db_path: Path, field: str, value: object, message: str
-) -> None:
-    await queue.enqueue(who(1), what())
-    before = row_counts(db_path)
-    request = what()
-    object.__setattr__(request, field, value)  # e.g. a caller that mutated a frozen request
-    with pytest.raises(InvalidJob, match=message):
-        await queue.enqueue(who(1), request)
-    assert row_counts(db_path) == before
-
-
-@pytest.mark.parametrize(
-    "call",
-    [
-        pytest.param(lambda q: q.enqueue({"user_id": 1, "channel_id": 2}, what()), id="dict as requester"),
-        pytest.param(lambda q: q.enqueue(who(), {"prompt": "x"}), id="dict as request"),
-        pytest.param(lambda q: q.enqueue(who(), what(), kind=""), id="empty kind"),
-        pytest.param(lambda q: q.enqueue(who(), what(), parent_job_id=4242), id="unknown parent"),
-        pytest.param(lambda q: q.list_user_jobs(1, states=["queued", "sleeping"]), id="unknown state"),
-    ],
-)
-async def test_bad_arguments_raise_invalid_job_and_write_nothing(
-    queue: SqliteJobQueue, db_path: Path, call: Callable[[SqliteJobQueue], Any]
-) -> None:
-    await queue.enqueue(who(1), what())
-    before = row_counts(db_path)
-    with pytest.raises(InvalidJob) as info:
-        await call(queue)
-    assert str(info.value) and not str(info.value).startswith(("'", "("))  # a sentence, not a repr
-    assert row_counts(db_path) == before
-
-
-async def test_unknown_state_message_lists_the_valid_ones(queue: SqliteJobQueue) -> None:
-    with pytest.raises(InvalidJob, match=r"Unknown job state 'sleeping'; expected one of: queued, running, done"):
-        await queue.list_user_jobs(1, states=["sleeping"])
-
-
-def test_requester_needs_positive_ids() -> None:
-    for user_id, channel_id in ((0, 1), (1, -3), (True, 1), ("7", 1)):
-        with pytest.raises(InvalidJob, match="positive Discord ids"):
-            Requester(user_id=user_id, channel_id=channel_id)  # type: ignore[arg-type]
-
-
-async def test_list_user_jobs_filters_and_orders(queue: SqliteJobQueue) -> None:
-    ids = [(await queue.enqueue(who(1), what(f"p{i}"))).job_id for i in range(4)]
-    await queue.enqueue(who(2), what("other"))
-    await queue.cancel(ids[1], by_user_id=1)
-    job = await queue.claim_next(WORKER, 60)
-    assert job is not None and job.id == ids[0]
-    assert [j.id for j in await queue.list_user_jobs(1)] == [ids[3], ids[2], ids[0]]
-    assert [j.id for j in await queue.list_user_jobs(1, states=[JobState.CANCELLED])] == [ids[1]]
-    assert [j.id for j in await queue.list_user_jobs(1, states="cancelled")] == [ids[1]]
-    assert [j.id for j in await queue.list_user_jobs(1, states=["queued", "cancelled"], limit=2)] == ids[3:1:-1]
-    assert await queue.list_user_jobs(3) == []
-
-
-async def test_enqueue_stores_every_field(queue: SqliteJobQueue) -> None:
-    requester = Requester(user_id=11, channel_id=22, guild_id=33, user_name="ana", interaction_id=44)
-    request = JobRequest(
-        prompt="p", width=768, height=1344, steps=28, guidance=4.0, negative_prompt="n", seed=MAX_SEED, count=4
-    )
-    parent = await queue.enqueue(requester, request)
-    child = await queue.enqueue(requester, replace(request, seed=0), kind="reroll", parent_job_id=parent.job_id)
-    job = await queue.get_job(child.job_id)
-    assert job is not None
-    assert job.requester == requester
-    assert job.request == replace(request, seed=0)
-    assert (job.kind, job.parent_job_id, job.state, job.attempts) == ("reroll", parent.job_id, JobState.QUEUED, 0)
-    assert await queue.get_job(999) is None
-
-
 # --- limits ----------------------------------------------------------------------------------------
 
 
-async def test_per_user_cap(queue: SqliteJobQueue, db_path: Path) -> None:
-    limits = EnqueueLimits(max_per_user=2)
-    first = await queue.enqueue(who(1), what(), limits)
-    await queue.enqueue(who(1), what(), limits)
-    with pytest.raises(UserQueueFull, match=r"already have 2 job\(s\) waiting \(the limit is 2\)"):
-        await queue.enqueue(who(1), what(), limits)
-    await queue.enqueue(who(2), what(), limits)  # others are not affected
-    job = await queue.claim_next(WORKER, 60)
-    assert job is not None and job.id == first.job_id
-    with pytest.raises(UserQueueFull):  # running jobs count too
-        await queue.enqueue(who(1), what(), limits)
-    assert await queue.complete(job.id, WORKER, result_paths=[], seed_used=1, plan="p")
-    await queue.enqueue(who(1), what(), limits)
-    assert row_counts(db_path)["jobs"] == 4
-
-
-async def test_global_cap(queue: SqliteJobQueue) -> None:
-    limits = EnqueueLimits(max_total=3)
-    for user in (1, 2, 3):
-        await queue.enqueue(who(user), what(), limits)
-    with pytest.raises(QueueFull, match=r"queue is full \(3 jobs waiting\)"):
-        await queue.enqueue(who(4), what(), limits)
-    assert await queue.claim_next(WORKER, 60) is not None  # the cap counts waiting jobs
-    await queue.enqueue(who(4), what(), limits)
-    assert await queue.queue_length() == 3
-
-
-async def test_cooldown(queue: SqliteJobQueue, clock: Clock) -> None:
-    limits = EnqueueLimits(cooldown_s=30)
-    await queue.enqueue(who(1), what(), limits)
-    clock.advance(10.2)
-    with pytest.raises(CooldownActive, match="try again in 20 s") as info:
-        await queue.enqueue(who(1), what(), limits)
-    assert info.value.retry_after == pytest.approx(19.8)
-    await queue.enqueue(who(2), what(), limits)  # per user
-    clock.advance(19.9)
-    await queue.enqueue(who(1), what(), limits)
-    assert await queue.pending_count(1) == 2
-
-
-@pytest.mark.parametrize("connections", [1, 4])
-async def test_caps_hold_under_concurrent_enqueues(db_path: Path, connections: int) -> None:
-    """20 enqueues at once by one user with a cap of 3, through 1 or 4 connections to the same file."""
-    queues = [SqliteJobQueue(db_path) for _ in range(connections)]
-    for q in queues:
-        await q.open()
-    try:
-        limits = EnqueueLimits(max_per_user=3)
-        results = await asyncio.gather(
-            *(queues[i % connections].enqueue(who(1), what(), limits) for i in range(20)), return_exceptions=True
-        )
-    finally:
-        for q in queues:
-            await q.close()
-    accepted = [r for r in results if not isinstance(r, BaseException)]
-    refused = [r for r in results if isinstance(r, BaseException)]
-    assert len(accepted) == 3
-    assert all(isinstance(r, UserQueueFull) for r in refused), refused
-    assert row_counts(db_path)["jobs"] == 3
-
-
-async def test_global_cap_holds_under_concurrent_enqueues(db_path: Path) -> None:
-    queues = [SqliteJobQueue(db_path) for _ in range(3)]
-    for q in queues:
-        await q.open()
-    try:
-        limits = EnqueueLimits(max_total=5)
-        results = await asyncio.gather(
-            *(queues[i % 3].enqueue(who(i + 1), what(), limits) for i in range(15)), return_exceptions=True
-        )
-    finally:
-        for q in queues:
-            await q.close()
-    assert sum(not isinstance(r, BaseException) for r in results) == 5
-    assert all(isinstance(r, QueueFull) for r in results if isinstance(r, BaseException))
-    assert row_counts(db_path)["jobs"] == 5
-
-
 # --- worker side and outbox -------------------------------------------------------------------------
-
-
-async def test_complete_writes_result_and_notice_together(queue: SqliteJobQueue, db_path: Path) -> None:
-    enqueued = await queue.enqueue(who(1), what())
-    job = await queue.claim_next(WORKER, 60)
-    assert job is not None
-    before = row_counts(db_path)
-    assert not await queue.complete(job.id, "not-the-owner", result_paths=["x.png"], seed_used=5, plan="p")
-    assert row_counts(db_path) == before
-    untouched = raw_job(db_path, job.id)
-    assert (untouched["state"], untouched["result_paths"], untouched["seed_used"]) == ("running", "[]", None)
-
-    ok = await queue.complete(
-        job.id, WORKER, result_paths=["a.png", "b.png"], seed_used=5, plan="nf4", timings={"total": 3.5}
-    )
-    assert ok
-    row = raw_job(db_path, job.id)
-    assert (row["state"], row["seed_used"], row["plan"]) == ("done", 5, "nf4")
-    assert json.loads(row["result_paths"]) == ["a.png", "b.png"]
-    assert json.loads(row["timings_json"]) == {"total": 3.5}
-    assert row_counts(db_path)["notices"] == before["notices"] + 1
-    assert not await queue.complete(job.id, WORKER, result_paths=["c.png"], seed_used=6, plan="p"), "only once"
-    notices = await queue.pending_notices()
-    assert [(n.kind, n.job.id) for n in notices] == [(NoticeKind.RESULT, enqueued.job_id)]
-    assert notices[0].job.result_paths == ["a.png", "b.png"]
-
-
-async def test_complete_is_atomic_when_the_notice_cannot_be_written(queue: SqliteJobQueue, db_path: Path) -> None:
-    """If the outbox insert fails, the job must not be marked done either (one transaction)."""
-    await queue.enqueue(who(1), what())
-    job = await queue.claim_next(WORKER, 60)
-    assert job is not None
-    sql(db_path, "CREATE TRIGGER no_notices BEFORE INSERT ON notices BEGIN SELECT RAISE(ABORT, 'disk gone'); END")
-    with pytest.raises(sqlite3.IntegrityError, match="disk gone"):
-        await queue.complete(job.id, WORKER, result_paths=["a.png"], seed_used=1, plan="p")
-    assert raw_job(db_path, job.id)["state"] == "running"
-    sql(db_path, "DROP TRIGGER no_notices")
-    # and the connection is still usable afterwards (the failed transaction was rolled back)
-    assert await queue.complete(job.id, WORKER, result_paths=["a.png"], seed_used=1, plan="p")
-
-
-async def test_notice_sent_records_the_message(queue: SqliteJobQueue) -> None:
-    await queue.enqueue(who(1), what())
-    job = await queue.claim_next(WORKER, 60)
-    assert job is not None
-    await queue.complete(job.id, WORKER, result_paths=["a.png"], seed_used=1, plan="p")
-    (notice,) = await queue.pending_notices()
-    await queue.notice_sent(notice.id, message_id=123456)
-    done = await queue.get_job(job.id)
-    assert done is not None and done.result_message_id == 123456 and done.delivered_at is not None
-    assert await queue.pending_notices() == []
-    await queue.notice_sent(notice.id, message_id=999)  # a repeat does not overwrite
-    again = await queue.get_job(job.id)
-    assert again is not None and again.result_message_id == 123456
-    await queue.mark_result_deleted(job.id)
-    deleted = await queue.get_job(job.id)
-    assert deleted is not None and deleted.result_message_id is None
-
-
-async def test_notice_failed_reschedules_and_give_up_closes(queue: SqliteJobQueue, clock: Clock) -> None:
-    enqueued = await queue.enqueue(who(1), what())
-    await queue.cancel(enqueued.job_id, by_user_id=2, is_admin=True)
-    (notice,) = await queue.pending_notices()
-    await queue.notice_failed(notice.id, "503 from Discord", retry_in_s=30)
-    assert await queue.pending_notices() == []
-    clock.advance(29)
-    assert await queue.pending_notices() == []
-    clock.advance(2)
-    (retried,) = await queue.pending_notices()
-    assert (retried.id, retried.attempts) == (notice.id, 1)
-    await queue.notice_failed(notice.id, "channel deleted", retry_in_s=30, give_up=True)
-    clock.advance(3600)
-    assert await queue.pending_notices() == []
-
-
-async def test_pending_notices_oldest_first_and_limited(queue: SqliteJobQueue) -> None:
-    ids = [(await queue.enqueue(who(1), what())).job_id for _ in range(5)]
-    for job_id in ids:
-        await queue.cancel(job_id, by_user_id=7, is_admin=True)
-    notices = await queue.pending_notices(limit=3)
-    assert [n.job.id for n in notices] == ids[:3]
-
-
-async def test_fail_with_retry_requeues_while_attempts_remain(queue: SqliteJobQueue) -> None:
-    enqueued = await queue.enqueue(who(1), what())
-    assert not await queue.fail(enqueued.job_id, WORKER, "not claimed yet", retry=True)
-    for attempt in (1, 2):
-        job = await queue.claim_next(WORKER, 60)
-        assert job is not None and job.attempts == attempt
-        assert await queue.fail(job.id, WORKER, "CUDA out of memory", retry=True)
-        requeued = await queue.get_job(job.id)
-        assert requeued is not None and requeued.state is JobState.QUEUED and requeued.worker_id is None
-    assert await queue.pending_notices() == [], "a retry is silent"
-    job = await queue.claim_next(WORKER, 60)
-    assert job is not None and job.attempts == 3
-    assert await queue.fail(job.id, WORKER, "CUDA out of memory", retry=True)  # no attempts left
-    failed = await queue.get_job(job.id)
-    assert failed is not None and failed.state is JobState.FAILED and failed.error == "CUDA out of memory"
-    (notice,) = await queue.pending_notices()
-    assert (notice.kind, notice.body) == (NoticeKind.FAILED, "CUDA out of memory")
-
-
-async def test_fail_without_retry_and_by_a_stranger(queue: SqliteJobQueue) -> None:
-    await queue.enqueue(who(1), what())
-    job = await queue.claim_next(WORKER, 60)
-    assert job is not None
-    assert not await queue.fail(job.id, "stranger", "boom")
-    assert await queue.fail(job.id, WORKER, "bad prompt for the model")
-    failed = await queue.get_job(job.id)
-    assert failed is not None and (failed.state, failed.attempts) == (JobState.FAILED, 1)
-
-
-async def test_release_hands_back_without_counting(queue: SqliteJobQueue) -> None:
-    enqueued = await queue.enqueue(who(1), what())
-    job = await queue.claim_next(WORKER, 60)
-    assert job is not None and job.attempts == 1
-    assert not await queue.release(job.id, "stranger")
-    assert await queue.release(job.id, WORKER)
-    back = await queue.get_job(job.id)
-    assert back is not None and (back.state, back.attempts, back.worker_id) == (JobState.QUEUED, 0, None)
-    assert await queue.position(enqueued.job_id) == 1
-    assert not await queue.release(job.id, WORKER), "only a running job can be released"
-    again = await queue.claim_next("gpu-1", 60)
-    assert again is not None and again.id == job.id and again.attempts == 1
-
-
-async def test_pause_stops_claims_and_survives_a_restart(queue: SqliteJobQueue) -> None:
-    await queue.enqueue(who(1), what())
-    assert not await queue.is_paused()
-    await queue.set_paused(True)
-    assert await queue.claim_next(WORKER, 60) is None
-    queue = await reopen(queue)
-    try:
-        assert await queue.is_paused() and (await queue.stats()).paused
-        assert await queue.claim_next(WORKER, 60) is None
-        await queue.set_paused(False)
-        assert await queue.claim_next(WORKER, 60) is not None
-    finally:
-        await queue.close()
-
-
-async def test_kv_and_audit_round_trip(queue: SqliteJobQueue) -> None:
-    assert await queue.kv_get("plan") is None
-    await queue.kv_set("plan", "nf4")
-    await queue.kv_set("plan", "bf16-offload")
-    await queue.kv_set("emoji", "🦊 ünïcode")
-    queue = await reopen(queue)
-    try:
-        assert await queue.kv_get("plan") == "bf16-offload"
-        assert await queue.kv_get("emoji") == "🦊 ünïcode"
-        await queue.audit(10, "pause", "maintenance", guild_id=900)
-        await queue.audit(11, "purge")
-        log = await queue.audit_log()
-        assert [(e.actor_id, e.action, e.detail, e.guild_id) for e in log] == [
-            (11, "purge", "", None),
-            (10, "pause", "maintenance", 900),
-        ]
-        assert log[0].at >= log[1].at > 0
-        assert len(await queue.audit_log(limit=1)) == 1
-    finally:
-        await queue.close()
-
-
-async def test_purge(queue: SqliteJobQueue) -> None:
-    a = [(await queue.enqueue(who(1), what())).job_id for _ in range(3)]
-    b = [(await queue.enqueue(who(2), what())).job_id for _ in range(2)]
-    running = await queue.claim_next(WORKER, 60)
-    assert running is not None and running.id == a[0]
-    assert await queue.purge(user_id=2) == b
-    assert [j.id for j in await queue.peek_next(10)] == a[1:]
-    assert await queue.purge() == a[1:]
-    assert await queue.purge() == []
-    job = await queue.get_job(a[0])
-    assert job is not None and job.state is JobState.RUNNING
-    cancelled = await queue.list_user_jobs(2, states=["cancelled"])
-    assert {j.id for j in cancelled} == set(b)
-    notices = await queue.pending_notices()
-    assert sorted(n.job.id for n in notices) == sorted(b + a[1:])
-    assert {n.kind for n in notices} == {NoticeKind.CANCELLED}
-
-
-async def test_stats_count_each_state(queue: SqliteJobQueue) -> None:
-    ids = [(await queue.enqueue(who(u), what())).job_id for u in (1, 2, 3, 4, 5, 6)]
-    await queue.cancel(ids[5], by_user_id=6)
-    for outcome in ("done", "failed", "running"):
-        job = await queue.claim_next(WORKER, 60)
-        assert job is not None
-        if outcome == "done":
-            await queue.complete(job.id, WORKER, result_paths=[], seed_used=1, plan="p")
-        elif outcome == "failed":
-            await queue.fail(job.id, WORKER, "x")
-    stats = await queue.stats()
-    assert (stats.queued, stats.running, stats.done, stats.failed, stats.cancelled, stats.paused) == (
-        2,
-        1,
-        1,
-        1,
-        1,
-        False,
-    )
-
-
-async def test_status_message_is_kept(queue: SqliteJobQueue) -> None:
-    enqueued = await queue.enqueue(who(1), what())
-    await queue.set_status_message(enqueued.job_id, 5555)
-    job = await queue.get_job(enqueued.job_id)
-    assert job is not None and job.status_message_id == 5555
-
-
-async def test_wait_for_change_wakes_on_a_write(queue: SqliteJobQueue) -> None:
-    started = time.monotonic()
-    await queue.wait_for_change(0.05)  # nothing happens: times out
-    assert time.monotonic() - started >= 0.04
-    waiter = asyncio.create_task(queue.wait_for_change(10))
-    await asyncio.sleep(0.01)
-    assert not waiter.done()
-    await queue.enqueue(who(1), what())
-    await asyncio.wait_for(waiter, 2)
-
-
-async def test_cancelled_caller_does_not_wedge_the_connection(queue: SqliteJobQueue) -> None:
-    """A caller cancelled mid-transaction (e.g. by asyncio.wait_for) must leave no transaction open."""
-    for delay in (0, 0.0005, 0.001, 0.002, 0.004):
-        task = asyncio.create_task(queue.enqueue(who(1), what()))
-        await asyncio.sleep(delay)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        enqueued = await asyncio.wait_for(queue.enqueue(who(2), what()), 5)  # still works
-        assert enqueued.job_id > 0
-    assert not queue._db.in_transaction
-
-
-async def test_closed_queue_raises_queue_error(db_path: Path) -> None:
-    q = SqliteJobQueue(db_path)
-    with pytest.raises(QueueError, match="not open"):
-        await q.queue_length()
-    await q.open()
-    await q.close()
-    await q.close()  # twice is fine
-    with pytest.raises(QueueError, match="not open"):
-        await q.enqueue(who(), what())
