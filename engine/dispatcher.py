@@ -101,6 +101,16 @@ class Dispatcher:
     def current_job_id(self) -> int | None:
         return self._running.job.id if self._running else None
 
+    def interrupt(self, *, hand_back: bool) -> None:
+        """Stop the running job at its next step: cancelled, or (hand_back) put back in the queue.
+
+        For a caller that learns of a cancel or a shutdown before the next heartbeat would
+        (a cluster worker hears procrastinate's abort notification); the model stays loaded."""
+        running = self._running
+        if running is not None:
+            running.handing_back = running.handing_back or hand_back
+            running.cancel.set()
+
     async def run(self) -> None:
         while not self._stopping.is_set():
             try:
