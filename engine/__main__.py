@@ -3,6 +3,7 @@
 python -m engine doctor
 python -m engine generate "a lighthouse at dusk" --plan auto --steps 30 --size 1024x1024 --seed 1 --out out.png
 python -m engine tiny-model DIR
+python -m engine worker [--gpu N] [--name NAME]   (a GPU machine of a multi-machine setup; README)
 """
 
 from __future__ import annotations
@@ -115,6 +116,46 @@ def cmd_tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    if args.gpu is not None:  # before torch is imported (on the engine thread): this process sees one GPU
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(args.gpu)
+    logging.getLogger().setLevel(args.log_level)
+    logging.getLogger("procrastinate").setLevel(logging.WARNING if args.log_level != "DEBUG" else logging.DEBUG)
+    try:
+        from engine.worker import GpuWorker, WorkerOptions
+    except ImportError as exc:
+        print(
+            f"The worker needs the cluster extra ({exc.name} is missing): pip install -e '.[cluster]'", file=sys.stderr
+        )
+        return 2
+    from engine.service import EngineConfig
+    from settings import SettingsError, load_settings
+
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if settings.database_url is None:
+        print(
+            "DATABASE_URL is not set: put postgresql://ROLE:PASSWORD@HOST/DB in .env (README, 'Add a second GPU PC')."
+        )
+        return 2
+    import socket
+
+    options = WorkerOptions(
+        database_url=settings.database_url.get_secret_value(),
+        name=args.name or f"{socket.gethostname()}-gpu{args.gpu or 0}",
+        spool_dir=Path(args.spool),
+        heartbeat_s=args.heartbeat,
+        stalled_after_s=args.stalled_after,
+        progress_s=args.progress_every,
+        poll_s=args.poll,
+        shutdown_grace_s=args.shutdown_grace,
+    )
+    return asyncio.run(GpuWorker(options, EngineConfig.from_settings(settings)).run())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine", description="CogView4 engine tools")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -133,9 +174,19 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
     t = sub.add_parser("tiny-model", help="write a tiny random CogView4 pipeline folder (tests, smoke runs)")
     t.add_argument("dir")
+    w = sub.add_parser("worker", help="serve jobs from PostgreSQL on this machine's GPU (QUEUE_BACKEND=postgres)")
+    w.add_argument("--gpu", type=int, default=None, help="GPU index for this worker (run one worker per GPU)")
+    w.add_argument("--name", help="worker name shown in /status (default: HOSTNAME-gpuN)")
+    w.add_argument("--spool", default="data/worker-spool", help="scratch folder for result PNGs")
+    w.add_argument("--heartbeat", type=float, default=10.0, help="seconds between worker heartbeats")
+    w.add_argument("--stalled-after", type=float, default=30.0, help="silence after which a worker counts as dead")
+    w.add_argument("--progress-every", type=float, default=1.0, help="seconds between progress reports")
+    w.add_argument("--poll", type=float, default=5.0, help="seconds between fetches when no notification arrives")
+    w.add_argument("--shutdown-grace", type=float, default=30.0, help="on SIGTERM, seconds before handing back")
+    w.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    handlers = {"doctor": cmd_doctor, "generate": cmd_generate, "tiny-model": cmd_tiny_model}
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handlers = {"doctor": cmd_doctor, "generate": cmd_generate, "tiny-model": cmd_tiny_model, "worker": cmd_worker}
     return handlers[args.command](args)
 
 

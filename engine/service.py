@@ -91,6 +91,7 @@ class Engine:
         self._jobs_failed = 0
         self._step_s: float | None = None
         self._device_name = "unknown"
+        self.model_loads = 0  # times weights were placed on the device: 1 unless the plan changed
         # Set on the GPU thread only:
         self._runner: Any = None
         self._components: Any = None
@@ -356,6 +357,7 @@ class Engine:
             runner.embeddings = embeddings  # same encoder weights: the embeddings stay valid
         self._runner = runner
         self._step_s = None
+        self.model_loads += 1
 
     def _teardown(self) -> None:
         from engine.device import release_memory
@@ -520,6 +522,23 @@ class Engine:
                 self._runner.embeddings.release(holder)
                 raise
         raise AssertionError("unreachable")
+
+    def max_area(self) -> int:
+        """The most pixels per image the current plan can make in this GPU's memory (what a cluster
+        worker advertises). Memory grows with the image area, as `_step_down_if_tight` assumes."""
+        limit = self.limits.max_area
+        plan = self._runner.plan.name if self._runner is not None else None
+        measured = self.table.get(plan) if plan else None
+        if self._device is None or self._device.type != "cuda" or measured is None:
+            return limit
+        free = self._free_gib()
+        if free is None:
+            return limit
+        import torch
+
+        held = torch.cuda.memory_reserved() / plan_catalog.GIB
+        factor = (free + held) / measured.need_gib()
+        return max(self.limits.min_size**2, min(limit, int(factor * self.limits.native_size**2)))
 
     def _step_down_if_tight(self, request: JobRequest, notes: list[str]) -> None:
         """In auto mode, move to a leaner plan before a job that would not fit in free VRAM."""
