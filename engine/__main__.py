@@ -149,6 +149,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         spool_dir=Path(args.spool),
         heartbeat_s=args.heartbeat,
         stalled_after_s=args.stalled_after,
+        reap_s=max(0.5, min(5.0, args.stalled_after / 2)),  # a dead worker's job is retried soon after
         progress_s=args.progress_every,
         poll_s=args.poll,
         shutdown_grace_s=args.shutdown_grace,

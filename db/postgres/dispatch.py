@@ -8,14 +8,21 @@ size classes: a worker listens only to the classes its memory plan can run.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import psycopg
 from procrastinate import App, PsycopgConnector, sql
+from procrastinate import exceptions as pexc
 from procrastinate import jobs as pjobs
+from procrastinate.connector import Notify
 from procrastinate.manager import JobManager, get_channel_for_queues
+
+log = logging.getLogger(__name__)
 
 TASK_NAME = "cogview.generate"
 MEGAPIXEL = 1 << 20
@@ -31,6 +38,42 @@ def queues_up_to(max_area: int) -> list[str]:
     return [f"cogview-{n}mp" for n in range(1, max(1, max_area // MEGAPIXEL) + 1)]
 
 
+# procrastinate 3.x stops watching a worker's side tasks as soon as one returns, and the periodic
+# deferrer returns at once when no periodic task exists (procrastinate issue #1597, PR #1605): a
+# listener or heartbeat that fails during a database restart would stay dead. These two overrides
+# keep them alive instead; fetching errors still end the worker, and `python -m engine worker`
+# starts a new one.
+
+
+class ResilientConnector(PsycopgConnector):
+    """procrastinate's connector whose LISTEN comes back after the database does."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._wakers: set[asyncio.Task[None]] = set()
+
+    async def listen_notify(self, on_notification: Notify, channels: Iterable[str]) -> None:
+        channels = list(channels)
+        delay = 0.5
+        while True:
+            started = time.monotonic()
+            try:
+                await super().listen_notify(on_notification=on_notification, channels=channels)
+            except pexc.ConnectorException as exc:
+                log.warning("Lost the job notifications (%s); listening again in %.1f s", exc.__cause__ or exc, delay)
+            delay = 0.5 if time.monotonic() - started > 30 else min(delay * 2, 10.0)
+            await asyncio.sleep(delay)
+            # Jobs queued while nobody listened: have the worker look once it listens again.
+            waker = asyncio.create_task(_wake_soon(on_notification, channels[0]))
+            self._wakers.add(waker)
+            waker.add_done_callback(self._wakers.discard)
+
+
+async def _wake_soon(on_notification: Notify, channel: str) -> None:
+    await asyncio.sleep(0.5)
+    await on_notification(channel=channel, payload='{"type": "job_inserted", "job_id": null}')
+
+
 class PausableJobManager(JobManager):
     """procrastinate's fetch, except while an admin has paused the queue (/pause)."""
 
@@ -43,10 +86,17 @@ class PausableJobManager(JobManager):
             return None
         return await super().fetch_job(queues, worker_id)
 
+    async def update_heartbeat(self, worker_id: int) -> None:
+        """A missed beat while the database restarts is not fatal: the next one is a few seconds away."""
+        try:
+            await super().update_heartbeat(worker_id)
+        except pexc.ConnectorException as exc:
+            log.warning("Worker heartbeat failed (%s); trying again at the next beat", exc.__cause__ or exc)
+
 
 def make_app(is_paused: Callable[[], Awaitable[bool]]) -> App:
     """A procrastinate app; open it with the queue's pool (`open_async(pool)`)."""
-    app = App(connector=PsycopgConnector())
+    app = App(connector=ResilientConnector())
     app.job_manager = PausableJobManager(app.connector, is_paused)  # type: ignore[arg-type]
     return app
 

@@ -1,0 +1,158 @@
+"""Several GPU workers on one PostgreSQL database: real `python -m engine worker` processes.
+
+Each worker is a separate process running the tiny CogView4 on the CPU; a job's length is
+set by ENGINE_STEP_DELAY. The test process plays the bot (enqueue, progress, outbox). Faults
+are real: SIGKILL of a worker, an immediate-mode PostgreSQL restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from db.models import JobState, NoticeKind
+from tests.cluster import Cluster, request, requester, worker_roles_sql
+from tests.pgserver import PgServer, admin_sql
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture
+async def cluster(pg_url: str, tiny_model: Path, tmp_path: Path) -> AsyncIterator[Cluster]:
+    c = await Cluster(pg_url, tiny_model, tmp_path).open()
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+def dbname(url: str) -> str:
+    return url.rsplit("/", 1)[1]
+
+
+async def test_three_workers_share_twelve_jobs_fairly_and_deliver_each_once(
+    cluster: Cluster, pg_server: PgServer, pg_url: str
+) -> None:
+    names = ("gpu_a", "gpu_b", "gpu_c")
+    admin_sql(pg_url, *worker_roles_sql(*names))  # each machine logs in with its own role (README)
+    for name in names:
+        cluster.start_worker(name, url=pg_server.url(dbname(pg_url), user=name, password=f"secret-{name}"))
+    # User 1 asks first and most: 4 jobs each for users 1, 2, 3, queued while the queue is paused.
+    await cluster.queue.set_paused(True)
+    ids = [
+        (await cluster.queue.enqueue(requester(u), request(f"u{u} #{n}", seed=n))).job_id
+        for u in (1, 2, 3)
+        for n in range(4)
+    ]
+    await cluster.wait_ready(*names)
+    await cluster.queue.set_paused(False)
+    jobs = await cluster.wait_jobs(ids, timeout=120)
+    assert all(job.state is JobState.DONE for job in jobs), [(j.id, j.state, j.error) for j in jobs]
+
+    posted = await cluster.deliver_all()
+    assert posted == {job_id: [NoticeKind.RESULT] for job_id in ids}, "every result delivered exactly once"
+    assert await cluster.queue.pending_notices() == []
+    for job in await asyncio.gather(*(cluster.queue.get_job(i) for i in ids)):
+        assert job is not None and job.result_message_id is not None
+        (path,) = job.result_paths
+        with Image.open(path) as image:
+            assert image.size == (64, 64)
+
+    rows = cluster.sql("SELECT id, user_id, worker_id, started_at, finished_at FROM jobs ORDER BY served_seq")
+    users = [row[1] for row in rows]
+    rank = {row[0]: [r[0] for r in rows if r[1] == row[1]].index(row[0]) for row in rows}
+    assert set(users[:3]) == {1, 2, 3}, f"the first three jobs go to three users: {users}"
+    for index, row in enumerate(rows):  # round-robin: nobody's (k+2)-th job before everyone's k-th
+        assert all(rank[later[0]] + 2 > rank[row[0]] for later in rows[index + 1 :]), users
+    for user in (1, 2, 3):
+        mine = [row[0] for row in rows if row[1] == user]
+        assert mine == sorted(mine), "each user's jobs in the order asked"
+    # One user never holds every GPU while another waits.
+    for row in rows:
+        t = row[3]
+        busy = {r[1] for r in rows if r[3] <= t < r[4]}
+        waiting = {r[1] for r in rows if r[3] > t}
+        assert not (len(busy) == 1 and sum(r[3] <= t < r[4] for r in rows) == 3 and waiting - busy), (t, busy)
+    assert {row[2] for row in rows} == set(names), "all three GPUs worked"
+    for worker in await cluster.queue.list_workers():
+        assert worker.model_loads == 1 and worker.jobs_done >= 1, worker
+
+
+async def test_sigkilled_worker_job_completes_on_another(cluster: Cluster) -> None:
+    for name in ("gpu_a", "gpu_b"):
+        cluster.start_worker(name, stalled_after=2.0)
+    await cluster.wait_ready("gpu_a", "gpu_b")
+    long = await cluster.queue.enqueue(requester(1), request("long job", steps=100))
+    others = [(await cluster.queue.enqueue(requester(2), request(f"short {n}"))).job_id for n in range(2)]
+    (running,) = await cluster.wait_jobs(
+        [long.job_id], lambda job: job.state is JobState.RUNNING and (job.progress_step or 0) >= 5, timeout=60
+    )
+    victim = running.worker_id
+    assert victim in ("gpu_a", "gpu_b")
+    cluster.kill(victim)  # mid-job, no goodbye
+
+    jobs = await cluster.wait_jobs([long.job_id, *others], timeout=90)
+    assert all(job.state is JobState.DONE for job in jobs), [(j.id, j.state, j.error) for j in jobs]
+    done = jobs[0]
+    assert done.worker_id not in (victim, None) and done.attempts == 2, (victim, done.worker_id, done.attempts)
+    posted = await cluster.deliver_all()
+    assert posted[long.job_id] == [NoticeKind.RESUMED, NoticeKind.RESULT], "told once it resumed, result once"
+    assert all(posted[job_id] == [NoticeKind.RESULT] for job_id in others)
+    tokens = cluster.sql(
+        "SELECT status::text FROM procrastinate_jobs WHERE args->>'job_id' = %s ORDER BY id", (str(long.job_id),)
+    )
+    assert [t[0] for t in tokens] == ["failed", "succeeded"], "the dead worker's attempt was closed, one retry ran"
+
+
+async def test_cancelling_a_running_remote_job_stops_it_and_keeps_the_model(cluster: Cluster) -> None:
+    cluster.step_delay = 0.1
+    # Progress every 2 s: a stop well before that comes from procrastinate's abort notification.
+    cluster.start_worker("gpu_a", progress_every=2.0)
+    await cluster.wait_ready("gpu_a")
+    job = await cluster.queue.enqueue(requester(1), request("cancel me", steps=100))
+    await cluster.wait_jobs([job.job_id], lambda j: j.state is JobState.RUNNING, timeout=60)
+    await asyncio.sleep(0.6)
+    asked = time.monotonic()
+    outcome = await cluster.queue.cancel(job.job_id, by_user_id=1)
+    assert not outcome.immediate
+    (cancelled,) = await cluster.wait_jobs([job.job_id], lambda j: j.state is JobState.CANCELLED, timeout=20)
+    took = time.monotonic() - asked
+    assert took < 1.0, f"cancelled after {took:.2f} s (steps are 0.1 s)"
+    assert cancelled.attempts == 1 and await cluster.queue.pending_notices() == []
+
+    after = await cluster.queue.enqueue(requester(1), request("next one", steps=5))
+    (done,) = await cluster.wait_jobs([after.job_id], timeout=60)
+    assert done.state is JobState.DONE and done.worker_id == "gpu_a"
+    (worker,) = await cluster.queue.list_workers()
+    assert cluster.workers["gpu_a"].poll() is None, "the worker process survived the cancel"
+    assert (worker.model_loads, worker.jobs_done, worker.pid) == (1, 1, cluster.workers["gpu_a"].pid)
+    assert "Loading transformer" not in cluster.log_of("gpu_a").split("cancel requested", 1)[1]
+
+
+async def test_postgres_restart_mid_run_loses_nothing(cluster: Cluster, pg_server: PgServer) -> None:
+    for name in ("gpu_a", "gpu_b"):  # polling every 30 s: only LISTEN/NOTIFY can make pick-ups quick
+        cluster.start_worker(name, stalled_after=15.0, poll=30.0)
+    await cluster.wait_ready("gpu_a", "gpu_b")
+    ids = [
+        (await cluster.queue.enqueue(requester(u), request(f"u{u} #{n}", steps=20))).job_id
+        for n in range(3)
+        for u in (1, 2, 3)
+    ]
+    await cluster.wait_jobs(ids[:2], lambda j: j.state is not JobState.QUEUED, timeout=60)
+    await asyncio.to_thread(pg_server.restart_immediate, 2.0)
+
+    jobs = await cluster.wait_jobs(ids, timeout=150)
+    assert all(job.state is JobState.DONE for job in jobs), [(j.id, j.state, j.error) for j in jobs]
+    posted = await cluster.deliver_all()
+    assert all(posted[job_id].count(NoticeKind.RESULT) == 1 for job_id in ids), posted
+    assert set(posted) == set(ids)
+    await cluster.wait_ready("gpu_a", "gpu_b")  # both workers came back on their own
+    asked = time.monotonic()
+    late = await cluster.queue.enqueue(requester(4), request("after the restart"))
+    await cluster.wait_jobs([late.job_id], lambda j: j.state is not JobState.QUEUED, timeout=30)
+    assert time.monotonic() - asked < 5, "the workers hear new jobs again (LISTEN came back)"
