@@ -7,18 +7,19 @@ cooldown) and gets the same kind of reply within Discord's 3-second window.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
+import aiohttp
 import discord
 
 from cogs.checks import require_allowed_channel, require_no_banned_words
-from cogs.eta import finish_times
 from cogs.flags import parse_flags
 from cogs.status import engine_note, snapshot, status_text
 from cogs.text import NO_MENTIONS, now
-from db.models import EnqueueLimits, InvalidJob, Job, JobRequest, JobState, Requester
+from db.models import EnqueueLimits, InvalidJob, Job, JobRequest, JobState, QueueError, Requester
 from engine.rules import ModelLimits, validate_request
 
 if TYPE_CHECKING:
@@ -99,16 +100,29 @@ async def submit(
     )
     job_id = enqueued.job_id
     interaction.extras["job_id"] = job_id
-    active = await bot.queue.active_jobs()
-    eta = finish_times(active, bot.engine.estimate_seconds).get(job_id, bot.engine.estimate_seconds(request))
-    # The reply shows the job as it was accepted; if it started meanwhile, the next edit says so.
+    # Answer before any other database trip: Discord allows 3 s, and in a burst every read waits its turn
+    # behind hundreds of writes. The ETA is a first guess from the place in line (each job ahead taking as
+    # long as this one); the status loop replaces it within seconds. If the job started meanwhile, the next
+    # edit says so too.
+    eta = enqueued.position * bot.engine.estimate_seconds(request)
     job = Job(
         id=job_id, requester=requester, request=request, state=JobState.QUEUED, attempts=0, created_at=now(), kind=kind
     )
-    paused = await bot.queue.is_paused()
-    snap = snapshot(job, position=enqueued.position, note=engine_note(bot.engine.status()), paused=paused)
+    snap = snapshot(job, position=enqueued.position, note=engine_note(bot.engine.status()), paused=enqueued.paused)
     text = status_text(job, snap, eta_s=eta, now=now())
-    callback = await interaction.response.send_message(text, allowed_mentions=NO_MENTIONS)
+    try:
+        callback = await interaction.response.send_message(text, allowed_mentions=NO_MENTIONS)
+    except discord.NotFound:
+        # Discord gave up on the interaction (no answer within 3 s) and told the user it failed: the job must
+        # not run behind their back (they will likely ask again), so it is withdrawn.
+        with contextlib.suppress(QueueError):
+            await bot.queue.cancel(job_id, by_user_id=interaction.user.id)
+        log.warning("Interaction %s expired before job #%s was confirmed; job withdrawn", interaction.id, job_id)
+        return job_id
+    except (discord.HTTPException, aiohttp.ClientError, OSError) as exc:
+        # Maybe answered, maybe not: keep the job (its result is posted in the channel either way).
+        log.warning("Could not confirm job #%s to its user (%s); it stays queued", job_id, exc)
+        return job_id
     message_id = callback.message_id
     if message_id is None:
         message_id = (await interaction.original_response()).id

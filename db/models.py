@@ -174,6 +174,7 @@ class Job:
 class Enqueued:
     job_id: int
     position: int
+    paused: bool = False  # read in the same transaction, so the reply needs no second trip to the database
 
 
 @dataclass(frozen=True, slots=True)
