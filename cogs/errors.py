@@ -14,7 +14,7 @@ from discord import app_commands
 
 from cogs.checks import Refused
 from cogs.flags import FlagError
-from cogs.text import NO_MENTIONS, clip
+from cogs.text import NO_MENTIONS, clip, quote
 from db.models import QueueError
 from engine.rules import InvalidRequest
 from engine.types import EngineError
@@ -32,7 +32,7 @@ def user_message(error: BaseException) -> str | None:
     if isinstance(error, _KNOWN):
         return str(error) or None
     if isinstance(error, app_commands.TransformerError):
-        return f"“{error.value}” isn't a valid value for that option."
+        return f"“{quote(str(error.value), 60)}” isn't a valid value for that option."
     if isinstance(error, app_commands.CommandOnCooldown):
         return f"You're going a bit fast: try again in {error.retry_after:.0f} s."
     if isinstance(error, app_commands.NoPrivateMessage):

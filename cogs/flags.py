@@ -13,6 +13,7 @@ import math
 import re
 from dataclasses import dataclass
 
+from cogs.text import quote
 from engine.rules import ASPECTS
 
 # A flag starts a word: "--ar" or "—ar" at the start or after whitespace ("well--known" is no flag).
@@ -103,4 +104,5 @@ def _value(key: str, name: str, raw: str) -> object:
 
 
 def _short(text: str, limit: int = 40) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    """The user's own text, echoed in an error: shortened, and unable to ping or break the markdown."""
+    return quote(text, limit)

@@ -67,7 +67,7 @@ class ModelLimits:
     def size_for_aspect(self, aspect: str) -> tuple[int, int]:
         """The valid (width, height) closest to this aspect ratio at about the native pixel count."""
         if aspect not in ASPECTS:
-            raise InvalidRequest(f"Unknown aspect {aspect!r}: use one of {', '.join(ASPECTS)}.")
+            raise InvalidRequest(f"Unknown aspect: use one of {', '.join(ASPECTS)}.")  # no echo of what was typed
         rw, rh = ASPECTS[aspect]
         target_ratio = math.log(rw / rh)
         native_area = self.native_size * self.native_size
