@@ -118,19 +118,25 @@ class ImageBot(commands.Bot):
         mode = await self._memory_mode()
         if await self.queue.is_paused():
             log.warning("The queue is paused (an admin used /pause); /resume starts jobs again")
-        config = dataclasses.replace(EngineConfig.from_settings(settings), memory_mode=mode)
-        self.engine = await asyncio.to_thread(Engine, config)  # reads the model's configs and tokenizer
-        self.engine.start()  # loads in the background; jobs wait in the queue meanwhile
-        log.info("Loading %s with memory plan %s in the background", settings.model_id, mode)
         self.model_label = await asyncio.to_thread(model_label, settings.model_id)
-        self.dispatcher = Dispatcher(
-            self.queue,
-            self.engine,
-            settings.output_dir,
-            worker_id=f"{socket.gethostname()}:{os.getpid()}",
-            model_id=self.model_label,  # written into the PNGs people download: no local paths
-        )
-        self.dispatcher.start()
+        if settings.queue_backend == "postgres":  # GPU machines run the jobs (python -m engine worker)
+            from engine.cluster_view import ClusterEngine
+
+            self.engine = ClusterEngine(self.queue.list_workers, settings.model_id)  # type: ignore[assignment,attr-defined]
+            await self.engine.start()
+        else:
+            config = dataclasses.replace(EngineConfig.from_settings(settings), memory_mode=mode)
+            self.engine = await asyncio.to_thread(Engine, config)  # reads the model's configs and tokenizer
+            self.engine.start()  # loads in the background; jobs wait in the queue meanwhile
+            log.info("Loading %s with memory plan %s in the background", settings.model_id, mode)
+            self.dispatcher = Dispatcher(
+                self.queue,
+                self.engine,
+                settings.output_dir,
+                worker_id=f"{socket.gethostname()}:{os.getpid()}",
+                model_id=self.model_label,  # written into the PNGs people download: no local paths
+            )
+            self.dispatcher.start()
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         self.add_dynamic_items(*RESULT_BUTTONS)  # result buttons keep working after a restart

@@ -16,7 +16,8 @@ from discord.ext import commands
 
 from cogs.checks import admin_only
 from cogs.errors import reply_private
-from cogs.reports import memory_report, status_report
+from cogs.reports import memory_report, status_report, workers_report
+from cogs.text import clip
 from engine.plans import PLANS
 from engine.types import PlanSwitchFailed
 
@@ -92,12 +93,16 @@ class Admin(commands.Cog):
     @admin_only()
     async def status(self, interaction: discord.Interaction) -> None:
         stats = await self.bot.queue.stats()
+        dispatcher = getattr(self.bot, "dispatcher", None)  # none when GPU machines run the jobs
         report = status_report(
             self.bot.engine.status(),
             stats,
             uptime_s=time.time() - self.bot.started_at,
-            current_job=self.bot.dispatcher.current_job_id,
+            current_job=dispatcher.current_job_id if dispatcher is not None else None,
         )
+        workers = getattr(self.bot.engine, "workers", None)  # QUEUE_BACKEND=postgres: one line per GPU
+        if workers is not None:
+            report = clip(f"{report}\n{workers_report(workers(), now=time.time(), stale_s=self.bot.engine.stale_s)}")
         await reply_private(interaction, report)
 
 

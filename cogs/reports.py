@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from cogs.text import clip, seconds_text
 from db.models import QueueStats
+from db.workers import WorkerInfo
 from engine.types import EngineState, EngineStatus, PlanRow
 
 
@@ -32,6 +33,27 @@ def status_report(engine: EngineStatus, stats: QueueStats, *, uptime_s: float, c
     )
     lines.append(f"**Uptime:** {seconds_text(uptime_s)}")
     return clip("\n".join(lines))
+
+
+def workers_report(workers: Sequence[WorkerInfo], *, now: float, stale_s: float) -> str:
+    """One line per GPU worker (QUEUE_BACKEND=postgres): where, which GPU and plan, busy or idle, speed."""
+    if not workers:
+        return "**GPU workers:** none has connected yet: run `python -m engine worker` on a GPU machine."
+    online = [w for w in workers if w.online(now, stale_s)]
+    lines = [f"**GPU workers:** {len(online)} of {len(workers)} online"]
+    for w in workers:
+        if not w.online(now, stale_s):
+            state = f"offline (last seen {seconds_text(max(0.0, now - w.last_seen))} ago)"
+        elif w.state == "busy":
+            state = f"busy (#{w.current_job})" if w.current_job else "busy"
+        else:
+            state = "idle" if w.state == "ready" else w.state
+        speed = f"{w.step_s:.2f} s/step" if w.step_s else "speed not measured yet"
+        lines.append(
+            f"`{w.name}` — {w.host}, {w.gpu}, plan {w.plan or 'not loaded'} — {state} — "
+            f"{w.jobs_done} done, {w.jobs_failed} failed — {speed}"
+        )
+    return "\n".join(lines)
 
 
 def memory_report(engine: EngineStatus, rows: Sequence[PlanRow]) -> str:

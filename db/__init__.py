@@ -21,9 +21,27 @@ async def open_queue(settings: Settings) -> JobQueue:
 
         queue: JobQueue = SqliteJobQueue(settings.database_path)
     else:
-        raise NotImplementedError("QUEUE_BACKEND=postgres needs the cluster extra (see README).")
+        queue = _postgres_queue(settings)
     await queue.open()
     return queue
+
+
+def _postgres_queue(settings: Settings) -> JobQueue:
+    """The multi-machine queue; its driver is an optional extra, imported only here."""
+    from db.models import QueueError
+
+    if settings.database_url is None:
+        raise QueueError(
+            "QUEUE_BACKEND=postgres needs DATABASE_URL=postgresql://ROLE:PASSWORD@HOST/DB "
+            "(README, 'Add a second GPU PC')."
+        )
+    try:
+        from db.postgres import PostgresJobQueue
+    except ImportError as exc:
+        raise QueueError(
+            f"QUEUE_BACKEND=postgres needs the cluster extra ({exc.name} is missing): pip install -e '.[cluster]'"
+        ) from exc
+    return PostgresJobQueue(settings.database_url.get_secret_value(), output_dir=settings.output_dir)
 
 
 __all__ = ["JobQueue", "open_queue"]

@@ -21,6 +21,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,11 +30,12 @@ from procrastinate.job_context import AbortReason, JobContext
 from procrastinate.worker import Worker
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
+from db.models import JobRequest
 from db.postgres import PostgresJobQueue
 from db.postgres.dispatch import TASK_NAME, queues_up_to
 from engine.dispatcher import Dispatcher
 from engine.service import Engine, EngineConfig
-from engine.types import EngineState
+from engine.types import EngineState, GenerationResult, Progress
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,7 @@ class GpuWorker:
         self.started_at = time.time()
         self._stopping = asyncio.Event()
         self._current: int | None = None
+        self._claimed_at = 0.0
         self._queues: list[str] = []
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -117,7 +120,7 @@ class GpuWorker:
         self.options.spool_dir.mkdir(parents=True, exist_ok=True)
         self.dispatcher = Dispatcher(
             self.queue,
-            self.engine,
+            _TimedEngine(self.engine, lambda: self._claimed_at),  # type: ignore[arg-type]
             self.options.spool_dir,
             worker_id=self.options.name,
             model_id=model_label(self.config.model_id),
@@ -203,6 +206,7 @@ class GpuWorker:
             log.info("Token %s: job #%s is no longer waiting (cancelled meanwhile)", context.job.id, job_id)
             return
         self._current = job.id
+        self._claimed_at = job.started_at or time.time()
         await self._report(state="busy", current_job=job.id)
         run = asyncio.ensure_future(self.dispatcher.process(job))
         try:
@@ -246,6 +250,34 @@ class GpuWorker:
         }
         fields.update(overrides)
         await self.queue.report_worker(self.options.name, **fields)
+
+
+class _TimedEngine:
+    """The engine as the dispatcher sees it, adding how long dispatch took to each job's timings:
+    claim → engine start, and claim → first denoising step (what the scale-out benchmark reports)."""
+
+    def __init__(self, engine: Engine, claimed_at: Callable[[], float]) -> None:
+        self._engine = engine
+        self._claimed_at = claimed_at
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+    async def generate(self, request: JobRequest, *, on_progress: Any = None, **kwargs: Any) -> GenerationResult:
+        called = time.time()
+        first: list[float] = []
+
+        def progress(update: Progress) -> None:
+            if not first:
+                first.append(time.time())
+            if on_progress is not None:
+                on_progress(update)
+
+        result = await self._engine.generate(request, on_progress=progress, **kwargs)
+        claimed = self._claimed_at()
+        result.timings["claim_to_engine_s"] = called - claimed
+        result.timings["claim_to_first_step_s"] = (first[0] if first else called) - claimed
+        return result
 
 
 def _remove_spool_files(folder: Path, job_id: int) -> None:

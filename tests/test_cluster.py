@@ -17,6 +17,8 @@ from PIL import Image
 
 from db.models import JobState, NoticeKind
 from tests.cluster import Cluster, request, requester, worker_roles_sql
+from tests.conftest import World
+from tests.e2e.harness import ephemeral_reply, image_size, queued_reply, running_bot, settings_for, wait_result
 from tests.pgserver import PgServer, admin_sql
 
 pytestmark = pytest.mark.timeout(180)
@@ -156,3 +158,40 @@ async def test_postgres_restart_mid_run_loses_nothing(cluster: Cluster, pg_serve
     late = await cluster.queue.enqueue(requester(4), request("after the restart"))
     await cluster.wait_jobs([late.job_id], lambda j: j.state is not JobState.QUEUED, timeout=30)
     assert time.monotonic() - asked < 5, "the workers hear new jobs again (LISTEN came back)"
+
+
+async def test_bot_in_postgres_mode_shows_progress_and_posts_results_from_a_remote_worker(
+    world: World, tiny_model: Path, tmp_path: Path, pg_url: str
+) -> None:
+    """bot.py with QUEUE_BACKEND=postgres starts no engine; a worker process makes the image."""
+    server = world.server
+    settings = settings_for(
+        server, tiny_model, tmp_path, dev_guild_id=world.guild.id, queue_backend="postgres", database_url=pg_url
+    )
+    workers = Cluster(pg_url, tiny_model, tmp_path, step_delay=0.15)
+    async with running_bot(server, settings, ready=False) as bot:
+        assert not hasattr(bot, "dispatcher"), "no local GPU work in the bot process"
+        progress = bot.get_cog("Progress")
+        progress.edit_interval_s = 0.2  # type: ignore[union-attr]
+        await workers.open()
+        try:
+            workers.start_worker("gpu_a")
+            assert await bot.engine.wait_ready(90), workers.log_of("gpu_a")
+            handle = await server.send_slash_command(
+                world.alice, world.channel, "imagine", {"prompt": "a lighthouse at dusk", "steps": 16}
+            )
+            job_id, position, status = await queued_reply(handle)
+            assert position == 1
+            posted = await wait_result(server, world.channel, job_id, timeout=60)
+            assert [image_size(a.data) for a in posted.attachments] == [(64, 64)]
+            await server.wait_for(lambda: "Done — see below" in server.message(status.id).content, 10, "final")
+            shown = [h["content"] for h in server.message(status.id).history]
+            assert any("making it" in text and "/16 steps" in text for text in shown), shown
+
+            report = await ephemeral_reply(await server.send_slash_command(world.admin, world.channel, "status"))
+            assert "**GPU workers:** 1 of 1 online" in report, report
+            assert "`gpu_a`" in report and "plan bf16_resident" in report and "1 done" in report, report
+            memory = await server.send_slash_command(world.admin, world.channel, "memory", {"plan": "mixed_resident"})
+            assert "Each GPU machine picks its own memory plan" in await ephemeral_reply(memory)
+        finally:
+            await workers.close()

@@ -1,0 +1,183 @@
+"""The engine as the bot sees it when the GPUs are in other machines (QUEUE_BACKEND=postgres).
+
+The cogs ask the engine for its status, its limits and an estimate per job; with remote
+workers the answers come from what the workers report in the database. This object answers
+those questions from a snapshot refreshed every couple of seconds, so the synchronous
+`status()` the cogs call never touches the network. No torch, no procrastinate here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from db.models import JobRequest
+from db.workers import WorkerInfo
+from engine import plans as plan_catalog
+from engine.rules import COGVIEW4_LIMITS, ModelLimits, limits_from_folder
+from engine.types import EngineState, EngineStatus, PlanRow, PlanSwitchFailed
+
+log = logging.getLogger(__name__)
+
+PER_MACHINE = (
+    "Each GPU machine picks its own memory plan: set MEMORY_MODE in that machine's .env and restart its "
+    "worker (python -m engine worker). /status lists the plan each one runs."
+)
+NO_WORKER = "Waiting for a GPU worker to connect (python -m engine worker on a GPU machine)"
+
+
+class ClusterEngine:
+    def __init__(
+        self,
+        list_workers: Callable[[], Awaitable[list[WorkerInfo]]],
+        model_id: str,
+        *,
+        refresh_s: float = 2.0,
+        stale_s: float = 60.0,
+    ) -> None:
+        self._list_workers = list_workers
+        self.model_id = model_id
+        self.refresh_s = refresh_s
+        self.stale_s = stale_s  # a worker silent this long is shown offline (its heartbeat is every few s)
+        self.limits: ModelLimits = COGVIEW4_LIMITS
+        self.table = plan_catalog.load_table()
+        self._workers: list[WorkerInfo] = []
+        self._started_at = time.time()
+        self._task: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
+
+    async def start(self) -> None:
+        self.limits = await asyncio.to_thread(_limits, self.model_id)
+        with contextlib.suppress(Exception):
+            await self.refresh()
+        self._task = asyncio.create_task(self._loop(), name="cluster-view")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def refresh(self) -> None:
+        self._workers = await self._list_workers()
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_s)
+            try:
+                await self.refresh()
+            except Exception as exc:
+                log.warning("Reading the GPU workers' status failed: %s", exc)
+
+    # --- what the cogs ask -------------------------------------------------------------------
+    def workers(self) -> list[WorkerInfo]:
+        return list(self._workers)
+
+    def online(self) -> list[WorkerInfo]:
+        now = time.time()
+        return [w for w in self._workers if w.online(now, self.stale_s)]
+
+    @property
+    def ready(self) -> bool:
+        return any(w.state in ("ready", "busy") for w in self.online())
+
+    async def wait_ready(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.ready:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), left)
+        return True
+
+    def status(self) -> EngineStatus:
+        online = self.online()
+        serving = [w for w in online if w.state in ("ready", "busy")]
+        loading = [w for w in online if w.state in ("starting", "loading")]
+        if serving:
+            state, message = EngineState.READY, f"{len(serving)} GPU worker(s) ready"
+        elif loading:
+            state, message = EngineState.LOADING, f"{len(loading)} GPU worker(s) loading the model"
+        else:
+            state, message = EngineState.STARTING, NO_WORKER
+        plans = sorted({w.plan for w in serving if w.plan})
+        busy = sum(w.state == "busy" for w in serving)
+        return EngineStatus(
+            state=state,
+            requested_mode="auto",
+            plan=", ".join(plans) or None,
+            plan_note=None,
+            load_message=message,
+            load_fraction=0.0,
+            device_name=f"{len(online)} GPU worker(s) online, {busy} busy",
+            free_vram_gib=None,
+            step_s=self._step_s(serving),
+            jobs_done=sum(w.jobs_done for w in self._workers),
+            jobs_failed=sum(w.jobs_failed for w in self._workers),
+            started_at=self._started_at,
+            error=None,
+        )
+
+    @staticmethod
+    def _step_s(workers: list[WorkerInfo]) -> float | None:
+        rates = [w.step_s for w in workers if w.step_s]
+        return statistics.median(rates) if rates else None
+
+    def estimate_seconds(self, request: JobRequest) -> float:
+        """One job's run time on a typical worker, divided by the workers sharing the queue."""
+        serving = [w for w in self.online() if w.state in ("ready", "busy")]
+        step_s = self._step_s(serving)
+        encode_decode = 0.0
+        if step_s is None:
+            measured = [self.table[w.plan] for w in serving if w.plan in self.table]
+            if measured:
+                step_s = statistics.median(m.step_s for m in measured)
+                encode_decode = statistics.median(m.encode_s + m.decode_s for m in measured)
+            else:
+                step_s = 1.0
+        area = request.width * request.height / (self.limits.native_size**2)
+        one = request.count * (request.steps * step_s * area + encode_decode)
+        return one / max(1, len(serving))
+
+    def plan_rows(self) -> list[PlanRow]:
+        rows = []
+        for name, plan in plan_catalog.PLANS.items():
+            m = self.table.get(name)
+            why = plan_catalog.REMAPS[name][1] if name in plan_catalog.REMAPS else None
+            if why is None and m is not None and not m.ok:
+                why = m.note or "failed when measured"
+            rows.append(
+                PlanRow(
+                    name=name,
+                    summary=plan.summary,
+                    peak_gib=m.peak_gib if m else None,
+                    step_s=m.step_s if m else None,
+                    image_s=m.image_s() if m else None,
+                    available=why is None,
+                    why_not=why,
+                )
+            )
+        return rows
+
+    async def switch_plan(self, mode: str) -> str:
+        raise PlanSwitchFailed(PER_MACHINE)
+
+
+def _limits(model_id: str) -> ModelLimits:
+    """The model's size limits from its local folder if there is one (as the workers read them)."""
+    folder = Path(model_id).expanduser()
+    if (folder / "transformer" / "config.json").exists():
+        try:
+            return limits_from_folder(folder)
+        except (OSError, ValueError, KeyError):
+            log.warning("Could not read limits from %s; using CogView4-6B's", folder, exc_info=True)
+    return COGVIEW4_LIMITS
