@@ -28,6 +28,18 @@ def require_postgres() -> None:
     pytest.skip(reason)
 
 
+def require_cluster_extra() -> None:
+    """At the top of a test module that imports the PostgreSQL code: skip it (fail in CI) without the extra."""
+    try:
+        import procrastinate  # noqa: F401
+        import psycopg  # noqa: F401
+    except ImportError as exc:
+        reason = f"the cluster extra is not installed ({exc.name} is missing): pip install -e '.[test]'"
+        if os.environ.get("CI_REQUIRE_POSTGRES") == "1":
+            raise RuntimeError(f"CI requires the PostgreSQL tests to run, but {reason}") from exc
+        pytest.skip(reason, allow_module_level=True)
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
     """One PostgreSQL server on 127.0.0.1 for the whole run (started on first use)."""

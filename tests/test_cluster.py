@@ -16,10 +16,14 @@ import pytest
 from PIL import Image
 
 from db.models import JobState, NoticeKind
-from tests.cluster import Cluster, request, requester, worker_roles_sql
-from tests.conftest import World
-from tests.e2e.harness import ephemeral_reply, image_size, queued_reply, running_bot, settings_for, wait_result
-from tests.pgserver import PgServer, admin_sql
+from tests.pg_fixtures import require_cluster_extra
+
+require_cluster_extra()  # the imports below need procrastinate and psycopg
+
+from tests.cluster import Cluster, request, requester, worker_roles_sql  # noqa: E402
+from tests.conftest import World  # noqa: E402
+from tests.e2e.harness import ephemeral_reply, image_size, queued_reply, running_bot, settings_for, wait_result  # noqa: E402
+from tests.pgserver import PgServer, admin_sql  # noqa: E402
 
 pytestmark = pytest.mark.timeout(180)
 
