@@ -6,6 +6,7 @@ ADMIN_ROLE_IDS, never in DMs. Every change is written to the audit table.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING, cast
@@ -18,6 +19,7 @@ from cogs.checks import admin_only
 from cogs.errors import reply_private
 from cogs.reports import memory_report, status_report, workers_report
 from cogs.text import clip
+from db.models import JobState, QueueError
 from engine.plans import PLANS
 from engine.types import PlanSwitchFailed
 
@@ -81,13 +83,31 @@ class Admin(commands.Cog):
     @app_commands.describe(user="Only this user's jobs (default: everyone's)")
     @admin_only()
     async def purge(self, interaction: discord.Interaction, user: discord.User | None = None) -> None:
-        ids = await self.bot.queue.purge(user_id=user.id if user is not None else None)
+        user_id = user.id if user is not None else None
+        if interaction.user.id in self.bot.settings.admin_user_ids:  # the bot's owners: every server's queue
+            ids = await self.bot.queue.purge(user_id=user_id)
+        else:  # a server's admins: only the jobs asked for in their server
+            ids = await self._purge_server(interaction, user_id)
         whose = f"user {user.id}" if user is not None else "everyone"
         await self._audit(interaction, "purge", f"{whose}: {len(ids)} job(s) {ids[:50]}")
         target = f"of <@{user.id}> " if user is not None else ""
         await reply_private(
             interaction, f"Removed {len(ids)} waiting job(s) {target}from the queue; their owners are told."
         )
+
+    async def _purge_server(self, interaction: discord.Interaction, user_id: int | None) -> list[int]:
+        queue = self.bot.queue
+        ids = []
+        for job in await queue.active_jobs():
+            mine = job.requester.guild_id == interaction.guild_id and user_id in (None, job.requester.user_id)
+            if not mine or job.state is not JobState.QUEUED:
+                continue
+            # One by one (the queue's purge spans every server): a job that finished meanwhile is skipped, one
+            # that started meanwhile is stopped at its next step, as the purge meant it to be.
+            with contextlib.suppress(QueueError):
+                await queue.cancel(job.id, by_user_id=interaction.user.id, is_admin=True)
+                ids.append(job.id)
+        return ids
 
     @app_commands.command(name="status", description="Engine, plan, speed and queue (admins)")
     @admin_only()

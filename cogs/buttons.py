@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import discord
 
-from cogs.checks import is_admin
+from cogs.checks import is_admin_for
 from cogs.errors import reply_private, report
 from cogs.submit import check_request, submit
 from cogs.text import clip, params_line, quote, relative, seconds_text
@@ -82,7 +82,9 @@ async def delete(bot: ImageBot, interaction: discord.Interaction, job_id: int) -
     job = await bot.queue.get_job(job_id)
     if job is None:
         raise JobNotFound(f"Job #{job_id} no longer exists.")
-    if interaction.user.id != job.requester.user_id and not is_admin(interaction, bot.settings):
+    if interaction.user.id != job.requester.user_id and not is_admin_for(
+        interaction, bot.settings, job.requester.guild_id
+    ):
         raise NotAllowed(f"Only the person who asked for #{job_id} or an admin can delete it.")
     await interaction.response.send_message(f"Deleted the images of #{job_id}.", ephemeral=True)
     if interaction.message is not None:

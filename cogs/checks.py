@@ -51,6 +51,14 @@ def is_admin(interaction: discord.Interaction, settings: Settings) -> bool:
     return any(role.id in settings.admin_role_ids for role in roles)
 
 
+def is_admin_for(interaction: discord.Interaction, settings: Settings, guild_id: int | None) -> bool:
+    """Admin power over a job made in ``guild_id``: ADMIN_USER_IDS anywhere (the bot's owners), a server's
+    admins only over that server's jobs (an admin of another server the bot is in is no one here)."""
+    if not is_admin(interaction, settings):
+        return False
+    return interaction.user.id in settings.admin_user_ids or (guild_id is not None and guild_id == interaction.guild_id)
+
+
 def require_admin(interaction: discord.Interaction, settings: Settings) -> None:
     if interaction.guild_id is None:
         raise NotAdmin("Admin commands work in a server, not in direct messages.")

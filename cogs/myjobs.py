@@ -14,7 +14,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from cogs.buttons import result_view
-from cogs.checks import is_admin, require_allowed_channel
+from cogs.checks import is_admin, is_admin_for, require_allowed_channel
 from cogs.errors import reply_private
 from cogs.eta import finish_times, queue_positions
 from cogs.text import NO_MENTIONS, clip, minutes, now, params_line, quote, relative
@@ -62,7 +62,6 @@ class MyJobs(commands.Cog):
     @app_commands.describe(job="Job number (default: your latest waiting or running job)")
     async def cancel(self, interaction: discord.Interaction, job: app_commands.Range[int, 1] | None = None) -> None:
         queue = self.bot.queue
-        admin = is_admin(interaction, self.bot.settings)
         if job is None:
             latest = await queue.list_user_jobs(interaction.user.id, limit=1)
             if not latest:
@@ -72,6 +71,7 @@ class MyJobs(commands.Cog):
         target = await queue.get_job(job)
         if target is None:
             raise JobNotFound(f"There is no job #{job}.")
+        admin = is_admin_for(interaction, self.bot.settings, target.requester.guild_id)
         outcome = await queue.cancel(job, by_user_id=interaction.user.id, is_admin=admin)
         if target.requester.user_id != interaction.user.id:
             await queue.audit(
