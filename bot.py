@@ -10,6 +10,7 @@ it goes back to the queue), close the database and exit 0.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import dataclasses
 import logging
@@ -20,6 +21,7 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import TextIO
 
 import discord
 import discord.gateway
@@ -200,6 +202,45 @@ class _Redact(logging.Formatter):
         return text
 
 
+class _RedactedStream:
+    """stdout/stderr with the secrets replaced, for what bypasses logging: a crash's traceback, a thread's
+    uncaught error, warnings, a library's print. Whole lines are written, so a secret split across two
+    writes is still caught; everything else (fileno, isatty, encoding) is the real stream's."""
+
+    def __init__(self, stream: TextIO, secrets: list[str]) -> None:
+        self._stream = stream
+        self._secrets = [s for s in secrets if s]
+        self._pending = ""
+
+    def write(self, text: str) -> int:
+        self._pending += text
+        if "\n" in self._pending:
+            done, _, self._pending = self._pending.rpartition("\n")
+            self._stream.write(self._redact(done + "\n"))
+        return len(text)
+
+    def flush(self) -> None:
+        if self._pending:
+            self._stream.write(self._redact(self._pending))
+            self._pending = ""
+        self._stream.flush()
+
+    def _redact(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "[token hidden]")
+        return text
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._stream, name)
+
+
+def hide_secrets_in_output(secrets: list[str]) -> None:
+    sys.stdout = _RedactedStream(sys.stdout, secrets)  # type: ignore[assignment]
+    sys.stderr = _RedactedStream(sys.stderr, secrets)  # type: ignore[assignment]
+    atexit.register(sys.stdout.flush)
+    atexit.register(sys.stderr.flush)
+
+
 def setup_logging(level: str, secrets: list[str]) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(_Redact("%(asctime)s %(levelname)-7s %(name)s: %(message)s", secrets))
@@ -261,7 +302,9 @@ def main() -> int:
     except SettingsError as exc:
         print(exc, file=sys.stderr)
         return 2
+    hide_secrets_in_output([token])  # first: the log handler writes to the wrapped stderr
     setup_logging(settings.log_level, [token])
+    logging.captureWarnings(True)
     try:
         return asyncio.run(run(settings, token))
     except KeyboardInterrupt:
