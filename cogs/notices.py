@@ -7,6 +7,7 @@ file becomes a failure message that says what to do.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,8 @@ from pathlib import Path
 from cogs.text import clip, params_line, quote
 from db.models import Job, Notice, NoticeKind
 from engine.results import inside_output_dir
+
+log = logging.getLogger(__name__)
 
 GENERIC_FAILURE = "Something went wrong while making it. Try again; if it keeps happening, tell the bot owner."
 
@@ -53,7 +56,15 @@ def user_error(text: str) -> str:
 def _result(job: Job, output_dir: Path) -> Post:
     user = job.requester.user_id
     paths = [Path(p) for p in job.result_paths]
-    usable = [p for p in paths if inside_output_dir(output_dir, p) and os.path.isfile(p)]
+    outside = [str(p) for p in paths if not inside_output_dir(output_dir, p)]
+    if outside:  # the bot only ever writes there: a row pointing elsewhere was tampered with
+        log.warning("Not posting job #%s: its files %s are not in OUTPUT_DIR %s", job.id, outside, output_dir)
+        text = (
+            f"<@{user}> Job #{job.id} finished, but its image is not in the bot's output folder, so it was not "
+            "posted (the bot owner can see why in the log). Run /imagine again to make it anew."
+        )
+        return Post(clip(f"{text}\n{_prompt(job)}"), user)
+    usable = [p for p in paths if os.path.isfile(p)]
     if not paths or len(usable) != len(paths):
         text = (
             f"<@{user}> Job #{job.id} finished, but its image file is missing on the bot's disk "

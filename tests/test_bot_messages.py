@@ -117,10 +117,14 @@ def test_result_notice_checks_files(tmp_path: Path) -> None:
     good = job(1, JobState.DONE, result_paths=[str(inside)], seed_used=9)
     post = compose(Notice(1, NoticeKind.RESULT, good, 0), out)
     assert post.files == [inside] and post.buttons_for == 1 and "seed 9" in post.content
-    for paths in ([str(outside)], [str(out / "gone.png")], []):
+    for paths, why in (
+        ([str(outside)], "not in the bot's output folder"),
+        ([str(out / "gone.png")], "missing"),
+        ([], "missing"),
+    ):
         bad = job(1, JobState.DONE, result_paths=paths, seed_used=9)
         post = compose(Notice(1, NoticeKind.RESULT, bad, 0), out)
-        assert post.files == [] and post.buttons_for is None and "missing" in post.content
+        assert post.files == [] and post.buttons_for is None and why in post.content
 
 
 def test_other_notices() -> None:
