@@ -62,7 +62,9 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
 
 
-async def run_load(model: Path, workdir: Path, *, users: int, per_user: int, cap: int) -> LoadReport:
+async def run_load(
+    model: Path, workdir: Path, *, users: int, per_user: int, cap: int, during_model_load: bool = False
+) -> LoadReport:
     started = time.monotonic()
     report = LoadReport(interactions=users * per_user, users=users, cap=cap)
     await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
@@ -88,7 +90,8 @@ async def run_load(model: Path, workdir: Path, *, users: int, per_user: int, cap
             )
             pause = await server.send_slash_command(world.admin, world.channel, "pause")
             assert "Paused" in await ephemeral_reply(pause, timeout=10)
-            await _wait_engine_ready(server, world)
+            if not during_model_load:
+                await _wait_engine_ready(server, world)
 
             burst_start = time.monotonic()
             handles: list[InteractionHandle] = []
@@ -170,6 +173,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=50)
     parser.add_argument("--per-user", type=int, default=20)
     parser.add_argument("--cap", type=int, default=5)
+    parser.add_argument("--during-model-load", action="store_true", help="burst right after start-up")
     args = parser.parse_args()
     from engine.tiny import write_tiny_model
 

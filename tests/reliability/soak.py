@@ -71,6 +71,7 @@ class SoakReport:
     resumed_notices: int = 0
     crash_failures: int = 0
     max_attempts_seen: int = 0
+    stale_status_messages: int = 0  # "Queued…"/progress lines never edited to the outcome (cosmetic)
     seconds: float = 0.0
     triggers: dict[str, int] = field(default_factory=dict)
     kill_points: dict[str, int] = field(default_factory=dict)
@@ -262,6 +263,7 @@ class Soak:
             await asyncio.sleep(0.2)
         else:
             self.report.problems.append("the last run did not finish every job and post within the time limit")
+        await asyncio.sleep(4)  # one more round of status-message edits
         code = await proc.stop(signal.SIGTERM, timeout=60)
         if code != 0:
             self.report.problems.append(f"the clean stop exited with {code}")
@@ -334,6 +336,11 @@ class Soak:
                     f"job #{job_id} was cut short {self.interrupted[job_id]} time(s) but its owner was told "
                     f"{resumed_db[job_id]} time(s) (crash failure: {crashed})"
                 )
+        final = ("Done — see below", "Failed:", "Cancelled")
+        for job in jobs.values():
+            if job["status_message_id"] is not None:
+                status = self.server.message(job["status_message_id"]).content
+                report.stale_status_messages += not any(word in status for word in final)
         for notice in notices:
             if notice["delivered_at"] is None or notice["message_id"] is None:
                 report.problems.append(f"notice {notice['id']} ({notice['kind']}) of job #{notice['job_id']} unsent")

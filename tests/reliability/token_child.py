@@ -17,9 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import discord  # noqa: E402
+import discord
 
-import bot  # noqa: E402
+import bot
 
 
 def main(mode: str) -> int:
