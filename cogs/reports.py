@@ -49,8 +49,9 @@ def workers_report(workers: Sequence[WorkerInfo], *, now: float, stale_s: float)
         else:
             state = "idle" if w.state == "ready" else w.state
         speed = f"{w.step_s:.2f} s/step" if w.step_s else "speed not measured yet"
+        size = f", up to {w.max_area / 2**20:.1f} MP" if w.max_area and w.max_area >= 2**20 else ""
         lines.append(
-            f"`{w.name}` — {w.host}, {w.gpu}, plan {w.plan or 'not loaded'} — {state} — "
+            f"`{w.name}` — {w.host}, {w.gpu}, plan {w.plan or 'not loaded'}{size} — {state} — "
             f"{w.jobs_done} done, {w.jobs_failed} failed — {speed}"
         )
     return "\n".join(lines)

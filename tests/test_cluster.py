@@ -199,3 +199,31 @@ async def test_bot_in_postgres_mode_shows_progress_and_posts_results_from_a_remo
             assert "Each GPU machine picks its own memory plan" in await ephemeral_reply(memory)
         finally:
             await workers.close()
+
+
+def test_size_classes() -> None:
+    from db.postgres.dispatch import queues_up_to, size_queue
+
+    assert [size_queue(a) for a in (64 * 64, 1024 * 1024, 1024 * 1024 + 1, 2048 * 1024)] == [
+        "cogview-1mp",
+        "cogview-1mp",
+        "cogview-2mp",
+        "cogview-2mp",
+    ]
+    assert queues_up_to(8192) == ["cogview-1mp"], "a worker always takes the smallest class"
+    assert queues_up_to(2 * 1024 * 1024) == ["cogview-1mp", "cogview-2mp"]
+
+
+async def test_a_worker_only_fetches_sizes_its_plan_can_make(pg_url: str) -> None:
+    from db.postgres import PostgresJobQueue
+
+    async with PostgresJobQueue(pg_url) as queue:
+        big = await queue.enqueue(requester(1), request("big", size=1536))  # 2.25 MP
+        small = await queue.enqueue(requester(2), request("small", size=1024))
+        manager = queue.procrastinate_app.job_manager
+        worker = await manager.register_worker()
+        token = await manager.fetch_job(queues=["cogview-1mp"], worker_id=worker)  # a 1-megapixel card
+        assert token is not None and token.task_kwargs == {"job_id": small.job_id}
+        assert await manager.fetch_job(queues=["cogview-1mp"], worker_id=worker) is None
+        token = await manager.fetch_job(queues=["cogview-1mp", "cogview-2mp", "cogview-3mp"], worker_id=worker)
+        assert token is not None and token.task_kwargs == {"job_id": big.job_id}

@@ -24,6 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hyp_settings
+from hypothesis import strategies as st
 
 import db.sqlite_queue as sqlite_queue
 from db.interface import JobQueue
@@ -1022,3 +1025,45 @@ async def test_closed_queue_raises_queue_error(backend: Backend) -> None:
     await q.close()  # twice is fine
     with pytest.raises(QueueError, match="not open"):
         await q.enqueue(who(), what())
+
+
+@hyp_settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.one_of(st.integers(min_value=1, max_value=5), st.just("claim"), st.just("release")),
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_postgres_positions_match_procrastinates_fetch_order_after_any_history(
+    pg_server: Any, pg_template: str, script: list[int | str]
+) -> None:
+    """Positions and peek_next come from our tables; claims from procrastinate's fetch: they must agree.
+
+    (The same property for SQLite is in tests/test_queue.py.)"""
+    from db.postgres import PostgresJobQueue
+    from tests.pgserver import admin_sql
+
+    name = f"hyp_{os.getpid()}_{abs(hash(tuple(map(str, script)))) % 10**9}_{len(script)}"
+    admin_sql(pg_server.url(), f"DROP DATABASE IF EXISTS {name}", f"CREATE DATABASE {name} TEMPLATE {pg_template}")
+
+    async def scenario() -> None:
+        async with PostgresJobQueue(pg_server.url(name), apply_schema=False) as q:
+            held: list[int] = []
+            for step in script:
+                if step == "claim":
+                    job = await q.claim_next(WORKER, 60)
+                    if job is not None:
+                        held.append(job.id)
+                elif step == "release":
+                    if held:
+                        assert await q.release(held.pop(0), WORKER)
+                else:
+                    assert isinstance(step, int)
+                    enqueued = await q.enqueue(who(step), what())
+                    assert enqueued.position == await q.position(enqueued.job_id)
+            peeked = [job.id for job in await q.peek_next(1000)]
+            assert [await q.position(job_id) for job_id in peeked] == list(range(1, len(peeked) + 1))
+            assert await claim_all(q) == peeked
+
+    asyncio.run(scenario())

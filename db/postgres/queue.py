@@ -170,20 +170,23 @@ class PostgresJobQueue:
     async def open(self) -> None:
         if self._pool is not None:
             return
+        pool = psycopg_pool.AsyncConnectionPool(
+            self.conninfo,
+            min_size=1,
+            max_size=self._pool_size,
+            open=False,
+            timeout=10.0,
+            check=psycopg_pool.AsyncConnectionPool.check_connection,
+        )
         try:
             if self._apply_schema:
                 await ensure_schema(self.conninfo)
-            pool = psycopg_pool.AsyncConnectionPool(
-                self.conninfo,
-                min_size=1,
-                max_size=self._pool_size,
-                open=False,
-                timeout=10.0,
-                check=psycopg_pool.AsyncConnectionPool.check_connection,
-            )
             await pool.open(wait=True, timeout=15.0)
-        except (psycopg.Error, psycopg_pool.PoolTimeout, OSError) as exc:
-            raise QueueError(f"Could not open the queue database {describe(self.conninfo)}: {exc}") from exc
+        except BaseException as exc:
+            await pool.close()  # its reconnect tasks would otherwise keep trying in the background
+            if isinstance(exc, psycopg.Error | psycopg_pool.PoolTimeout | OSError):
+                raise QueueError(f"Could not open the queue database {describe(self.conninfo)}: {exc}") from exc
+            raise
         self._pool = pool
         self._app = dispatch.make_app(self.is_paused)  # a closed app keeps its old pool: start afresh
         await self._app.open_async(pool)

@@ -1,0 +1,104 @@
+"""The bot's view of remote GPU workers (QUEUE_BACKEND=postgres): status, estimates, /status text.
+
+Pure: the workers' reports are given as data, as the queue would return them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import pytest
+
+from cogs.reports import workers_report
+from db.models import JobRequest
+from db.workers import WorkerInfo
+from engine.cluster_view import NO_WORKER, ClusterEngine
+from engine.types import EngineState, PlanSwitchFailed
+
+NOW = time.time()
+
+
+def worker(name: str, **changes: object) -> WorkerInfo:
+    base = WorkerInfo(
+        name=name,
+        host=f"{name}-pc",
+        gpu="NVIDIA GeForce RTX 4090",
+        state="ready",
+        plan="bf16_resident",
+        max_area=2 * 1024 * 1024,
+        jobs_done=3,
+        jobs_failed=0,
+        step_s=0.5,
+        model_loads=1,
+        current_job=None,
+        started_at=NOW - 600,
+        last_seen=NOW,
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+async def view_of(*workers: WorkerInfo) -> ClusterEngine:
+    async def listed() -> list[WorkerInfo]:
+        return list(workers)
+
+    view = ClusterEngine(listed, "THUDM/CogView4-6B")
+    await view.refresh()
+    return view
+
+
+async def test_no_worker_yet_reads_as_warming_up() -> None:
+    view = await view_of()
+    status = view.status()
+    assert (status.state, status.load_message) == (EngineState.STARTING, NO_WORKER)
+    assert not view.ready and not await view.wait_ready(0.05)
+
+
+async def test_ready_busy_and_offline_workers_are_summed_up() -> None:
+    view = await view_of(
+        worker("a", state="busy", current_job=7, step_s=0.4, jobs_done=5),
+        worker("b", plan="nf4_resident", step_s=0.8, jobs_done=2, jobs_failed=1),
+        worker("c", last_seen=NOW - 3600, jobs_done=9),  # gone for an hour
+    )
+    status = view.status()
+    assert status.state is EngineState.READY and view.ready and await view.wait_ready(0.05)
+    assert status.device_name == "2 GPU worker(s) online, 1 busy"
+    assert status.plan == "bf16_resident, nf4_resident"
+    assert status.step_s == pytest.approx(0.6)  # median of the online ones
+    assert (status.jobs_done, status.jobs_failed) == (16, 1)
+
+
+async def test_estimate_is_shared_by_the_workers_that_serve() -> None:
+    request = JobRequest(prompt="x", width=1024, height=1024, steps=20, guidance=3.5)
+    one = await view_of(worker("a", step_s=0.5))
+    two = await view_of(worker("a", step_s=0.5), worker("b", step_s=0.5, state="busy"))
+    assert one.estimate_seconds(request) == pytest.approx(10.0)
+    assert two.estimate_seconds(request) == pytest.approx(5.0)
+
+
+async def test_plans_are_chosen_per_machine() -> None:
+    view = await view_of(worker("a"))
+    with pytest.raises(PlanSwitchFailed, match="Each GPU machine picks its own memory plan"):
+        await view.switch_plan("nf4_resident")
+    assert any(row.name == "nf4_resident" for row in view.plan_rows())
+
+
+def test_status_lists_each_worker() -> None:
+    report = workers_report(
+        [
+            worker("a", state="busy", current_job=42, step_s=0.41),
+            worker("b", step_s=None, jobs_done=0),
+            worker("c", last_seen=NOW - 600),
+        ],
+        now=NOW,
+        stale_s=60,
+    )
+    lines = report.splitlines()
+    assert lines[0] == "**GPU workers:** 2 of 3 online"
+    assert lines[1] == (
+        "`a` — a-pc, NVIDIA GeForce RTX 4090, plan bf16_resident, up to 2.0 MP — busy (#42) — 3 done, 0 failed"
+        " — 0.41 s/step"
+    )
+    assert "— idle —" in lines[2] and "speed not measured yet" in lines[2]
+    assert "offline (last seen 10 min ago)" in lines[3], lines[3]
+    assert workers_report([], now=NOW, stale_s=60).startswith("**GPU workers:** none has connected yet")
