@@ -16,10 +16,10 @@ from db.workers import WorkerInfo
 from engine.cluster_view import NO_WORKER, ClusterEngine
 from engine.types import EngineState, PlanSwitchFailed
 
-NOW = time.time()
-
 
 def worker(name: str, **changes: object) -> WorkerInfo:
+    """A worker that reported just now (unless `last_seen` says otherwise)."""
+    now = time.time()
     base = WorkerInfo(
         name=name,
         host=f"{name}-pc",
@@ -32,8 +32,8 @@ def worker(name: str, **changes: object) -> WorkerInfo:
         step_s=0.5,
         model_loads=1,
         current_job=None,
-        started_at=NOW - 600,
-        last_seen=NOW,
+        started_at=now - 600,
+        last_seen=now,
     )
     return replace(base, **changes)  # type: ignore[arg-type]
 
@@ -58,7 +58,7 @@ async def test_ready_busy_and_offline_workers_are_summed_up() -> None:
     view = await view_of(
         worker("a", state="busy", current_job=7, step_s=0.4, jobs_done=5),
         worker("b", plan="nf4_resident", step_s=0.8, jobs_done=2, jobs_failed=1),
-        worker("c", last_seen=NOW - 3600, jobs_done=9),  # gone for an hour
+        worker("c", last_seen=time.time() - 3600, jobs_done=9),  # gone for an hour
     )
     status = view.status()
     assert status.state is EngineState.READY and view.ready and await view.wait_ready(0.05)
@@ -84,13 +84,14 @@ async def test_plans_are_chosen_per_machine() -> None:
 
 
 def test_status_lists_each_worker() -> None:
+    now = time.time()
     report = workers_report(
         [
             worker("a", state="busy", current_job=42, step_s=0.41),
             worker("b", step_s=None, jobs_done=0),
-            worker("c", last_seen=NOW - 600),
+            worker("c", last_seen=now - 600),
         ],
-        now=NOW,
+        now=now,
         stale_s=60,
     )
     lines = report.splitlines()
@@ -101,4 +102,4 @@ def test_status_lists_each_worker() -> None:
     )
     assert "— idle —" in lines[2] and "speed not measured yet" in lines[2]
     assert "offline (last seen 10 min ago)" in lines[3], lines[3]
-    assert workers_report([], now=NOW, stale_s=60).startswith("**GPU workers:** none has connected yet")
+    assert workers_report([], now=now, stale_s=60).startswith("**GPU workers:** none has connected yet")
