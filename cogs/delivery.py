@@ -26,8 +26,9 @@ from discord.ext import commands
 
 from cogs.buttons import result_view
 from cogs.notices import compose
+from cogs.progress import Progress
 from cogs.text import only_user
-from db.models import Notice
+from db.models import Notice, NoticeKind
 
 if TYPE_CHECKING:
     from bot import ImageBot
@@ -126,6 +127,9 @@ class Delivery(commands.Cog):
             log.exception("Posting notice %s (%s) of job #%s failed", notice.id, notice.kind.value, job.id)
             await self._failed(notice, f"{exc.__class__.__name__}: {exc}", False)
             return
+        progress = self.bot.get_cog("Progress")
+        if isinstance(progress, Progress) and notice.kind is not NoticeKind.RESUMED:
+            await progress.show_outcome(job)  # before recording: a crash in between redoes both
         try:
             await queue.notice_sent(notice.id, message_id)
         except Exception:

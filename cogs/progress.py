@@ -70,6 +70,30 @@ class Progress(commands.Cog):
             tracked.shown = shown
             tracked.edited_at = time.monotonic()
 
+    async def show_outcome(self, job: Job) -> None:
+        """Edit a finished job's status message to its outcome now, before its post is recorded as sent.
+
+        The loop only follows jobs it has seen active; after a restart, a job that finished in the previous
+        run would keep showing "making it…" forever. The delivery loop calls this for every outcome it posts,
+        so once a post is recorded the status says the outcome too (a failed edit is retried by the loop).
+        """
+        if job.status_message_id is None or not job.state.finished:
+            return
+        tracked = self._tracked.setdefault(job.id, _Tracked())
+        if tracked.gone:
+            return
+        if tracked.editing is not None and not tracked.editing.done():  # let an older edit land first
+            await asyncio.wait({tracked.editing})
+        snap = snapshot(job, position=None, note=None, paused=False)
+        if tracked.shown == snap:
+            self._tracked.pop(job.id, None)
+            return
+        tracked.edited_at = time.monotonic()
+        tracked.editing = asyncio.create_task(
+            self._edit(job, tracked, snap, status_text(job, snap, eta_s=None, now=now()), None), name=f"status-{job.id}"
+        )
+        await asyncio.wait({tracked.editing})
+
     async def _loop(self) -> None:
         while True:
             try:

@@ -15,6 +15,7 @@ def check(report: SoakReport) -> None:
     assert report.problems == [], report_text
     assert report.lost == 0 and report.duplicates == 0, report_text
     assert report.jobs > 0 and report.done + report.failed == report.jobs, report_text
+    assert report.stale_status_messages == 0, report_text
 
 
 @pytest.mark.timeout(240)
