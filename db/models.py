@@ -227,4 +227,3 @@ class AuditEntry:
     action: str
     detail: str
     guild_id: int | None = None
-
