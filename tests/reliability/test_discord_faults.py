@@ -58,6 +58,7 @@ async def test_engine_never_waits_for_a_failing_discord(
         identifies, resumes = server.identify_count, server.resume_count
         start = time.time()
         done_at_start = sum(j["state"] == "done" for j in dbread.jobs(db))
+        hits: dict[str, int] = {}
         phases = [
             RateLimit(retry_after=0.3),
             RateLimit(retry_after=0.3, is_global=True),
@@ -76,6 +77,7 @@ async def test_engine_never_waits_for_a_failing_discord(
             # discord.py sleeps between its own retries of a 5xx: keep the phase until calls really met it.
             await server.wait_for(lambda rule=rule: rule.hits >= 2, 15, f"{fault} answered")
             server.faults.rules.remove(rule)
+            hits[fault.name] = rule.hits
         await server.go_offline()  # connection refused, gateway included
         await asyncio.sleep(2 * PHASE_S)
         mid = dbread.jobs(db)
@@ -92,6 +94,7 @@ async def test_engine_never_waits_for_a_failing_discord(
         # --- Discord is back: every result is posted, once; the bot answers again
         for job_id in jobs:
             await wait_result(server, world.channel, job_id, timeout=60)
+        caught_up_s = time.time() - end
         await server.wait_for(lambda: bool(server.gateway.connected_sessions), 30, "gateway back")
         handle = await server.send_slash_command(world.alice, world.channel, "imagine", {"prompt": "after"})
         after, _, _ = await queued_reply(handle)
@@ -100,6 +103,11 @@ async def test_engine_never_waits_for_a_failing_discord(
         states = {j.id: j.state for j in [await bot.queue.get_job(i) for i in [*jobs, after]] if j is not None}
         await server.wait_for(lambda: not any(n["delivered_at"] is None for n in dbread.notices(db)), 30, "outbox")
 
+    print(
+        f"faults {end - start:.1f} s, calls failed {hits}, jobs finished meanwhile {len(finished_during)}/{len(jobs)},"
+        f" results waiting for Discord {len(undelivered)}, all posted {caught_up_s:.1f} s after the end,"
+        f" RESUMEs {server.resume_count - resumes}, IDENTIFYs {server.identify_count - identifies}"
+    )
     assert set(states.values()) == {JobState.DONE}
     assert server.resume_count > resumes and server.identify_count > identifies
     results = Counter(m.content.split("**#")[1].split("**")[0] for m in server.messages(world.channel) if m.attachments)
