@@ -49,14 +49,12 @@ from db.models import (
     StorageFull,
     UserQueueFull,
 )
+from db.rows import ADMIN_CANCEL, CRASH_ERROR, job_from_row, parse_states
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-CRASH_ERROR = "crashed the worker {n} times"
-ADMIN_CANCEL = "cancelled by an admin"
 MIN_SQLITE = (3, 35, 0)
-_ACTIVE = (JobState.QUEUED, JobState.RUNNING)
 
 # Fair claim order in SQL, for the per-write paths (enqueue, claim). It must agree with
 # db.fairness.fair_order, which peek_next/active_jobs use and the tests compare against:
@@ -98,63 +96,6 @@ _CLAIM_SQL = (
 
 def _now() -> float:
     return time.time()
-
-
-def _states(states: Iterable[JobState | str] | None) -> list[JobState]:
-    if states is None:
-        return list(_ACTIVE)
-    if isinstance(states, str):  # states="queued" means that one state, not its letters
-        states = [states]
-    result = []
-    for state in states:
-        try:
-            result.append(JobState(state))
-        except ValueError:
-            valid = ", ".join(s.value for s in JobState)
-            raise InvalidJob(f"Unknown job state {state!r}; expected one of: {valid}.") from None
-    return result
-
-
-def _job_from_row(row: aiosqlite.Row) -> Job:
-    return Job(
-        id=row["id"],
-        requester=Requester(
-            user_id=row["user_id"],
-            channel_id=row["channel_id"],
-            guild_id=row["guild_id"],
-            user_name=row["user_name"],
-            interaction_id=row["interaction_id"],
-        ),
-        request=JobRequest(
-            prompt=row["prompt"],
-            negative_prompt=row["negative_prompt"],
-            width=row["width"],
-            height=row["height"],
-            steps=row["steps"],
-            guidance=row["guidance"],
-            seed=row["seed"],
-            count=row["count"],
-        ),
-        state=JobState(row["state"]),
-        attempts=row["attempts"],
-        created_at=row["created_at"],
-        kind=row["kind"],
-        parent_job_id=row["parent_job_id"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        error=row["error"],
-        result_paths=json.loads(row["result_paths"]),
-        seed_used=row["seed_used"],
-        plan=row["plan"],
-        timings=json.loads(row["timings_json"] or "{}"),
-        cancel_requested=bool(row["cancel_requested"]),
-        worker_id=row["worker_id"],
-        progress_step=row["progress_step"],
-        progress_total=row["progress_total"],
-        status_message_id=row["status_message_id"],
-        result_message_id=None if row["result_deleted"] else row["result_message_id"],
-        delivered_at=row["delivered_at"],
-    )
 
 
 class SqliteJobQueue:
@@ -451,19 +392,19 @@ class SqliteJobQueue:
 
     async def _get(self, conn: aiosqlite.Connection, job_id: int) -> Job | None:
         row = await (await conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,))).fetchone()
-        return _job_from_row(row) if row else None
+        return job_from_row(row) if row else None
 
     async def list_user_jobs(
         self, user_id: int, *, states: Iterable[JobState | str] | None = None, limit: int = 20
     ) -> list[Job]:
-        wanted = _states(states)
+        wanted = parse_states(states)
         marks = ",".join("?" for _ in wanted)
         async with self._read() as conn:
             rows = await conn.execute_fetchall(
                 f"SELECT * FROM jobs WHERE user_id = ? AND state IN ({marks}) ORDER BY id DESC LIMIT ?",
                 (user_id, *[s.value for s in wanted], max(0, int(limit))),
             )
-        return [_job_from_row(row) for row in rows]
+        return [job_from_row(row) for row in rows]
 
     async def _fair_order(self, conn: aiosqlite.Connection) -> list[int]:
         """The whole claim order (O(queued jobs)); the write paths use the SQL forms above instead."""
@@ -506,7 +447,7 @@ class SqliteJobQueue:
             return []
         marks = ",".join("?" for _ in ids)
         rows = await conn.execute_fetchall(f"SELECT * FROM jobs WHERE id IN ({marks})", tuple(ids))
-        by_id = {row["id"]: _job_from_row(row) for row in rows}
+        by_id = {row["id"]: job_from_row(row) for row in rows}
         return [by_id[i] for i in ids if i in by_id]
 
     async def peek_next(self, n: int) -> list[Job]:
@@ -518,7 +459,7 @@ class SqliteJobQueue:
         async with self._read() as conn:
             running = await conn.execute_fetchall("SELECT * FROM jobs WHERE state = 'running' ORDER BY started_at, id")
             queued = await self._jobs_by_ids(conn, await self._fair_order(conn))
-        return [_job_from_row(row) for row in running] + queued
+        return [job_from_row(row) for row in running] + queued
 
     async def stats(self) -> QueueStats:
         async with self._read() as conn:
@@ -539,7 +480,7 @@ class SqliteJobQueue:
         now = _now()
         async with self._write() as conn:
             row = await (await conn.execute(_CLAIM_SQL, (worker_id, now + lease_s, now))).fetchone()
-            return _job_from_row(row) if row else None
+            return job_from_row(row) if row else None
 
     async def heartbeat(
         self, job_id: int, worker_id: str, lease_s: float, *, step: int | None = None, total: int | None = None
@@ -681,7 +622,7 @@ class SqliteJobQueue:
             Notice(
                 id=row["notice_id"],
                 kind=NoticeKind(row["notice_kind"]),
-                job=_job_from_row(row),
+                job=job_from_row(row),
                 attempts=row["notice_attempts"],
                 body=row["notice_body"],
             )

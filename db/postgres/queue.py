@@ -54,7 +54,7 @@ from db.models import (
 )
 from db.postgres import dispatch, files
 from db.postgres.schema import ensure_schema
-from db.sqlite_queue import ADMIN_CANCEL, CRASH_ERROR, _states
+from db.rows import ADMIN_CANCEL, CRASH_ERROR, job_from_row, parse_states
 from db.workers import WorkerInfo
 
 log = logging.getLogger(__name__)
@@ -72,47 +72,6 @@ T = TypeVar("T")
 
 def _now() -> float:
     return time.time()
-
-
-def _job_from_row(row: dict[str, Any]) -> Job:
-    return Job(
-        id=row["id"],
-        requester=Requester(
-            user_id=row["user_id"],
-            channel_id=row["channel_id"],
-            guild_id=row["guild_id"],
-            user_name=row["user_name"],
-            interaction_id=row["interaction_id"],
-        ),
-        request=JobRequest(
-            prompt=row["prompt"],
-            negative_prompt=row["negative_prompt"],
-            width=row["width"],
-            height=row["height"],
-            steps=row["steps"],
-            guidance=row["guidance"],
-            seed=row["seed"],
-            count=row["count"],
-        ),
-        state=JobState(row["state"]),
-        attempts=row["attempts"],
-        created_at=row["created_at"],
-        kind=row["kind"],
-        parent_job_id=row["parent_job_id"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        error=row["error"],
-        seed_used=row["seed_used"],
-        plan=row["plan"],
-        timings=json.loads(row["timings_json"] or "{}"),
-        cancel_requested=bool(row["cancel_requested"]),
-        worker_id=row["worker_id"],
-        progress_step=row["progress_step"],
-        progress_total=row["progress_total"],
-        status_message_id=row["status_message_id"],
-        result_message_id=None if row["result_deleted"] else row["result_message_id"],
-        delivered_at=row["delivered_at"],
-    )
 
 
 class DatabaseUnreachable(QueueError):
@@ -547,19 +506,19 @@ class PostgresJobQueue:
     async def _get(self, conn: psycopg.AsyncConnection, job_id: int, *, lock: bool = False) -> Job | None:
         suffix = " FOR UPDATE OF j" if lock else ""
         row = await _one(conn, f"{_JOB} WHERE j.id = %s{suffix}", (job_id,))
-        return _job_from_row(row) if row else None
+        return job_from_row(row) if row else None
 
     async def list_user_jobs(
         self, user_id: int, *, states: Iterable[JobState | str] | None = None, limit: int = 20
     ) -> list[Job]:
-        wanted = [s.value for s in _states(states)]
+        wanted = [s.value for s in parse_states(states)]
         async with self._read() as conn:
             rows = await _all(
                 conn,
                 f"{_JOB} WHERE j.user_id = %s AND j.state = ANY(%s) ORDER BY j.id DESC LIMIT %s",
                 (user_id, wanted, max(0, int(limit))),
             )
-        return await self._localise([_job_from_row(row) for row in rows])
+        return await self._localise([job_from_row(row) for row in rows])
 
     async def _position(self, conn: psycopg.AsyncConnection, job_id: int) -> int | None:
         row = await _one(
@@ -592,13 +551,13 @@ class PostgresJobQueue:
             rows = await _all(
                 conn, f"{_JOB} WHERE j.state = 'queued' ORDER BY j.fair_round, j.token_id LIMIT %s", (max(0, n),)
             )
-        return [_job_from_row(row) for row in rows]
+        return [job_from_row(row) for row in rows]
 
     async def active_jobs(self) -> list[Job]:
         async with self._read() as conn:
             running = await _all(conn, f"{_JOB} WHERE j.state = 'running' ORDER BY j.started_at, j.id")
             queued = await _all(conn, f"{_JOB} WHERE j.state = 'queued' ORDER BY j.fair_round, j.token_id")
-        return [_job_from_row(row) for row in running + queued]
+        return [job_from_row(row) for row in running + queued]
 
     async def stats(self) -> QueueStats:
         async with self._read() as conn:
@@ -834,7 +793,7 @@ class PostgresJobQueue:
                 "WHERE n.delivered_at IS NULL AND n.next_attempt_at <= %s ORDER BY n.id LIMIT %s",
                 (_now(), int(limit)),
             )
-        jobs = await self._localise([_job_from_row(row) for row in rows])
+        jobs = await self._localise([job_from_row(row) for row in rows])
         return [
             Notice(
                 id=row["notice_id"],
