@@ -149,24 +149,7 @@ class ClusterEngine:
         return one / max(1, len(serving))
 
     def plan_rows(self) -> list[PlanRow]:
-        rows = []
-        for name, plan in plan_catalog.PLANS.items():
-            m = self.table.get(name)
-            why = plan_catalog.REMAPS[name][1] if name in plan_catalog.REMAPS else None
-            if why is None and m is not None and not m.ok:
-                why = m.note or "failed when measured"
-            rows.append(
-                PlanRow(
-                    name=name,
-                    summary=plan.summary,
-                    peak_gib=m.peak_gib if m else None,
-                    step_s=m.step_s if m else None,
-                    image_s=m.image_s() if m else None,
-                    available=why is None,
-                    why_not=why,
-                )
-            )
-        return rows
+        return plan_catalog.plan_rows(self.table, has_gpu=None)  # each worker checks its own machine
 
     async def switch_plan(self, mode: str) -> str:
         raise PlanSwitchFailed(PER_MACHINE)

@@ -15,6 +15,8 @@ from enum import StrEnum
 from importlib import resources
 from typing import Any, Literal
 
+from engine.types import PlanRow
+
 Quant = Literal["bf16", "nf4"]
 
 GIB = 1024**3
@@ -212,3 +214,34 @@ def choose_auto(
         f"Only {free_gib:.1f} GiB of GPU memory is free; {pick.plan} was measured needing "
         f"{pick.need_gib():.1f} GiB, so it may run out of memory. Close other GPU programs.",
     )
+
+
+def plan_rows(table: dict[str, Measurement], *, has_gpu: bool | None) -> list[PlanRow]:
+    """Every plan with its measured cost and, if it cannot be used, why (what /memory shows).
+
+    `has_gpu` None: the machine is not known here (a bot whose workers run elsewhere)."""
+    rows = []
+    for name, plan in PLANS.items():
+        m = table.get(name)
+        why = None
+        if has_gpu is not None:
+            try:
+                resolve(name, has_gpu=has_gpu)
+            except PlanError as exc:
+                why = str(exc)
+        if name in REMAPS:
+            why = REMAPS[name][1]
+        elif m is not None and not m.ok:
+            why = m.note or "failed when measured"
+        rows.append(
+            PlanRow(
+                name=name,
+                summary=plan.summary,
+                peak_gib=m.peak_gib if m else None,
+                step_s=m.step_s if m else None,
+                image_s=m.image_s() if m else None,
+                available=why is None,
+                why_not=why,
+            )
+        )
+    return rows

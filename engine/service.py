@@ -178,31 +178,7 @@ class Engine:
         return request.count * (request.steps * step_s * area + encode_decode)
 
     def plan_rows(self) -> list[PlanRow]:
-        has_gpu = self._device is not None and self._device.type == "cuda"
-        rows = []
-        for name, plan in plan_catalog.PLANS.items():
-            m = self.table.get(name)
-            why = None
-            try:
-                plan_catalog.resolve(name, has_gpu=has_gpu)
-            except PlanError as exc:
-                why = str(exc)
-            if name in plan_catalog.REMAPS:
-                why = plan_catalog.REMAPS[name][1]
-            elif m is not None and not m.ok:
-                why = m.note or "failed when measured"
-            rows.append(
-                PlanRow(
-                    name=name,
-                    summary=plan.summary,
-                    peak_gib=m.peak_gib if m else None,
-                    step_s=m.step_s if m else None,
-                    image_s=m.image_s() if m else None,
-                    available=why is None,
-                    why_not=why,
-                )
-            )
-        return rows
+        return plan_catalog.plan_rows(self.table, has_gpu=self._device is not None and self._device.type == "cuda")
 
     def _free_gib(self) -> float | None:
         if self.free_vram_probe is not None:
