@@ -9,40 +9,25 @@ only read and write rows.
 from __future__ import annotations
 
 import logging
-import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
 from procrastinate.schema import SchemaManager
 
+from db.migrate import Migration
+from db.migrate import available_migrations as numbered_migrations
 from db.models import QueueError
 
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
-_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 # An arbitrary constant shared by every process of this bot (pg_advisory_lock takes a bigint).
 SCHEMA_LOCK = 0x636F67766965
 
 
-@dataclass(frozen=True)
-class Migration:
-    version: int
-    path: Path
-
-
 def available_migrations(folder: Path | None = None) -> list[Migration]:
-    folder = MIGRATIONS_DIR if folder is None else folder
-    found = []
-    for path in sorted(folder.glob("*.sql")):
-        match = _NAME.match(path.name)
-        if not match:
-            raise RuntimeError(f"Migration file {path.name} must be named NNN_description.sql")
-        found.append(Migration(int(match.group(1)), path))
-    if [m.version for m in found] != list(range(1, len(found) + 1)):
-        raise RuntimeError(f"Migrations must be numbered 001, 002, … without gaps; found {found}")
-    return found
+    """PostgreSQL's own numbered files, with the same naming rules as SQLite's."""
+    return numbered_migrations(MIGRATIONS_DIR if folder is None else folder)
 
 
 async def ensure_schema(conninfo: str) -> int:
