@@ -25,29 +25,16 @@ from hypothesis import strategies as st
 
 from db.fairness import fair_order
 from db.models import (
-    Job,
-    JobRequest,
     JobState,
-    Requester,
 )
 from db.sqlite_queue import SqliteJobQueue
+from tests.queue_helpers import WORKER, claim_all, must_claim, what, who
 
 REPO = Path(__file__).resolve().parents[1]
 CHILD = REPO / "tests" / "queue_crash_child.py"
-WORKER = "gpu-0"
 
 
 # --- helpers -------------------------------------------------------------------------------
-
-
-def who(user_id: int = 1, *, channel_id: int = 500, name: str = "") -> Requester:
-    return Requester(user_id=user_id, channel_id=channel_id, guild_id=900, user_name=name or f"user{user_id}")
-
-
-def what(prompt: str = "a red fox in snow", **overrides: Any) -> JobRequest:
-    fields: dict[str, Any] = {"width": 1024, "height": 1024, "steps": 30, "guidance": 3.5}
-    fields.update(overrides)
-    return JobRequest(prompt=prompt, **fields)
 
 
 def sql(path: Path, query: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
@@ -80,23 +67,10 @@ async def queue(db_path: Path) -> AsyncIterator[SqliteJobQueue]:
     await q.close()
 
 
-async def must_claim(queue: SqliteJobQueue, worker: str = WORKER, lease_s: float = 60) -> Job:
-    job = await queue.claim_next(worker, lease_s)
-    assert job is not None, "expected a job to claim"
-    return job
-
-
 async def must_position(queue: SqliteJobQueue, job_id: int) -> int:
     position = await queue.position(job_id)
     assert position is not None, f"job {job_id} is not queued"
     return position
-
-
-async def claim_all(queue: SqliteJobQueue) -> list[int]:
-    claimed = []
-    while (job := await queue.claim_next(WORKER, lease_s=60)) is not None:
-        claimed.append(job.id)
-    return claimed
 
 
 # --- fairness --------------------------------------------------------------------------------

@@ -48,11 +48,11 @@ from db.models import (
     UserQueueFull,
 )
 from db.sqlite_queue import SqliteJobQueue
+from tests.queue_helpers import WORKER, claim_all, must_claim, what, who
 
 REPO = Path(__file__).resolve().parents[1]
 CHILD = REPO / "tests" / "queue_crash_child.py"
 CHILD_WORKER = "crash-child"
-WORKER = "gpu-0"
 
 
 # --- the two backends -----------------------------------------------------------------------------
@@ -157,16 +157,6 @@ def clock(monkeypatch: pytest.MonkeyPatch, backend: Backend) -> Clock:
 # --- helpers -----------------------------------------------------------------------------------------
 
 
-def who(user_id: int = 1, *, channel_id: int = 500, name: str = "") -> Requester:
-    return Requester(user_id=user_id, channel_id=channel_id, guild_id=900, user_name=name or f"user{user_id}")
-
-
-def what(prompt: str = "a red fox in snow", **overrides: Any) -> JobRequest:
-    fields: dict[str, Any] = {"width": 1024, "height": 1024, "steps": 30, "guidance": 3.5}
-    fields.update(overrides)
-    return JobRequest(prompt=prompt, **fields)
-
-
 def result_files(folder: Path, *contents: bytes) -> list[str]:
     """Files a worker would have written (the PostgreSQL backend stores their bytes)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -190,23 +180,10 @@ async def reopen(queue: Any, backend: Backend) -> Any:
     return fresh
 
 
-async def must_claim(queue: JobQueue, worker: str = WORKER, lease_s: float = 60) -> Job:
-    job = await queue.claim_next(worker, lease_s)
-    assert job is not None, "expected a job to claim"
-    return job
-
-
 async def must_get(queue: JobQueue, job_id: int) -> Job:
     job = await queue.get_job(job_id)
     assert job is not None, f"job {job_id} is missing"
     return job
-
-
-async def claim_all(queue: JobQueue) -> list[int]:
-    claimed = []
-    while (job := await queue.claim_next(WORKER, lease_s=60)) is not None:
-        claimed.append(job.id)
-    return claimed
 
 
 def start_crash_child(backend: Backend) -> tuple[subprocess.Popen[str], int]:
