@@ -3,10 +3,12 @@
 The prompt and the negative prompt have different token counts. Batching them
 needs the shorter one padded, and the padding must be invisible. CogView4's own
 processor turns a 2-D mask into a full (L × L) 0/1 float matrix and hands it to
-SDPA as an *additive* bias, which does not hide anything. This processor takes
-a ready additive key-padding bias of shape (B, 1, 1, L) with -inf on padded keys,
-so every real token sees exactly what it sees unbatched; with no mask it is the
-stock computation. Padded text rows produce values no real token ever reads.
+SDPA as an *additive* bias, which does not hide anything. An additive -inf bias
+would hide it, but a bias also pushes SDPA off its fastest kernels. So here the
+"mask" is where each row's real keys start (the text is padded on the left),
+and attention for each row runs over that row's real keys only: every real
+token sees exactly what it sees unbatched, through the same maskless kernels.
+Padded text rows produce values no real token ever reads.
 """
 
 from __future__ import annotations
@@ -17,8 +19,37 @@ import torch
 import torch.nn.functional as F
 
 
+@torch.library.custom_op("cogview_bot::attend_unpadded", mutates_args=())
+def attend_unpadded(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_starts: torch.Tensor
+) -> torch.Tensor:
+    """SDPA for each batch row over its keys from `key_starts[row]` on (a CPU int tensor).
+
+    A custom op, so `torch.compile` treats it as one opaque kernel: the starts are data,
+    not shapes, and a new prompt length never triggers a recompile."""
+    starts = [int(s) for s in key_starts.tolist()]
+    if len(set(starts)) == 1:
+        s = starts[0]
+        out = F.scaled_dot_product_attention(query, key[:, :, s:], value[:, :, s:])
+    else:
+        out = torch.cat(
+            [
+                F.scaled_dot_product_attention(query[i : i + 1], key[i : i + 1, :, s:], value[i : i + 1, :, s:])
+                for i, s in enumerate(starts)
+            ]
+        )
+    return out.contiguous()
+
+
+@attend_unpadded.register_fake
+def _attend_unpadded_shape(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_starts: torch.Tensor
+) -> torch.Tensor:
+    return query.new_empty(query.shape)
+
+
 class KeyPaddingAttnProcessor:
-    """CogView4AttnProcessor with a key-padding bias instead of the stock (L × L) mask."""
+    """CogView4AttnProcessor where `attention_mask` is each row's first real key (see the module doc)."""
 
     def __call__(
         self,
@@ -48,9 +79,7 @@ class KeyPaddingAttnProcessor:
             key[:, :, text_seq_length:, :] = apply_rotary_emb(
                 key[:, :, text_seq_length:, :], image_rotary_emb, use_real_unbind_dim=-2
             )
-        hidden_states = F.scaled_dot_product_attention(
-            query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False
-        )
+        hidden_states = self.attend(query, key, value, attention_mask)
         hidden_states = hidden_states.transpose(1, 2).flatten(2, 3).type_as(query)
         hidden_states = attn.to_out[0](hidden_states)
         hidden_states = attn.to_out[1](hidden_states)
@@ -58,6 +87,14 @@ class KeyPaddingAttnProcessor:
             [text_seq_length, hidden_states.size(1) - text_seq_length], dim=1
         )
         return hidden_states, encoder_hidden_states
+
+    @staticmethod
+    def attend(
+        query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_starts: torch.Tensor | None
+    ) -> torch.Tensor:
+        if key_starts is None:
+            return F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
+        return attend_unpadded(query, key, value, key_starts)
 
 
 def install(transformer: torch.nn.Module) -> None:
@@ -67,24 +104,17 @@ def install(transformer: torch.nn.Module) -> None:
         block.attn1.set_processor(processor)
 
 
-def bucketed(
-    embeds: list[torch.Tensor], image_tokens: int, bucket: int = 1
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Stack text embeddings left-padded to a common length, with the bias that hides the padding.
+def bucketed(embeds: list[torch.Tensor], bucket: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Stack text embeddings left-padded to a common length, with where each row's real tokens start.
 
     `bucket` rounds the length up (e.g. to 64 tokens) so a compiled transformer sees the same
-    shapes for most prompts instead of recompiling, or falling back to slower dynamic-shape
-    kernels, whenever a prompt's token count changes.
+    shapes for most prompts instead of recompiling whenever a prompt's token count changes.
+    The starts (a CPU int64 tensor, None when nothing is padded) go in as `attention_mask`.
     """
     longest = max(e.shape[1] for e in embeds)
     length = -(-longest // bucket) * bucket
     if all(e.shape[1] == length for e in embeds):
         return torch.cat(embeds), None
-    rows, biases = [], []
-    for e in embeds:
-        pad = length - e.shape[1]
-        rows.append(F.pad(e, (0, 0, pad, 0)))
-        bias = torch.zeros(length + image_tokens, dtype=e.dtype, device=e.device)
-        bias[:pad] = float("-inf")
-        biases.append(bias)
-    return torch.cat(rows), torch.stack(biases)[:, None, None, :]
+    pads = [length - e.shape[1] for e in embeds]
+    rows = [F.pad(e, (0, 0, pad, 0)) for e, pad in zip(embeds, pads, strict=True)]
+    return torch.cat(rows), torch.tensor(pads, dtype=torch.int64)

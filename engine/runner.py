@@ -205,12 +205,12 @@ class Runner:
         timesteps, _ = retrieve_timesteps(scheduler, steps, device, timesteps, sigmas, mu=mu)
         transformer_dtype = transformer.dtype
         batched = cfg and self.options.batched_cfg and negative_embeds is not None
-        key_bias = None
+        key_starts = None
         if batched or (self.options.text_bucket and not cfg):
             from engine.attention import bucketed
 
             group = [prompt_embeds, negative_embeds] if batched else [prompt_embeds]
-            text, key_bias = bucketed(group, image_seq_len, max(1, self.options.text_bucket))  # type: ignore[arg-type]
+            text, key_starts = bucketed(group, max(1, self.options.text_bucket))  # type: ignore[arg-type]
             if batched:
                 both_embeds = text
             else:
@@ -227,7 +227,7 @@ class Runner:
                     original_size=sizes.repeat(2, 1),
                     target_size=sizes.repeat(2, 1),
                     crop_coords=crops.repeat(2, 1),
-                    attention_mask=key_bias,
+                    attention_mask=key_starts,
                     return_dict=False,
                 )[0]
                 noise_cond, noise_uncond = pred.chunk(2)
@@ -241,7 +241,7 @@ class Runner:
                         original_size=sizes,
                         target_size=sizes,
                         crop_coords=crops,
-                        attention_mask=key_bias,
+                        attention_mask=key_starts,
                         return_dict=False,
                     )[0]
                 if cfg:

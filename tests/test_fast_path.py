@@ -50,15 +50,47 @@ def test_batched_cfg_and_text_buckets_give_the_same_image(runner: Runner, prompt
     assert not np.array_equal(no_cfg, plain)
 
 
-def test_bucketed_pads_on_the_left_and_hides_only_the_padding() -> None:
+def test_bucketed_pads_on_the_left_and_says_where_the_real_tokens_start() -> None:
     from engine.attention import bucketed
 
     short, long = torch.ones(1, 16, 8), torch.full((1, 80, 8), 2.0)
-    stacked, bias = bucketed([short, long], image_tokens=10, bucket=64)
+    stacked, starts = bucketed([short, long], bucket=64)
     assert stacked.shape == (2, 128, 8)
-    assert bias is not None and bias.shape == (2, 1, 1, 138)
-    assert torch.isinf(bias[0, 0, 0, :112]).all() and (bias[0, 0, 0, 112:] == 0).all()
-    assert torch.isinf(bias[1, 0, 0, :48]).all() and (bias[1, 0, 0, 48:] == 0).all()
+    assert starts is not None and starts.tolist() == [112, 48]
     assert (stacked[0, :112] == 0).all() and (stacked[0, 112:] == 1).all()
-    same, none = bucketed([torch.ones(1, 64, 8), torch.ones(1, 64, 8)], image_tokens=10, bucket=64)
+    assert (stacked[1, :48] == 0).all() and (stacked[1, 48:] == 2).all()
+    same, none = bucketed([torch.ones(1, 64, 8), torch.ones(1, 64, 8)], bucket=64)
     assert none is None and same.shape == (2, 64, 8)
+
+
+def test_unpadded_attention_matches_attention_over_each_rows_real_keys() -> None:
+    """Each row attends to its own real keys only: the same numbers as that row run alone."""
+    import torch.nn.functional as F
+
+    from engine.attention import attend_unpadded
+
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 40, 16, generator=gen) for _ in range(3))
+    starts = torch.tensor([24, 0])
+    out = attend_unpadded(q, k, v, starts)
+    assert out.shape == q.shape
+    alone = F.scaled_dot_product_attention(q[:1], k[:1, :, 24:], v[:1, :, 24:])
+    assert torch.equal(out[:1], alone)
+    assert torch.equal(out[1:], F.scaled_dot_product_attention(q[1:], k[1:], v[1:]))
+    biased = torch.zeros(2, 1, 1, 40)
+    biased[0, ..., :24] = float("-inf")
+    assert torch.allclose(out, F.scaled_dot_product_attention(q, k, v, attn_mask=biased), atol=1e-5)
+
+
+def test_unpadded_attention_compiles_once_for_any_padding() -> None:
+    """The starts are data to torch.compile: new paddings reuse the compiled graph."""
+    import torch._dynamo.testing
+
+    from engine.attention import attend_unpadded
+
+    counter = torch._dynamo.testing.CompileCounter()
+    fn = torch.compile(lambda q, k, v, s: attend_unpadded(q * 2, k, v, s) + 1, backend=counter, dynamic=False)
+    q, k, v = (torch.randn(2, 2, 32, 8) for _ in range(3))
+    outs = [fn(q, k, v, torch.tensor(s)) for s in ([0, 16], [8, 0], [4, 4])]
+    assert counter.frame_count == 1
+    assert torch.equal(outs[0], attend_unpadded(q * 2, k, v, torch.tensor([0, 16])) + 1)
