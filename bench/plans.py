@@ -7,7 +7,7 @@ and the per-image figure for 50 steps is projected from the measured per-step
 time: projected = encode + 50 × step + decode (stated as such in the results).
 
     python bench/plans.py measure --model DIR --impl engine --plan nf4_swap --cap 8 --steps 8
-    python bench/plans.py matrix --model DIR --runs engine:bf16_resident:0,diffusers:nf4_model_offload:8 --out r.jsonl
+    python bench/plans.py matrix --model DIR --runs engine:auto:8:n8,diffusers:nf4_model_offload:8:n3:s50 --out r.jsonl
     python bench/plans.py table r.jsonl            # writes engine/plan_table.json and prints a markdown table
 """
 
@@ -333,6 +333,11 @@ def measure(args: argparse.Namespace) -> None:
         steady = sum(per_image) / len(per_image) + images[0]["encode_s"] / len(images)
         row["steady_image_s_50"] = round(steady, 2)
         row["images_per_hour_50"] = round(3600 / steady, 1) if steady else None
+        # Measured, not projected: wall-clock seconds per image over the whole queue (the first image included),
+        # the figure to read when the run made full 50-step images (:s50).
+        queue_s = sum(i["total_s"] for i in images) / len(images)
+        row["queue_image_s"] = round(queue_s, 2)
+        row["images_per_hour_queue"] = round(3600 / queue_s, 1) if queue_s else None
         row["images"] = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in i.items()} for i in images]
     print("RESULT " + json.dumps(row), flush=True)
 
@@ -347,8 +352,9 @@ def matrix(args: argparse.Namespace) -> None:
             print(f"SKIP {spec}: out of time", flush=True)
             continue
         images = next((e[1:] for e in extra if e.startswith("n")), str(args.images))
+        steps = next((e[1:] for e in extra if e.startswith("s")), str(args.steps))
         cmd = [sys.executable, __file__, "measure", "--model", str(args.model), "--impl", impl, "--plan", plan]
-        cmd += ["--cap", cap, "--steps", str(args.steps), "--size", str(args.size), "--images", images]
+        cmd += ["--cap", cap, "--steps", steps, "--size", str(args.size), "--images", images]
         timeout = args.run_timeout_s
         if "compile" in extra:
             cmd.append("--compile")
@@ -482,7 +488,9 @@ def main() -> None:
     m.add_argument("--compile", action="store_true")
     x = sub.add_parser("matrix")
     x.add_argument("--model", type=Path, required=True)
-    x.add_argument("--runs", required=True, help="impl:plan:cap[:compile],... e.g. engine:nf4_swap:8")
+    x.add_argument(
+        "--runs", required=True, help="impl:plan:cap[:compile][:nIMAGES][:sSTEPS],... e.g. engine:nf4_swap:8:n8:s50"
+    )
     x.add_argument("--out", required=True)
     x.add_argument("--steps", type=int, default=8)
     x.add_argument("--size", type=int, default=1024)

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Run the plan benchmark on a GPU machine, from the repo root:
 #   bash bench/run_gpu.sh RUNS [RUNS ...]
-# Each RUNS is bench/plans.py's --runs list (impl:plan:cap[:compile][:nN],...). After each list the
-# plan table (engine/plan_table.json) is rewritten from every result so far, so a later list's
-# `auto` runs choose from the freshly measured table. The full-size random CogView4-6B is built
+# Each RUNS is bench/plans.py's --runs list (impl:plan:cap[:compile][:nIMAGES][:sSTEPS],...). After
+# each list the plan table (engine/plan_table.json) is rewritten from every result so far, so a later
+# list's `auto` runs choose from the freshly measured table (NO_TABLE=1: keep the committed table). The full-size random CogView4-6B is built
 # once into $MODEL (31 GB) from $CONFIGS (default ../shared/cogview4-6b).
 # diffusers and bitsandbytes may come as wheels in .whl/ (see bench/RESULTS.md).
 set -u
@@ -23,7 +23,9 @@ fi
 for runs in "$@"; do
   python3 bench/plans.py matrix --model "$MODEL" --runs "$runs" --out "$RESULTS" --steps "$STEPS" \
     --images "${IMAGES:-2}" --budget-s "${BUDGET_S:-1500}"
-  python3 bench/plans.py table ${BASELINE:-} "$RESULTS" --write --keep-missing > /tmp/table.md
-  echo "TABLE WRITTEN"
+  if [ -z "${NO_TABLE:-}" ]; then
+    python3 bench/plans.py table ${BASELINE:-} "$RESULTS" --write --keep-missing > /tmp/table.md
+    echo "TABLE WRITTEN"
+  fi
 done
 echo "MATRIX FINISHED"

@@ -104,17 +104,16 @@ def install(transformer: torch.nn.Module) -> None:
         block.attn1.set_processor(processor)
 
 
-def bucketed(embeds: list[torch.Tensor], bucket: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
+def bucketed(embeds: list[torch.Tensor], bucket: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack text embeddings left-padded to a common length, with where each row's real tokens start.
 
     `bucket` rounds the length up (e.g. to 64 tokens) so a compiled transformer sees the same
     shapes for most prompts instead of recompiling whenever a prompt's token count changes.
-    The starts (a CPU int64 tensor, None when nothing is padded) go in as `attention_mask`.
+    The starts (a CPU int64 tensor) go in as `attention_mask`; they are passed even when nothing
+    is padded, so every batch runs the same compiled graph.
     """
     longest = max(e.shape[1] for e in embeds)
     length = -(-longest // bucket) * bucket
-    if all(e.shape[1] == length for e in embeds):
-        return torch.cat(embeds), None
     pads = [length - e.shape[1] for e in embeds]
-    rows = [F.pad(e, (0, 0, pad, 0)) for e, pad in zip(embeds, pads, strict=True)]
+    rows = [F.pad(e, (0, 0, pad, 0)) if pad else e for e, pad in zip(embeds, pads, strict=True)]
     return torch.cat(rows), torch.tensor(pads, dtype=torch.int64)

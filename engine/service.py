@@ -329,6 +329,9 @@ class Engine:
             step_delay_s=self.config.step_delay_s, batched_cfg=plan.fast, text_bucket=64 if plan.fast else 0
         )
         runner = Runner(pipe, plan, self._device, options, residency=residency)
+        if plan.fast and self.config.torch_compile and self._device.type == "cuda":
+            self._on_load_progress("Compiling the model for this GPU (once per start)…", 0.97)
+            runner.warm_up(self.limits.native_size)
         if embeddings is not None:
             runner.embeddings = embeddings  # same encoder weights: the embeddings stay valid
         self._runner = runner

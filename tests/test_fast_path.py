@@ -59,8 +59,8 @@ def test_bucketed_pads_on_the_left_and_says_where_the_real_tokens_start() -> Non
     assert starts is not None and starts.tolist() == [112, 48]
     assert (stacked[0, :112] == 0).all() and (stacked[0, 112:] == 1).all()
     assert (stacked[1, :48] == 0).all() and (stacked[1, 48:] == 2).all()
-    same, none = bucketed([torch.ones(1, 64, 8), torch.ones(1, 64, 8)], bucket=64)
-    assert none is None and same.shape == (2, 64, 8)
+    same, zeros = bucketed([torch.ones(1, 64, 8), torch.ones(1, 64, 8)], bucket=64)
+    assert zeros.tolist() == [0, 0] and same.shape == (2, 64, 8)
 
 
 def test_unpadded_attention_matches_attention_over_each_rows_real_keys() -> None:
@@ -94,3 +94,11 @@ def test_unpadded_attention_compiles_once_for_any_padding() -> None:
     outs = [fn(q, k, v, torch.tensor(s)) for s in ([0, 16], [8, 0], [4, 4])]
     assert counter.frame_count == 1
     assert torch.equal(outs[0], attend_unpadded(q * 2, k, v, torch.tensor([0, 16])) + 1)
+
+
+def test_warm_up_keeps_nothing_and_leaves_later_images_unchanged(runner: Runner) -> None:
+    before = pixels(runner, PROMPTS[1], 5.0)
+    runner.warm_up(64)
+    assert len(runner.embeddings) == 0, "the warm-up's embeddings are not kept"
+    assert runner.encoder_calls == 0 and runner.encoder_visits == 0, "counters describe real jobs only"
+    assert np.array_equal(pixels(runner, PROMPTS[1], 5.0), before)
