@@ -92,6 +92,7 @@ class KeyPaddingAttnProcessor:
     def attend(
         query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_starts: torch.Tensor | None
     ) -> torch.Tensor:
+        """The attention itself; bench/fastpath_probe.py overrides it to time an additive bias instead."""
         if key_starts is None:
             return F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
         return attend_unpadded(query, key, value, key_starts)
