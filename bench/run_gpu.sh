@@ -3,8 +3,9 @@
 #   bash bench/run_gpu.sh RUNS [RUNS ...]
 # Each RUNS is bench/plans.py's --runs list (impl:plan:cap[:compile][:nIMAGES][:sSTEPS],...). After
 # each list the plan table (engine/plan_table.json) is rewritten from every result so far, so a later
-# list's `auto` runs choose from the freshly measured table (NO_TABLE=1: keep the committed table). The full-size random CogView4-6B is built
-# once into $MODEL (31 GB) from $CONFIGS (default ../shared/cogview4-6b).
+# list's `auto` runs choose from the freshly measured table (NO_TABLE=1: keep the committed table).
+# The full-size random CogView4-6B is built once into $MODEL (31 GB) from $CONFIGS
+# (default ../shared/cogview4-6b).
 # diffusers and bitsandbytes may come as wheels in .whl/ (see bench/RESULTS.md).
 set -u
 if ls .whl/*.whl >/dev/null 2>&1; then

@@ -27,7 +27,7 @@ def attend_unpadded(
 
     A custom op, so `torch.compile` treats it as one opaque kernel: the starts are data,
     not shapes, and a new prompt length never triggers a recompile."""
-    starts = [int(s) for s in key_starts.tolist()]
+    starts: list[int] = key_starts.tolist()
     if len(set(starts)) == 1:
         s = starts[0]
         out = F.scaled_dot_product_attention(query, key[:, :, s:], value[:, :, s:])
