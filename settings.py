@@ -27,6 +27,7 @@ _HINTS: dict[str, str] = {
     "ALLOWED_CHANNEL_IDS": "comma-separated channel ids, or leave empty to allow every channel",
     "MEMORY_MODE": "auto, or a plan name listed by `python -m engine doctor`",
     "DEVICE": "auto, cuda or cpu",
+    "QUALITY": "best, balanced or fastest (what MEMORY_MODE=auto may trade for speed)",
     "QUEUE_BACKEND": "sqlite (one machine) or postgres (several GPU machines)",
 }
 
@@ -55,7 +56,8 @@ class Settings(BaseSettings):
     memory_mode: str = "auto"
     device: Literal["auto", "cuda", "cpu"] = "auto"
     torch_compile: bool = False
-    quantized_cache_dir: Path | None = None
+    quality: Literal["best", "balanced", "fastest"] = "balanced"
+    quantized_cache_dir: Path = Path("data/quantized")
     default_steps: int = Field(default=50, ge=1, le=100)
     default_guidance: float = Field(default=3.5, ge=0, le=20)
     engine_step_delay: float = Field(default=0.0, ge=0, le=60)
@@ -88,10 +90,20 @@ class Settings(BaseSettings):
             return [part.strip().lower() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("dev_guild_id", "quantized_cache_dir", "discord_token", "database_url", mode="before")
+    @field_validator("dev_guild_id", "discord_token", "database_url", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("quantized_cache_dir", mode="before")
+    @classmethod
+    def _empty_is_default(cls, value: object) -> object:
+        return "data/quantized" if value is None or (isinstance(value, str) and not value.strip()) else value
+
+    @field_validator("quality", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("log_level", mode="before")
     @classmethod

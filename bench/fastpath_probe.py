@@ -5,7 +5,7 @@ key-padding bias selects, static vs dynamic compiled shapes, batched vs separate
 This builds the transformer alone from its published config with random bf16 weights straight
 on the GPU (no 31 GB model on disk) and times a step — the cond and uncond forwards — per variant:
 
-    python bench/fastpath_probe.py --config ../shared/cogview4-6b/transformer_config.json --out probe.jsonl
+    python bench/fastpath_probe.py --config CONFIG_DIR/transformer_config.json --out probe.jsonl
 
 A step here is what the engine's loop does per step minus the scheduler (negligible).
 """

@@ -221,31 +221,64 @@ def measure_bare(args: argparse.Namespace) -> dict[str, Any]:
 # --- this engine -------------------------------------------------------------------------------------
 
 
+def engine_config(args: argparse.Namespace) -> Any:
+    """The engine's config for this run; newer fields (quality, cache folder) only where the engine has them."""
+    import dataclasses
+
+    import torch
+
+    from engine.service import EngineConfig
+
+    values: dict[str, Any] = {
+        "model_id": str(args.model),
+        "memory_mode": args.plan,
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "memory_cap_gib": args.cap or None,
+        "torch_compile": args.compile,
+        "quality": args.quality,
+        "quantized_cache_dir": args.cache_dir,
+    }
+    known = {f.name for f in dataclasses.fields(EngineConfig)}
+    return EngineConfig(**{k: v for k, v in values.items() if k in known})
+
+
+async def timed_load(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """Start an engine and wait until it is ready: seconds, bytes read from disk, host memory peaks."""
+    from bench import hostmem
+    from engine.service import Engine
+
+    engine = Engine(engine_config(args))
+    read0, t0 = hostmem.read_bytes(), time.perf_counter()
+    with hostmem.PeakSampler() as sampler:
+        engine.start()
+        await engine.wait_ready()
+    status = engine.status()
+    if status.error:
+        raise RuntimeError(status.error)
+    figures = {
+        "load_s": time.perf_counter() - t0,
+        "load_read_gib": round((hostmem.read_bytes() - read0) / GIB, 2),
+        "load_peak_rss_gib": round(sampler.peak.get("rss_gib", 0.0), 2),
+        "load_peak_unswappable_gib": round(sampler.peak.get("unswappable_gib", 0.0), 2),
+    }
+    return engine, figures
+
+
 def measure_engine(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
+    from bench import hostmem
     from db.models import JobRequest
-    from engine.service import Engine, EngineConfig, Prefetch
-
-    config = EngineConfig(
-        model_id=str(args.model),
-        memory_mode=args.plan,
-        device="cuda" if torch.cuda.is_available() else "cpu",
-        memory_cap_gib=args.cap or None,
-        torch_compile=args.compile,
-    )
-    engine = Engine(config)
+    from engine.service import Prefetch
 
     async def run() -> dict[str, Any]:
-        t0 = time.perf_counter()
-        engine.start()
-        await engine.wait_ready()
-        status = engine.status()
-        if status.error:
-            raise RuntimeError(status.error)
-        load_s = time.perf_counter() - t0
+        if args.cache_dir and args.reload:
+            hostmem.drop_page_cache(args.model)  # cold: the model files come from disk
+        engine, load = await timed_load(args)
         cuda = torch.cuda.is_available()
         load_peak = torch.cuda.max_memory_reserved() / GIB if cuda else 0.0
+        after_load = {k: round(v, 2) for k, v in hostmem.status_gib().items()}
+        pinned = hostmem.pinned_gib()
         images = []
         requests = [
             JobRequest(
@@ -266,6 +299,8 @@ def measure_engine(args: argparse.Namespace) -> dict[str, Any]:
             started = time.perf_counter()
             result = await engine.generate(request, holder=f"job{index}", prefetch=lookahead)
             timings = dict(result.timings)
+            if args.images_dir:
+                save_image(args, index, result.images[0])
             images.append(
                 {
                     "encode_s": timings["encode_s"],
@@ -278,19 +313,69 @@ def measure_engine(args: argparse.Namespace) -> dict[str, Any]:
             )
         final = engine.status()
         await engine.stop()
-        return {
-            "load_s": load_s,
+        row = {
+            **load,
             "load_peak_reserved_gib": load_peak,
+            "host_after_load": after_load,
+            "host_gib": round(after_load["unswappable_gib"], 2),
+            "host_peak_gib": round(load["load_peak_unswappable_gib"], 2),
+            "torch_pinned_gib": None if pinned is None else round(pinned, 2),
             "images": images,
             "plan_used": final.plan,
             "plan_note": final.plan_note,
         }
+        if args.cache_dir and args.reload:
+            # The second start: quantized weights from the cache, read from disk, not the page cache.
+            del engine
+            import gc
+
+            gc.collect()
+            torch.cuda.empty_cache()
+            hostmem.drop_page_cache(args.cache_dir)
+            hostmem.drop_page_cache(args.model)
+            engine, cached = await timed_load(args)
+            await engine.stop()
+            row.update({f"cached_{k}": v for k, v in cached.items()})
+        return row
 
     return asyncio.run(run())
 
 
+def save_image(args: argparse.Namespace, index: int, image: Any) -> None:
+    """Keep the image; the bf16_resident run's images are the reference for every other run's fidelity."""
+    folder = Path(args.images_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    label = f"{args.plan}_{args.card or args.cap:g}{'_compile' if args.compile else ''}"
+    image.save(folder / f"{label}_s{args.steps}_{args.size}_i{index}.png")
+
+
+def fidelity(args: argparse.Namespace, count: int) -> float | None:
+    """Mean PSNR of this run's images against bf16_resident's for the same prompt, seed and steps."""
+    from PIL import Image
+
+    from bench import hostmem
+
+    folder = Path(args.images_dir)
+    label = f"{args.plan}_{args.card or args.cap:g}{'_compile' if args.compile else ''}"
+    values = []
+    for i in range(count):
+        ref = folder / f"bf16_resident_0_s{args.steps}_{args.size}_i{i}.png"
+        mine = folder / f"{label}_s{args.steps}_{args.size}_i{i}.png"
+        if ref.exists() and mine.exists() and ref != mine:
+            values.append(min(99.0, hostmem.psnr(Image.open(ref).convert("RGB"), Image.open(mine).convert("RGB"))))
+    return round(sum(values) / len(values), 2) if values else None
+
+
 def measure(args: argparse.Namespace) -> None:
     import torch
+
+    context: dict[str, float] = {}
+    if args.card and torch.cuda.is_available():
+        # A card of the named size also holds the CUDA context and library workspaces: cap PyTorch below it.
+        from bench import hostmem
+
+        context = hostmem.cuda_context_gib()
+        args.cap = round(args.card - context["context_gib"], 3)
 
     if args.impl == "diffusers":
         os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
@@ -300,6 +385,8 @@ def measure(args: argparse.Namespace) -> None:
     row: dict[str, Any] = {
         "impl": args.impl,
         "plan": args.plan,
+        "card_gib": args.card,
+        **context,
         "cap_gib": args.cap,
         "size": args.size,
         "steps": args.steps,
@@ -339,6 +426,8 @@ def measure(args: argparse.Namespace) -> None:
         row["queue_image_s"] = round(queue_s, 2)
         row["images_per_hour_queue"] = round(3600 / queue_s, 1) if queue_s else None
         row["images"] = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in i.items()} for i in images]
+        if args.images_dir and args.impl == "engine":
+            row["psnr_db"] = fidelity(args, len(images))
     print("RESULT " + json.dumps(row), flush=True)
 
 
@@ -354,8 +443,23 @@ def matrix(args: argparse.Namespace) -> None:
         images = next((e[1:] for e in extra if e.startswith("n")), str(args.images))
         steps = next((e[1:] for e in extra if e.startswith("s")), str(args.steps))
         cmd = [sys.executable, __file__, "measure", "--model", str(args.model), "--impl", impl, "--plan", plan]
-        cmd += ["--cap", cap, "--steps", steps, "--size", str(args.size), "--images", images]
+        # cap "c8": a real 8 GiB card (PyTorch capped below it by the measured CUDA context); "8": a bare cap.
+        size_flag = ["--card", cap[1:]] if cap.startswith("c") else ["--cap", cap]
+        cmd += [*size_flag, "--steps", steps, "--size", str(args.size), "--images", images]
+        cmd += ["--quality", args.quality, "--images-dir", str(Path(args.out).with_suffix("")) + "-images"]
         timeout = args.run_timeout_s
+        private = None
+        if args.cache_dir:
+            # A reload run starts from an empty cache (cold), then loads again from it; its entries join the
+            # shared cache afterwards, so later runs start warm like a bot's second start.
+            private = Path(f"{args.cache_dir}-{plan}-cold") if "reload" in extra else None
+            if private is not None:
+                import shutil
+
+                shutil.rmtree(private, ignore_errors=True)
+                cmd += ["--reload"]
+                timeout *= 2
+            cmd += ["--cache-dir", str(private or args.cache_dir)]
         if "compile" in extra:
             cmd.append("--compile")
             timeout *= 2
@@ -377,6 +481,11 @@ def matrix(args: argparse.Namespace) -> None:
         except subprocess.TimeoutExpired:
             row = {"impl": impl, "plan": plan, "cap_gib": float(cap), "ok": False, "error": "timeout"}
         row["wall_s"] = round(time.monotonic() - started, 1)
+        if private is not None and private.is_dir():
+            Path(args.cache_dir).mkdir(parents=True, exist_ok=True)
+            for entry in private.iterdir():
+                if not (Path(args.cache_dir) / entry.name).exists():
+                    entry.rename(Path(args.cache_dir) / entry.name)
         with out.open("a") as handle:
             handle.write(json.dumps(row) + "\n")
         keys = (
@@ -392,6 +501,15 @@ def matrix(args: argparse.Namespace) -> None:
             "steady_image_s_50",
             "peak_reserved_gib",
             "load_peak_reserved_gib",
+            "card_gib",
+            "context_gib",
+            "psnr_db",
+            "host_gib",
+            "host_peak_gib",
+            "load_s",
+            "cached_load_s",
+            "load_read_gib",
+            "cached_load_read_gib",
             "error",
             "wall_s",
         )
@@ -408,7 +526,7 @@ def table(args: argparse.Namespace) -> None:
         if row["plan"] == "auto":
             continue  # auto rows test the choice; the table holds named plans
         peak = max(row.get("peak_reserved_gib", 0), row.get("load_peak_reserved_gib", 0))
-        cap = row.get("cap_gib") or 0
+        cap = row.get("card_gib") or row.get("cap_gib") or 0  # a card row stands for a real card of that size
         entry = {
             "plan": name,
             "peak_gib": round(peak, 2),
@@ -416,6 +534,7 @@ def table(args: argparse.Namespace) -> None:
             "encode_s": row["encode_s"],
             "decode_s": row["decode_s"],
             "measured_cap_gib": cap,
+            **{k: row[k] for k in ("psnr_db", "host_gib", "host_peak_gib") if row.get(k) is not None},
         }
         best = plans.get(name)
         # What a plan needs: swap plans adapt to the card, so their smallest successful cap is
@@ -455,6 +574,17 @@ def table(args: argparse.Namespace) -> None:
         "gpu": rows[0].get("gpu"),
         "versions": rows[0].get("versions"),
         "size": 1024,
+        "fidelity": {
+            "psnr_db": "final image PSNR against bf16_resident in the same run, same prompts and seeds",
+            "noise_floor_db": next((r.get("psnr_db") for r in engine_rows if r["plan"] == "bf16_fast"), None),
+            "noise_floor": "bf16_fast (compiled, batched, cuDNN attention) against bf16_resident: a kernel change",
+            "estimated": False,
+        },
+        "host": {
+            "host_gib": "anonymous + pinned host RAM after loading (VmRSS - RssFile), GiB",
+            "host_peak_gib": "the same, peak while loading (sampled every 50 ms), GiB",
+        },
+        "context_gib": next((r.get("context_gib") for r in rows if r.get("context_gib")), None),
         "plans": sorted(plans.values(), key=lambda p: p["peak_gib"]),
     }
     if args.write:
@@ -486,6 +616,11 @@ def main() -> None:
     m.add_argument("--images", type=int, default=2, help="images made in a row (the first one is the cold one)")
     m.add_argument("--lookahead", type=int, default=8)
     m.add_argument("--compile", action="store_true")
+    m.add_argument("--card", type=float, default=0.0, help="a real card of this size: cap = card - CUDA context")
+    m.add_argument("--quality", default="balanced")
+    m.add_argument("--cache-dir", type=Path, default=None, help="quantized weight cache")
+    m.add_argument("--reload", action="store_true", help="cold start, then a second start from the cache")
+    m.add_argument("--images-dir", default=None, help="keep images; bf16_resident's are the fidelity reference")
     x = sub.add_parser("matrix")
     x.add_argument("--model", type=Path, required=True)
     x.add_argument(
@@ -497,6 +632,8 @@ def main() -> None:
     x.add_argument("--images", type=int, default=2)
     x.add_argument("--budget-s", type=float, default=540)
     x.add_argument("--run-timeout-s", type=float, default=240)
+    x.add_argument("--quality", default="balanced")
+    x.add_argument("--cache-dir", default=None, help="shared quantized weight cache ('reload' runs start cold)")
     t = sub.add_parser("table")
     t.add_argument("results", nargs="+", help="result files, oldest first (later rows win)")
     t.add_argument("--write", action="store_true", help="write engine/plan_table.json")

@@ -1,12 +1,12 @@
 """Build the full-size CogView4-6B architecture with random weights, saved as a diffusers folder.
 
 Real weights cannot be downloaded in the benchmark environment; random weights of
-the real shapes cost the same memory and time. The configs come from
-`../shared/cogview4-6b/` (or any folder holding the same files). The tokenizer is
+the real shapes cost the same memory and time. The configs come from a folder holding
+CogView4-6B's published config files (`--configs`). The tokenizer is
 built locally with the `tokenizers` library: GLM's vocabulary size, one token per
 word, `[gMASK]<sop>` prefix and left padding like GLM-4's.
 
-    python bench/random_model.py OUT_DIR [--configs ../shared/cogview4-6b]
+    python bench/random_model.py OUT_DIR [--configs CONFIG_DIR]
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ DEFAULT_CONFIGS = ROOT.parent / "shared" / "cogview4-6b"
 
 def build_tokenizer(out: Path, vocab_size: int, pad_id: int) -> None:
     """GLM's vocabulary size and special ids, one token per word (ids only shape the sequence length)."""
-    from engine.tiny import save_glm_like_tokenizer
+    from tools.tiny import save_glm_like_tokenizer
 
     vocab = {f"w{i}": i for i in range(vocab_size)}
     specials = {"<pad>": pad_id, "<unk>": pad_id + 1, "[gMASK]": pad_id + 2, "<sop>": pad_id + 3}

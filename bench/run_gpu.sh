@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Run the plan benchmark on a GPU machine, from the repo root:
 #   bash bench/run_gpu.sh RUNS [RUNS ...]
-# Each RUNS is bench/plans.py's --runs list (impl:plan:cap[:compile][:nIMAGES][:sSTEPS],...). After
+# Each RUNS is bench/plans.py's --runs list (impl:plan:cap[:compile][:reload][:nIMAGES][:sSTEPS],...);
+# a cap "c8" stands for a real 8 GiB card (PyTorch capped below it by the measured CUDA context),
+# "reload" measures a cold start and a second start from the quantized cache ($CACHE). After
 # each list the plan table (engine/plan_table.json) is rewritten from every result so far, so a later
 # list's `auto` runs choose from the freshly measured table (NO_TABLE=1: keep the committed table).
 # The full-size random CogView4-6B is built once into $MODEL (31 GB) from $CONFIGS
@@ -23,7 +25,8 @@ if [ ! -f "$MODEL/vae/config.json" ]; then
 fi
 for runs in "$@"; do
   python3 bench/plans.py matrix --model "$MODEL" --runs "$runs" --out "$RESULTS" --steps "$STEPS" \
-    --images "${IMAGES:-2}" --budget-s "${BUDGET_S:-1500}"
+    --images "${IMAGES:-2}" --budget-s "${BUDGET_S:-1500}" --cache-dir "${CACHE:-/tmp/qcache}" \
+    --quality "${QUALITY:-balanced}"
   if [ -z "${NO_TABLE:-}" ]; then
     python3 bench/plans.py table ${BASELINE:-} "$RESULTS" --write --keep-missing > /tmp/table.md
     echo "TABLE WRITTEN"

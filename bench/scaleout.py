@@ -202,7 +202,7 @@ def write_section(block: str, results: Path = RESULTS) -> None:
 
 
 async def main_async(args: argparse.Namespace) -> str:
-    from engine.tiny import write_tiny_model
+    from tools.tiny import write_tiny_model
 
     root = Path(tempfile.mkdtemp(prefix="scaleout-"))
     model = await asyncio.to_thread(write_tiny_model, root / "tiny")

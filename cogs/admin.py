@@ -9,33 +9,30 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from cogs.checks import admin_only
-from cogs.errors import reply_private
-from cogs.reports import memory_report, status_report, workers_report
-from cogs.text import clip
+from cogs.utils.checks import admin_only
+from cogs.utils.errors import reply_private
+from cogs.utils.host import MEMORY_KEY, Host
+from cogs.utils.reports import memory_report, status_report, workers_report
+from cogs.utils.text import clip
 from db.models import JobState, QueueError
 from engine.plans import PLANS
 from engine.types import PlanSwitchFailed
 
-if TYPE_CHECKING:
-    from bot import ImageBot
-
 log = logging.getLogger(__name__)
 
-MEMORY_KEY = "memory_mode"
 _PLAN_CHOICES = [app_commands.Choice(name="auto", value="auto")] + [
     app_commands.Choice(name=name, value=name) for name in PLANS
 ]
 
 
 class Admin(commands.Cog):
-    def __init__(self, bot: ImageBot) -> None:
+    def __init__(self, bot: Host) -> None:
         self.bot = bot
 
     async def _audit(self, interaction: discord.Interaction, action: str, detail: str) -> None:
@@ -112,19 +109,13 @@ class Admin(commands.Cog):
     @app_commands.command(name="status", description="Engine, plan, speed and queue (admins)")
     @admin_only()
     async def status(self, interaction: discord.Interaction) -> None:
-        stats = await self.bot.queue.stats()
-        dispatcher = getattr(self.bot, "dispatcher", None)  # none when GPU machines run the jobs
-        report = status_report(
-            self.bot.engine.status(),
-            stats,
-            uptime_s=time.time() - self.bot.started_at,
-            current_job=dispatcher.current_job_id if dispatcher is not None else None,
-        )
-        workers = getattr(self.bot.engine, "workers", None)  # QUEUE_BACKEND=postgres: one line per GPU
-        if workers is not None:
-            report = clip(f"{report}\n{workers_report(workers(), now=time.time(), stale_s=self.bot.engine.stale_s)}")
+        bot = self.bot
+        stats = await bot.queue.stats()
+        report = status_report(bot.engine.status(), stats, uptime_s=time.time() - bot.started_at)
+        if bot.settings.queue_backend == "postgres":  # GPU machines run the jobs: one line each, or how to add one
+            report = clip(f"{report}\n{workers_report(bot.engine.workers(), now=time.time())}")
         await reply_private(interaction, report)
 
 
 async def setup(bot: commands.Bot) -> None:
-    await bot.add_cog(Admin(cast("ImageBot", bot)))
+    await bot.add_cog(Admin(cast(Host, bot)))

@@ -17,21 +17,19 @@ import io
 import logging
 import random
 from collections.abc import Callable
-from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 import aiohttp
 import discord
 from discord.ext import commands
 
-from cogs.buttons import result_view
-from cogs.notices import compose
 from cogs.progress import Progress
-from cogs.text import only_user
+from cogs.utils.host import Host
+from cogs.utils.notices import compose
+from cogs.utils.text import only_user
+from cogs.utils.views import result_view
 from db.models import Notice, NoticeKind
-
-if TYPE_CHECKING:
-    from bot import ImageBot
+from db.results import ResultFile
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +66,7 @@ def nonce_for(notice: Notice, part: int = 0) -> str:
 
 
 class Delivery(commands.Cog):
-    def __init__(self, bot: ImageBot) -> None:
+    def __init__(self, bot: Host) -> None:
         self.bot = bot
         self._task: asyncio.Task[None] | None = None
         self._busy: set[int] = set()
@@ -159,10 +157,10 @@ class Delivery(commands.Cog):
             log.exception("Recording the failed post of notice %s failed", notice.id)
 
     async def _post(self, notice: Notice) -> int:
-        post = await asyncio.to_thread(compose, notice, self.bot.settings.output_dir)
+        post = await compose(notice, self.bot.queue.results)
         job = notice.job
         channel = self.bot.get_partial_messageable(job.requester.channel_id, guild_id=job.requester.guild_id)
-        groups = await asyncio.to_thread(_read_groups, post.files)
+        groups = _upload_groups(post.files)
         first = await channel.send(
             post.content,
             files=[_file(name, data) for name, data in groups[0]] if groups else discord.utils.MISSING,
@@ -183,19 +181,18 @@ def _file(name: str, data: bytes) -> discord.File:
     return discord.File(io.BytesIO(data), filename=name)
 
 
-def _read_groups(paths: list[Path]) -> list[list[tuple[str, bytes]]]:
-    """Read the result files and split them into uploads that fit Discord's per-message limit."""
+def _upload_groups(files: list[ResultFile]) -> list[list[tuple[str, bytes]]]:
+    """Split the result images into uploads that fit Discord's per-message limit."""
     groups: list[list[tuple[str, bytes]]] = []
     size = 0
-    for path in paths:
-        data = path.read_bytes()
-        if not groups or size + len(data) > MAX_UPLOAD_BYTES:
+    for image in files:
+        if not groups or size + len(image.data) > MAX_UPLOAD_BYTES:
             groups.append([])
             size = 0
-        groups[-1].append((path.name, data))
-        size += len(data)
+        groups[-1].append((image.name, image.data))
+        size += len(image.data)
     return groups
 
 
 async def setup(bot: commands.Bot) -> None:
-    await bot.add_cog(Delivery(cast("ImageBot", bot)))
+    await bot.add_cog(Delivery(cast(Host, bot)))

@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from cogs.checks import require_allowed_channel
-from cogs.submit import Ask, build_request, submit
+from cogs.utils.host import Host
+from cogs.utils.submit import Ask, submit
 from db.models import MAX_PROMPT_CHARS, MAX_SEED
 from engine.rules import ASPECTS, MAX_GUIDANCE, MAX_IMAGES_PER_JOB, MAX_STEPS, MIN_GUIDANCE, MIN_STEPS
 
-if TYPE_CHECKING:
-    from bot import ImageBot
-
 
 class Imagine(commands.Cog):
-    def __init__(self, bot: ImageBot) -> None:
+    def __init__(self, bot: Host) -> None:
         self.bot = bot
 
     @app_commands.command(name="imagine", description="Make an image from a text prompt")
@@ -43,8 +40,6 @@ class Imagine(commands.Cog):
         seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
         count: app_commands.Range[int, 1, MAX_IMAGES_PER_JOB] | None = None,
     ) -> None:
-        bot = cast("ImageBot", self.bot)
-        require_allowed_channel(interaction, bot.settings)
         ask = Ask(
             prompt=prompt,
             negative_prompt=negative_prompt,
@@ -54,9 +49,8 @@ class Imagine(commands.Cog):
             seed=seed,
             count=count,
         )
-        request = build_request(ask, bot.engine.limits, bot.settings)
-        await submit(bot, interaction, request)
+        await submit(self.bot, interaction, ask)
 
 
 async def setup(bot: commands.Bot) -> None:
-    await bot.add_cog(Imagine(cast("ImageBot", bot)))
+    await bot.add_cog(Imagine(cast(Host, bot)))

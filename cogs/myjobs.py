@@ -2,33 +2,28 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import logging
-import os
-from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from cogs.buttons import result_view
-from cogs.checks import is_admin, is_admin_for, require_allowed_channel
-from cogs.errors import reply_private
-from cogs.eta import finish_times, queue_positions
-from cogs.text import NO_MENTIONS, clip, minutes, now, params_line, quote, relative
+from cogs.utils.checks import is_admin, is_admin_for, require_allowed_channel
+from cogs.utils.errors import reply_private
+from cogs.utils.eta import finish_times, queue_positions
+from cogs.utils.host import Host
+from cogs.utils.text import NO_MENTIONS, clip, minutes, now, params_line, quote, relative
+from cogs.utils.views import result_view
 from db.models import Job, JobNotFound, JobState, NotAllowed, QueueError
-from engine.results import inside_output_dir
-
-if TYPE_CHECKING:
-    from bot import ImageBot
+from db.results import ResultFile, UnsafeResult
 
 log = logging.getLogger(__name__)
 
 
 class MyJobs(commands.Cog):
-    def __init__(self, bot: ImageBot) -> None:
+    def __init__(self, bot: Host) -> None:
         self.bot = bot
 
     @app_commands.command(name="queue", description="Your jobs and their place in line")
@@ -97,10 +92,8 @@ class MyJobs(commands.Cog):
             raise NotAllowed(f"Only the person who asked for #{job} or an admin can post it again.")
         if found.state is not JobState.DONE:
             raise QueueError(f"Job #{job} has no images ({found.state.value}).")
-        output_dir = self.bot.settings.output_dir
-        paths = [Path(p) for p in found.result_paths]
-        files = await asyncio.to_thread(_read, paths, output_dir)
-        if files is None:
+        files = await self._images(found)
+        if not files:
             raise QueueError(f"The images of #{job} are no longer on the bot's disk. Use /imagine to make them again.")
         await interaction.response.defer(thinking=True)
         content = clip(
@@ -109,10 +102,20 @@ class MyJobs(commands.Cog):
         )
         await interaction.followup.send(
             content,
-            files=[discord.File(io.BytesIO(data), filename=name) for name, data in files],
+            files=[discord.File(io.BytesIO(image.data), filename=image.name) for image in files],
             view=result_view(job),
             allowed_mentions=NO_MENTIONS,
         )
+
+    async def _images(self, job: Job) -> list[ResultFile]:
+        """The job's images from the result store; none if they are gone or not the store's own."""
+        try:
+            return await self.bot.queue.results.read(job)
+        except UnsafeResult as exc:  # a tampered row: refused, as the delivery loop refuses it
+            log.warning("Not posting job #%s again: %s", job.id, exc)
+        except FileNotFoundError:
+            pass
+        return []
 
 
 def _may_repost(interaction: discord.Interaction, job: Job, admin: bool) -> bool:
@@ -125,11 +128,5 @@ def _may_repost(interaction: discord.Interaction, job: Job, admin: bool) -> bool
     return admin or job.result_message_id is not None
 
 
-def _read(paths: list[Path], output_dir: Path) -> list[tuple[str, bytes]] | None:
-    if not paths or not all(inside_output_dir(output_dir, p) and os.path.isfile(p) for p in paths):
-        return None
-    return [(p.name, p.read_bytes()) for p in paths]
-
-
 async def setup(bot: commands.Bot) -> None:
-    await bot.add_cog(MyJobs(cast("ImageBot", bot)))
+    await bot.add_cog(MyJobs(cast(Host, bot)))

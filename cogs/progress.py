@@ -13,19 +13,17 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 import aiohttp
 import discord
 from discord.ext import commands
 
-from cogs.eta import finish_times, queue_positions
-from cogs.status import Snapshot, engine_note, snapshot, status_text
-from cogs.text import NO_MENTIONS, now
+from cogs.utils.eta import finish_times, queue_positions
+from cogs.utils.host import Host
+from cogs.utils.status import Snapshot, engine_note, snapshot, status_text
+from cogs.utils.text import NO_MENTIONS, now
 from db.models import Job, JobState
-
-if TYPE_CHECKING:
-    from bot import ImageBot
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +41,7 @@ class _Tracked:
 
 
 class Progress(commands.Cog):
-    def __init__(self, bot: ImageBot) -> None:
+    def __init__(self, bot: Host) -> None:
         self.bot = bot
         self._tracked: dict[int, _Tracked] = {}
         self._task: asyncio.Task[None] | None = None
@@ -165,4 +163,4 @@ class Progress(commands.Cog):
 
 
 async def setup(bot: commands.Bot) -> None:
-    await bot.add_cog(Progress(cast("ImageBot", bot)))
+    await bot.add_cog(Progress(cast(Host, bot)))

@@ -1,7 +1,7 @@
 """The durable job queue. Only this package writes SQL.
 
-Callers use `db.interface.JobQueue` and the types of `db.models`; `open_queue`
-picks the backend named by the settings.
+Callers use `db.interface.JobQueue` (or its consumer half, `JobSource`), the types of `db.models`
+and the result store of `db.results`; `open_queue` picks the backend named by the settings.
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ if TYPE_CHECKING:
 async def open_queue(settings: Settings) -> JobQueue:
     """Open (and migrate) the queue the settings ask for."""
     if settings.queue_backend == "sqlite":
+        from db.results import FolderResults
         from db.sqlite_queue import SqliteJobQueue
 
-        queue: JobQueue = SqliteJobQueue(settings.database_path)
+        queue: JobQueue = SqliteJobQueue(settings.database_path, results=FolderResults(settings.output_dir))
     else:
         queue = _postgres_queue(settings)
     await queue.open()
@@ -41,7 +42,7 @@ def _postgres_queue(settings: Settings) -> JobQueue:
         raise QueueError(
             f"QUEUE_BACKEND=postgres needs the cluster extra ({exc.name} is missing): pip install -e '.[cluster]'"
         ) from exc
-    return PostgresJobQueue(settings.database_url.get_secret_value(), output_dir=settings.output_dir)
+    return PostgresJobQueue(settings.database_url.get_secret_value())
 
 
 __all__ = ["JobQueue", "open_queue"]

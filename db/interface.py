@@ -1,7 +1,8 @@
-"""The one interface the cogs and the engine dispatcher use to reach the queue.
+"""The interfaces the cogs, the dispatcher and the cluster worker use to reach the queue.
 
-The embedded SQLite queue implements it today; a PostgreSQL backend for several
-GPU machines implements the same methods, so callers never see SQL or driver types.
+`JobSource` is the small consumer half a dispatcher needs (on one machine, or as a cluster
+worker); `JobQueue` is everything, for the bot. Both backends implement them (SQLite on one
+machine, PostgreSQL for several GPU machines), so callers never see SQL or driver types.
 """
 
 from __future__ import annotations
@@ -22,10 +23,56 @@ from db.models import (
     QueueStats,
     Requester,
 )
+from db.results import ResultStore
+from db.workers import WorkerInfo
 
 
 @runtime_checkable
-class JobQueue(Protocol):
+class JobSource(Protocol):
+    """The small consumer interface a dispatcher needs, on one machine or as a cluster worker."""
+
+    results: ResultStore
+
+    async def claim_next(self, worker_id: str, lease_s: float) -> Job | None:
+        """Atomically take the next job in claim order (db.fairness); None when empty or paused."""
+
+    async def peek_next(self, n: int) -> list[Job]:
+        """The next n queued jobs in the order claim_next would take them (for look-ahead work)."""
+
+    async def heartbeat(
+        self, job_id: int, worker_id: str, lease_s: float, *, step: int | None = None, total: int | None = None
+    ) -> Heartbeat: ...
+
+    async def complete(
+        self,
+        job_id: int,
+        worker_id: str,
+        *,
+        result_paths: Sequence[str],
+        seed_used: int,
+        plan: str,
+        timings: dict[str, float] | None = None,
+    ) -> bool:
+        """Mark done and queue the result post in one transaction. False if the lease was lost.
+
+        `result_paths` is what `results.save` returned for the job's images."""
+
+    async def fail(self, job_id: int, worker_id: str, error: str, *, retry: bool = False) -> bool:
+        """Mark failed (and tell the user), or with retry=True requeue while attempts remain."""
+
+    async def mark_cancelled(self, job_id: int, worker_id: str) -> bool: ...
+
+    async def release(self, job_id: int, worker_id: str) -> bool:
+        """Hand a running job back to the queue without counting the attempt (clean shutdown)."""
+
+    async def wait_for_change(self, max_wait: float) -> None:
+        """Sleep until something was written (or the timeout), so loops need not spin."""
+
+
+@runtime_checkable
+class JobQueue(JobSource, Protocol):
+    """Everything the bot does with the queue."""
+
     # --- lifecycle -------------------------------------------------------------
     async def open(self) -> None:
         """Connect and apply migrations."""
@@ -79,38 +126,7 @@ class JobQueue(Protocol):
     async def active_jobs(self) -> list[Job]:
         """Queued and running jobs, in claim order (running first)."""
 
-    async def peek_next(self, n: int) -> list[Job]:
-        """The next n queued jobs in the order claim_next would take them (for look-ahead work)."""
-
     async def stats(self) -> QueueStats: ...
-
-    # --- consumers (dispatcher / workers) -----------------------------------------
-    async def claim_next(self, worker_id: str, lease_s: float) -> Job | None:
-        """Atomically take the next job, fair across users; None when empty or paused."""
-
-    async def heartbeat(
-        self, job_id: int, worker_id: str, lease_s: float, *, step: int | None = None, total: int | None = None
-    ) -> Heartbeat: ...
-
-    async def complete(
-        self,
-        job_id: int,
-        worker_id: str,
-        *,
-        result_paths: Sequence[str],
-        seed_used: int,
-        plan: str,
-        timings: dict[str, float] | None = None,
-    ) -> bool:
-        """Mark done and queue the result post in one transaction. False if the lease was lost."""
-
-    async def fail(self, job_id: int, worker_id: str, error: str, *, retry: bool = False) -> bool:
-        """Mark failed (and tell the user), or with retry=True requeue while attempts remain."""
-
-    async def mark_cancelled(self, job_id: int, worker_id: str) -> bool: ...
-
-    async def release(self, job_id: int, worker_id: str) -> bool:
-        """Hand a running job back to the queue without counting the attempt (clean shutdown)."""
 
     # --- outbox (delivery loop) ----------------------------------------------------
     async def pending_notices(self, limit: int = 20) -> list[Notice]:
@@ -120,9 +136,6 @@ class JobQueue(Protocol):
 
     async def notice_failed(self, notice_id: int, error: str, retry_in_s: float, *, give_up: bool = False) -> None:
         """Schedule another try, or with give_up=True close the notice unposted (channel gone)."""
-
-    async def wait_for_change(self, max_wait: float) -> None:
-        """Sleep until something was written (or the timeout), so loops need not spin."""
 
     # --- runtime state and audit ------------------------------------------------------
     async def set_paused(self, paused: bool) -> None: ...
@@ -136,3 +149,7 @@ class JobQueue(Protocol):
     async def audit(self, actor_id: int, action: str, detail: str = "", *, guild_id: int | None = None) -> None: ...
 
     async def audit_log(self, limit: int = 50) -> list[AuditEntry]: ...
+
+    # --- GPU workers (several machines) ------------------------------------------------
+    async def list_workers(self) -> list[WorkerInfo]:
+        """The GPU workers serving this queue as they last reported; none on a single machine."""

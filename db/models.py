@@ -34,6 +34,11 @@ class NoticeKind(StrEnum):
     CANCELLED = "cancelled"
 
 
+# Why a RESUMED notice was written (its body): the whole bot restarted, or one GPU worker went silent.
+RESUMED_RESTART = "restart"
+RESUMED_WORKER_LOST = "worker_lost"
+
+
 class QueueError(Exception):
     """Base of every error the queue raises; the message is fit to show a user."""
 

@@ -8,8 +8,6 @@ from typing import Any
 
 from db.models import InvalidJob, Job, JobRequest, JobState, Requester
 
-CRASH_ERROR = "crashed the worker {n} times"
-ADMIN_CANCEL = "cancelled by an admin"
 ACTIVE_STATES = (JobState.QUEUED, JobState.RUNNING)
 
 
@@ -29,7 +27,7 @@ def parse_states(states: Iterable[JobState | str] | None) -> list[JobState]:
 
 
 def job_from_row(row: Mapping[str, Any]) -> Job:
-    """A job row (a dict or an sqlite Row); backends that keep images elsewhere have no result_paths."""
+    """A job row (a dict or an sqlite Row) of either backend; columns only one of them has are ignored."""
     return Job(
         id=row["id"],
         requester=Requester(
@@ -57,7 +55,7 @@ def job_from_row(row: Mapping[str, Any]) -> Job:
         started_at=row["started_at"],
         finished_at=row["finished_at"],
         error=row["error"],
-        result_paths=json.loads(row["result_paths"]) if "result_paths" in row.keys() else [],
+        result_paths=json.loads(row["result_paths"]),
         seed_used=row["seed_used"],
         plan=row["plan"],
         timings=json.loads(row["timings_json"] or "{}"),

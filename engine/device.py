@@ -52,12 +52,6 @@ def set_memory_cap(cap_gib: float | None) -> None:
         torch.cuda.set_per_process_memory_fraction(min(1.0, cap_gib * GIB / total))
 
 
-def cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def gpu_info() -> GpuInfo | None:
     import torch
 

@@ -55,16 +55,6 @@ class EmbeddingCache:
             for text in [t for t in self._tensors if self._refs[t] <= 0]:
                 del self._tensors[text]
 
-    def clear(self) -> None:
-        with self._lock:
-            self._tensors.clear()
-            self._refs.clear()
-            self._holders.clear()
-
     def __len__(self) -> int:
         with self._lock:
             return len(self._tensors)
-
-    def held_by(self, holder: object) -> list[str]:
-        with self._lock:
-            return list(self._holders.get(holder, []))

@@ -83,12 +83,3 @@ def apply_placement(pipe: object, plan: Plan, device: torch.device) -> Residency
     vae.enable_slicing()
     vae.enable_tiling()
     return residency
-
-
-def execution_device(pipe: object, fallback: torch.device) -> torch.device:
-    """Where the pipeline computes (offload plans report the GPU even while weights sit on the CPU)."""
-    try:
-        device = pipe._execution_device  # type: ignore[attr-defined]
-    except Exception:
-        return fallback
-    return fallback if device.type == "cpu" and fallback.type != "cpu" else device

@@ -10,6 +10,7 @@ without touching CUDA.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from enum import StrEnum
 from importlib import resources
@@ -17,7 +18,8 @@ from typing import Any, Literal
 
 from engine.types import PlanRow
 
-Quant = Literal["bf16", "nf4"]
+# fp8: stored in float8 e4m3, computed in bf16 (diffusers layerwise casting), 8-bit quality at half of bf16.
+Quant = Literal["bf16", "nf4", "fp8"]
 
 GIB = 1024**3
 
@@ -38,24 +40,18 @@ class Plan:
     transformer: Quant
     placement: Placement
     summary: str
-    # Fast path for big cards: cond+uncond in one batched forward, cuDNN/flash attention, torch.compile.
+    # The fast path: cond+uncond in one batched forward (two passes where a batch of 2 does not fit),
+    # text in buckets with the padding hidden per row, cuDNN/flash attention, torch.compile if enabled.
     fast: bool = False
-
-    @property
-    def uses_nf4(self) -> bool:
-        return "nf4" in (self.text_encoder, self.transformer)
-
-    @property
-    def needs_gpu(self) -> bool:
-        return self.placement is not Placement.RESIDENT or self.transformer == "nf4" or self.fast
-
-    def quant_key(self) -> tuple[Quant, Quant]:
-        """Two plans with the same key share loaded weights: switching needs no reload."""
-        return (self.text_encoder, self.transformer)
+    # Measured compiled only (its table row is a compiled number): offered only with TORCH_COMPILE=true.
+    compile_only: bool = False
 
 
-def _plan(name: str, te: Quant, tr: Quant, placement: Placement, summary: str, fast: bool = False) -> Plan:
-    return Plan(name, te, tr, placement, summary, fast)
+def _plan(name: str, te: Quant, tr: Quant, placement: Placement, summary: str, compile_only: bool = False) -> Plan:
+    """Every plan that keeps the transformer on the GPU gets the fast path; the offloading plans keep
+    diffusers' own hooks and two passes (the fast path was never measured with them)."""
+    fast = placement in (Placement.RESIDENT, Placement.SWAP)
+    return Plan(name, te, tr, placement, summary, fast, compile_only)
 
 
 P = Placement
@@ -64,6 +60,8 @@ PLANS: dict[str, Plan] = {
     for p in (
         _plan("bf16_fast", "bf16", "bf16", P.RESIDENT, "Everything on the GPU in bf16, batched CFG, compiled", True),
         _plan("bf16_resident", "bf16", "bf16", P.RESIDENT, "Everything on the GPU in bf16 (best quality, ~34 GiB)"),
+        _plan("fp8_resident", "nf4", "fp8", P.RESIDENT, "8-bit transformer, 4-bit text encoder, all on the GPU"),
+        _plan("fp8_swap", "nf4", "fp8", P.SWAP, "8-bit transformer resident, 4-bit text encoder visits per batch"),
         _plan("mixed_resident", "nf4", "bf16", P.RESIDENT, "bf16 transformer, 4-bit text encoder, all on the GPU"),
         _plan("mixed_swap", "nf4", "bf16", P.SWAP, "bf16 transformer resident, 4-bit text encoder visits per batch"),
         _plan("nf4_resident", "nf4", "nf4", P.RESIDENT, "4-bit transformer and text encoder, all on the GPU"),
@@ -88,8 +86,8 @@ REMAPS: dict[str, tuple[str, str]] = {
 }
 
 # What works on a machine without a CUDA GPU (tests, CPU-only PCs): the resident plans whose
-# transformer is bf16 (diffusers quantizes transformers with bitsandbytes only on a GPU).
-CPU_PLANS = ("bf16_resident", "mixed_resident")
+# transformer is bf16 or FP8 (diffusers quantizes transformers with bitsandbytes only on a GPU).
+CPU_PLANS = ("bf16_resident", "mixed_resident", "fp8_resident")
 
 
 class PlanError(ValueError):
@@ -102,8 +100,30 @@ class Resolved:
     note: str | None = None  # why the engine uses another plan than the one asked for
 
 
-def resolve(name: str, *, has_gpu: bool) -> Resolved:
-    """Map a requested plan name to one that can run here, explaining any change."""
+# FP8 storage needs float8 support in the GPU: Ada (RTX 40xx, L4) and Hopper, compute capability 8.9+.
+FP8_MIN_CAPABILITY = (8, 9)
+
+
+def uses_fp8(plan: Plan) -> bool:
+    return "fp8" in (plan.text_encoder, plan.transformer)
+
+
+def fp8_refusal(name: str, capability: tuple[int, int] | None) -> str | None:
+    """Why plan `name` cannot run on a GPU of this compute capability (None: it can, or unknown GPU)."""
+    if capability is None or not uses_fp8(PLANS[name]) or tuple(capability) >= FP8_MIN_CAPABILITY:
+        return None
+    major, minor = capability
+    return (
+        f"{name} stores weights in 8-bit floating point (FP8), which needs an NVIDIA GPU of compute "
+        f"capability 8.9 or newer (RTX 40xx, L4, H100); this one is {major}.{minor}. "
+        "Use mixed_swap (needs ~16 GiB) or nf4_swap instead."
+    )
+
+
+def resolve(name: str, *, has_gpu: bool, capability: tuple[int, int] | None = None) -> Resolved:
+    """Map a requested plan name to one that can run here, explaining any change.
+
+    `capability`: the GPU's CUDA compute capability when known; FP8 plans are refused below 8.9."""
     if name not in PLANS:
         raise PlanError(f"Unknown memory plan {name!r}. Choose auto or one of: {', '.join(PLANS)}.")
     note = None
@@ -117,6 +137,9 @@ def resolve(name: str, *, has_gpu: bool) -> Resolved:
             f"{name} needs an NVIDIA GPU with CUDA, and none is available here. "
             f"On this machine use one of: {', '.join(CPU_PLANS)}."
         )
+    refusal = fp8_refusal(name, capability) if has_gpu else None
+    if refusal:
+        raise PlanError(refusal)
     return Resolved(plan, note)
 
 
@@ -138,6 +161,15 @@ class Measurement:
     ok: bool = True
     note: str = ""
     measured_cap_gib: float = 0.0  # > 0: proven to run under a hard cap of this size
+    # Final image PSNR (dB) against bf16_resident, same prompt and seed; None: not measured.
+    psnr_db: float | None = None
+    # Host RAM the OS can neither page out nor drop (anonymous + pinned), after loading and at its
+    # peak while loading or generating, GiB; None: not measured.
+    host_gib: float | None = None
+    host_peak_gib: float | None = None
+    # Working memory of one image pass at the native size, GiB (0: not measured). The runner batches
+    # cond+uncond only where twice this fits beside the weights.
+    work_gib: float = 0.0
 
     def image_s(self, steps: int = 50) -> float:
         return self.encode_s + steps * self.step_s + self.decode_s
@@ -145,6 +177,60 @@ class Measurement:
     def need_gib(self) -> float:
         """VRAM this plan needs: the cap it was proven under, else its measured peak plus headroom."""
         return self.measured_cap_gib if self.measured_cap_gib else self.peak_gib + SAFETY_GIB
+
+    def ram_need_gib(self) -> float | None:
+        known = [g for g in (self.host_gib, self.host_peak_gib) if g is not None]
+        return max(known) if known else None
+
+
+# --- fidelity ---------------------------------------------------------------------------------
+
+# Final-image PSNR against bf16 everywhere for one component in each format (same prompt and seed,
+# 20 steps, full-size CogView4-6B with random weights on an H200). They stand in for a plan whose
+# own PSNR was not measured. Random weights flatter 4-bit: real weights have outliers.
+FORMAT_PSNR_DB: dict[tuple[str, str], float] = {
+    ("transformer", "nf4"): 33.2,
+    ("transformer", "fp8"): 44.1,
+    ("text_encoder", "nf4"): 45.0,
+    ("text_encoder", "fp8"): 45.2,
+}
+# What a change of attention kernel alone gives: differences above this are noise, not quality.
+NOISE_FLOOR_DB = 45.1
+
+
+def estimated_psnr(plan: Plan) -> float | None:
+    """A plan's fidelity from its formats: independent errors add as noise powers. None: all bf16."""
+    parts = [("text_encoder", plan.text_encoder), ("transformer", plan.transformer)]
+    powers = [10 ** (-FORMAT_PSNR_DB[p] / 10) for p in parts if p in FORMAT_PSNR_DB]
+    return round(-10 * math.log10(sum(powers)), 1) if powers else None
+
+
+def fidelity_db(name: str, table: dict[str, Measurement]) -> float | None:
+    """Measured PSNR against bf16_resident, else the estimate; None means the bf16 reference itself."""
+    m = table.get(name)
+    return m.psnr_db if m is not None and m.psnr_db is not None else estimated_psnr(PLANS[name])
+
+
+class Quality(StrEnum):
+    BEST = "best"
+    BALANCED = "balanced"
+    FASTEST = "fastest"
+
+
+# auto's rule, set by QUALITY. Among the plans that fit the free VRAM and the machine's RAM:
+#   fastest:  the fastest, whatever its fidelity.
+#   balanced: the fastest of at least 40 dB, unless it is more than 2x slower than the fastest plan
+#             (a small card whose only faithful plans stream weights every step): then the fastest.
+#   best:     the fastest of at least 43 dB however slow; if none fits, the most faithful.
+# bf16 everywhere is the reference (infinite dB). The default is balanced: an 8 GiB card keeps
+# 4-bit (33 dB), a 12–16 GiB card gets the 8-bit transformer (~41.5 dB with a 4-bit text encoder).
+QUALITY_RULES: dict[Quality, tuple[float, float]] = {
+    Quality.BEST: (43.0, math.inf),
+    Quality.BALANCED: (40.0, 2.0),
+    Quality.FASTEST: (0.0, 1.0),
+}
+# RAM left for the OS and everything else running beside the bot (Discord, a browser), GiB.
+HOST_RESERVE_GIB = 2.0
 
 
 def load_table(data: dict[str, Any] | None = None) -> dict[str, Measurement]:
@@ -177,8 +263,13 @@ def _usable(table: dict[str, Measurement], allow_compile: bool = True) -> list[M
     return [
         m
         for m in table.values()
-        if m.ok and m.plan in PLANS and m.plan not in REMAPS and (allow_compile or not PLANS[m.plan].fast)
+        if m.ok and m.plan in PLANS and m.plan not in REMAPS and (allow_compile or not PLANS[m.plan].compile_only)
     ]
+
+
+def _fits_ram(m: Measurement, ram_gib: float | None) -> bool:
+    need = m.ram_need_gib()
+    return ram_gib is None or need is None or need + HOST_RESERVE_GIB <= ram_gib
 
 
 # A plan measured a little above the free memory is still worth trying before a much slower one:
@@ -192,21 +283,32 @@ def choose_auto(
     *,
     steps: int = 50,
     allow_compile: bool = True,
+    quality: str = Quality.BALANCED,
+    ram_gib: float | None = None,
+    capability: tuple[int, int] | None = None,
 ) -> Resolved:
-    """The fastest measured plan that fits in free VRAM.
+    """The fastest measured plan that fits in free VRAM and host RAM, within the QUALITY rule above.
 
-    `free_gib` None means no CUDA GPU: the CPU plan. If nothing fits, the fastest plan
-    within 10 % of the free memory is tried, else the leanest, with a note saying why.
+    `free_gib` None means no CUDA GPU: the CPU plan. `ram_gib`: the machine's RAM (None: unknown,
+    not checked); `capability`: the GPU's compute capability (FP8 plans need 8.9). If nothing fits
+    the VRAM, the fastest plan within 10 % of it is tried, else the leanest, with a note saying why.
     """
     if free_gib is None:
         return Resolved(PLANS["bf16_resident"], "No CUDA GPU found: running on the CPU (very slow).")
-    candidates = _usable(table, allow_compile)
+    if quality not in Quality.__members__.values():
+        raise PlanError(f"Unknown QUALITY {quality!r}. Choose one of: {', '.join(Quality)}.")
+    candidates = [m for m in _usable(table, allow_compile) if fp8_refusal(m.plan, capability) is None]
     if not candidates:
         raise PlanError("No measured plan is available; run bench/plans.py or pick a plan by name.")
+    candidates = [m for m in candidates if _fits_ram(m, ram_gib)]
+    if not candidates:
+        raise PlanError(
+            f"Every measured plan needs more host RAM than this machine's {ram_gib:.1f} GiB leaves beside "
+            f"the system ({HOST_RESERVE_GIB:.0f} GiB kept free). Add RAM or pick a plan by name."
+        )
     fitting = [m for m in candidates if m.need_gib() <= free_gib]
     if fitting:
-        best = min(fitting, key=lambda m: (m.image_s(steps), m.need_gib()))
-        return Resolved(PLANS[best.plan])
+        return Resolved(PLANS[_by_quality(fitting, table, Quality(quality), steps).plan])
     near = [m for m in candidates if m.need_gib() <= free_gib * NEAR_FIT]
     pick = min(near, key=lambda m: m.image_s(steps)) if near else min(candidates, key=lambda m: m.need_gib())
     return Resolved(
@@ -216,8 +318,27 @@ def choose_auto(
     )
 
 
-def plan_rows(table: dict[str, Measurement], *, has_gpu: bool | None) -> list[PlanRow]:
-    """Every plan with its measured cost and, if it cannot be used, why (what /memory shows).
+def _by_quality(fitting: list[Measurement], table: dict[str, Measurement], quality: Quality, steps: int) -> Measurement:
+    def speed(m: Measurement) -> tuple[float, float]:
+        return (m.image_s(steps), m.need_gib())
+
+    def db(m: Measurement) -> float:
+        value = fidelity_db(m.plan, table)
+        return math.inf if value is None else value
+
+    floor, patience = QUALITY_RULES[quality]
+    fastest = min(fitting, key=speed)
+    faithful = [m for m in fitting if db(m) >= floor]
+    if not faithful:
+        return max(fitting, key=lambda m: (db(m), -m.image_s(steps))) if quality is Quality.BEST else fastest
+    pick = min(faithful, key=speed)
+    return pick if pick.image_s(steps) <= patience * fastest.image_s(steps) else fastest
+
+
+def plan_rows(
+    table: dict[str, Measurement], *, has_gpu: bool | None, capability: tuple[int, int] | None = None
+) -> list[PlanRow]:
+    """Every plan with its measured cost, fidelity and, if it cannot be used, why (what /memory shows).
 
     `has_gpu` None: the machine is not known here (a bot whose workers run elsewhere)."""
     rows = []
@@ -226,7 +347,7 @@ def plan_rows(table: dict[str, Measurement], *, has_gpu: bool | None) -> list[Pl
         why = None
         if has_gpu is not None:
             try:
-                resolve(name, has_gpu=has_gpu)
+                resolve(name, has_gpu=has_gpu, capability=capability)
             except PlanError as exc:
                 why = str(exc)
         if name in REMAPS:
@@ -242,6 +363,7 @@ def plan_rows(table: dict[str, Measurement], *, has_gpu: bool | None) -> list[Pl
                 image_s=m.image_s() if m else None,
                 available=why is None,
                 why_not=why,
+                fidelity_db=fidelity_db(name, table),
             )
         )
     return rows

@@ -37,6 +37,19 @@ def _should_pin(total_bytes: int) -> bool:
     return ram >= total_bytes * 2 + 8 * GIB
 
 
+def available_bytes(device: torch.device) -> int:
+    """What this process can still allocate: free VRAM plus our cached blocks, within any cap."""
+    free, _total = torch.cuda.mem_get_info(device)
+    allocated = torch.cuda.memory_allocated(device)
+    reserved = torch.cuda.memory_reserved(device)
+    available = free + (reserved - allocated)
+    from engine.device import _cap_gib
+
+    if _cap_gib:
+        available = min(available, int(_cap_gib * GIB) - allocated)
+    return max(0, available)
+
+
 class PinnedSwap:
     """A module whose weights live on the host and visit the GPU without re-copying back."""
 
@@ -105,16 +118,13 @@ class Residency:
         self.moves = 0  # components brought in (tests and benchmarks count them)
 
     def available_bytes(self) -> int:
-        """What this process can still allocate: free VRAM plus our cached blocks, within any cap."""
-        free, _total = torch.cuda.mem_get_info(self.device)
-        allocated = torch.cuda.memory_allocated(self.device)
-        reserved = torch.cuda.memory_reserved(self.device)
-        available = free + (reserved - allocated)
-        from engine.device import _cap_gib
+        return available_bytes(self.device)
 
-        if _cap_gib:
-            available = min(available, int(_cap_gib * GIB) - allocated)
-        return max(0, available)
+    def room_bytes(self, name: str) -> int:
+        """Working room `name` would have once resident, after evicting what `bring` may evict."""
+        others = sum(s.nbytes for other, s in self.swaps.items() if other != name and s.on_gpu)
+        own = 0 if self.swaps[name].on_gpu else self.swaps[name].nbytes
+        return self.available_bytes() + others - own
 
     def bring(self, name: str, working_bytes: int) -> None:
         """Make `name` resident with `working_bytes` of room to compute, evicting others if needed."""

@@ -102,6 +102,18 @@ def limits_from_folder(folder: str | Path) -> ModelLimits:
     return limits
 
 
+def limits_for_model(model_id: str) -> ModelLimits:
+    """The model's limits before loading it: from a local folder's configs when there is one, else
+    CogView4-6B's (a hub id is read once the weights are downloaded)."""
+    folder = Path(model_id).expanduser()
+    if (folder / "transformer" / "config.json").exists():
+        try:
+            return limits_from_folder(folder)
+        except (OSError, ValueError, KeyError):
+            log.warning("Could not read limits from %s; using CogView4-6B's", folder, exc_info=True)
+    return COGVIEW4_LIMITS
+
+
 def _token_counter(path: Path) -> Callable[[str], int] | None:
     """Count tokens with the `tokenizers` library (no torch needed)."""
     if not path.exists():
@@ -116,9 +128,9 @@ def _token_counter(path: Path) -> Callable[[str], int] | None:
     return lambda text: len(tokenizer.encode(text).ids)
 
 
-def validate_request(request: JobRequest, limits: ModelLimits) -> None:
-    """Raise InvalidRequest with a message that says what to change."""
-    width, height = request.width, request.height
+def check_size(width: int, height: int, limits: ModelLimits) -> None:
+    """What the model can make at all; the engine checks this too, as it may serve a queue filled for
+    another model's limits. Raises InvalidRequest."""
     for name, value in (("width", width), ("height", height)):
         if value % limits.multiple:
             raise InvalidRequest(f"The {name} must be a multiple of {limits.multiple} px (got {value}).")
@@ -131,6 +143,11 @@ def validate_request(request: JobRequest, limits: ModelLimits) -> None:
             f"{width}×{height} is too many pixels for this model: keep width × height ≤ {limits.max_area:,} "
             f"(e.g. {limits.native_size}×{limits.native_size} or an --ar aspect)."
         )
+
+
+def validate_request(request: JobRequest, limits: ModelLimits) -> None:
+    """Every rule, checked once where a request comes in; raises InvalidRequest saying what to change."""
+    check_size(request.width, request.height, limits)
     if not MIN_STEPS <= request.steps <= MAX_STEPS:
         raise InvalidRequest(f"Steps must be from {MIN_STEPS} to {MAX_STEPS} (got {request.steps}).")
     if not MIN_GUIDANCE <= request.guidance <= MAX_GUIDANCE:

@@ -1,10 +1,11 @@
 """The synchronous core that the GPU thread drives: encode, denoise, decode — explicit steps.
 
-The denoising loop is CogView4Pipeline.__call__'s, written out so that every
-phase is timed, cancellation stops at a step boundary without decoding a
-half-finished image, prompt embeddings can come from a look-ahead cache, and
-the fast path can batch the conditional and unconditional passes. A test checks
-that it produces the very same pixels as the stock pipeline.
+The denoising loop is CogView4Pipeline.__call__'s (diffusers 0.42), written out so
+that every phase is timed, cancellation stops at a step boundary without decoding a
+half-finished image, prompt embeddings can come from a look-ahead cache, and the fast
+path can batch the conditional and unconditional passes. It calls the pipeline's
+private `_get_glm_embeds`, so diffusers is pinned below its next minor release; a test
+checks that it produces the very same pixels as the stock pipeline.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
@@ -60,8 +61,9 @@ class RunnerOptions:
     step_delay_s: float = 0.0  # testing knob: slow every step down (crash soak)
     batched_cfg: bool = False
     text_bucket: int = 0  # > 0: pad text to a multiple of this many tokens (static shapes for compile)
-    attention_backend: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    # Working memory of one image pass per megapixel, GiB: the plan table's `work_gib` where measured.
+    # A batch of two passes is run only where it fits; else the two passes run one after the other.
+    work_gib: float = 2.0
 
 
 def _sync(device: torch.device) -> None:
@@ -88,6 +90,8 @@ class Runner:
         self.embeddings = EmbeddingCache()
         self.encoder_calls = 0  # forward passes of the text encoder
         self.encoder_visits = 0  # times the encoder was brought in for a batch of texts
+        self.batch_oom_area: int | None = None  # smallest image area at which a CFG batch of 2 ran out of memory
+        self.unbatched_steps = 0  # CFG steps run as two passes although batching was on (tests, benchmarks)
 
     # --- text encoder ---------------------------------------------------------------------
     def encode(self, texts: list[str]) -> None:
@@ -102,6 +106,8 @@ class Runner:
                 for text in missing:
                     # One prompt at a time: GLM attends to the pad tokens, so batching
                     # prompts of different lengths would change their embeddings.
+                    # As CogView4Pipeline.encode_prompt does (max_sequence_length=1024, the
+                    # text encoder's dtype), through its private helper.
                     embeds = self.pipe._get_glm_embeds(text, 1024, self.device, None)
                     self.embeddings.put(text, embeds)
                     self.encoder_calls += 1
@@ -148,13 +154,13 @@ class Runner:
         t1 = time.perf_counter()
         step_events: list[Any] = []
         with torch.inference_mode(), self._attention_backend():
-            batched = cfg and self.options.batched_cfg
-            working = int(2 * GIB * (width * height) / (1024 * 1024) * (2 if batched else 1))
+            batched = cfg and self.options.batched_cfg and self.batch_fits(width * height)
+            working = self._pass_bytes(width * height) * (2 if batched else 1)
             latents = self._phase(
                 "transformer",
                 working,
                 lambda: self._denoise(
-                    prompt_embeds, negative_embeds, width, height, steps, guidance, seed, on_step, cfg, step_events
+                    prompt_embeds, negative_embeds, width, height, steps, guidance, seed, on_step, batched, step_events
                 ),
             )
             _sync(device)
@@ -179,9 +185,16 @@ class Runner:
         guidance: float,
         seed: int,
         on_step: StepHook | None,
-        cfg: bool,
+        batched: bool,
         step_events: list[Any],
     ) -> torch.Tensor:
+        # Adapted from diffusers.pipelines.cogview4.pipeline_cogview4.CogView4Pipeline.__call__ (prepare
+        # latents, timesteps and the denoising loop), with these differences: one image per call; the
+        # embeddings come from our cache; the noise comes from a CPU generator; the fast path batches the
+        # conditional and unconditional passes (two passes again where that batch runs out of memory) and
+        # pads the text to buckets (engine.attention); no attention_kwargs, callbacks or interrupt flag
+        # (`on_step` may raise Cancelled instead); each step is timed with CUDA events; `step_delay_s`
+        # slows steps down for tests.
         from diffusers.pipelines.cogview4.pipeline_cogview4 import calculate_shift, retrieve_timesteps
 
         pipe = self.pipe
@@ -211,7 +224,8 @@ class Runner:
         )
         timesteps, _ = retrieve_timesteps(scheduler, steps, device, timesteps, sigmas, mu=mu)
         transformer_dtype = transformer.dtype
-        batched = cfg and self.options.batched_cfg and negative_embeds is not None
+        cfg = negative_embeds is not None
+        batched = batched and cfg
         key_starts = None
         if batched or (self.options.text_bucket and not cfg):
             from engine.attention import bucketed
@@ -227,19 +241,29 @@ class Runner:
             model_input = latents.to(transformer_dtype)
             timestep = t.expand(latents.shape[0])
             if batched:
-                pred = transformer(
-                    hidden_states=torch.cat([model_input, model_input]),
-                    encoder_hidden_states=both_embeds,
-                    timestep=t.expand(2),
-                    original_size=sizes.repeat(2, 1),
-                    target_size=sizes.repeat(2, 1),
-                    crop_coords=crops.repeat(2, 1),
-                    attention_mask=key_starts,
-                    return_dict=False,
-                )[0]
-                noise_cond, noise_uncond = pred.chunk(2)
-                noise_pred = noise_uncond + guidance * (noise_cond - noise_uncond)
-            else:
+                try:
+                    pred = transformer(
+                        hidden_states=torch.cat([model_input, model_input]),
+                        encoder_hidden_states=both_embeds,
+                        timestep=t.expand(2),
+                        original_size=sizes.repeat(2, 1),
+                        target_size=sizes.repeat(2, 1),
+                        crop_coords=crops.repeat(2, 1),
+                        attention_mask=key_starts,
+                        return_dict=False,
+                    )[0]
+                    noise_cond, noise_uncond = pred.chunk(2)
+                    noise_pred = noise_uncond + guidance * (noise_cond - noise_uncond)
+                except torch.OutOfMemoryError:
+                    # Measured, not guessed: a batch of 2 does not fit at this size; two passes from here
+                    # on (the same step is redone, so the image does not change), and for later jobs.
+                    log.warning("A CFG batch of 2 ran out of memory at %dx%d; running two passes", width, height)
+                    area = width * height
+                    self.batch_oom_area = min(area, self.batch_oom_area or area)
+                    batched, key_starts = False, None
+                    torch.cuda.empty_cache()
+            if not batched:
+                self.unbatched_steps += int(cfg and self.options.batched_cfg)
                 with transformer.cache_context("cond"):
                     noise_pred = transformer(
                         hidden_states=model_input,
@@ -274,6 +298,24 @@ class Runner:
                 on_step(i + 1, steps)
         return latents
 
+    def _pass_bytes(self, area: int) -> int:
+        """Working memory of one transformer pass at this image area (an estimate per megapixel)."""
+        return int(self.options.work_gib * GIB * area / (1024 * 1024))
+
+    def batch_fits(self, area: int) -> bool:
+        """Whether cond+uncond can run as one batch at this image area: never again where a batch
+        already ran out of memory, and only where the extra pass fits the room the GPU has."""
+        if self.batch_oom_area is not None and area >= self.batch_oom_area:
+            return False
+        if self.device.type != "cuda":
+            return True
+        from engine.residency import available_bytes
+
+        need = 2 * self._pass_bytes(area)
+        if self.residency is not None:
+            return self.residency.room_bytes("transformer") >= need
+        return available_bytes(self.device) >= need
+
     def _attention_backend(self) -> Any:
         """The fast path prefers cuDNN, then flash attention (measured fastest on Hopper)."""
         import contextlib
@@ -286,6 +328,8 @@ class Runner:
         return sdpa_kernel(backends, set_priority=True)
 
     def _decode(self, latents: torch.Tensor) -> Any:
+        # Adapted from diffusers.pipelines.cogview4.pipeline_cogview4.CogView4Pipeline.__call__ (its end):
+        # one PIL image; no generator for vae.decode (AutoencoderKL.decode does not use it).
         pipe = self.pipe
         latents = latents.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor
         image = pipe.vae.decode(latents, return_dict=False)[0]

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from db.models import JobRequest
+    from db.workers import WorkerInfo
+    from engine.rules import ModelLimits
 
 
 class EngineState(StrEnum):
@@ -45,7 +51,6 @@ class Progress:
     images: int
     elapsed_s: float
     eta_s: float | None
-    preview_png: bytes | None = None
 
 
 @dataclass
@@ -68,6 +73,7 @@ class PlanRow:
     image_s: float | None
     available: bool
     why_not: str | None = None
+    fidelity_db: float | None = None  # final-image PSNR against bf16 resident; None: bf16 itself
 
 
 @dataclass(frozen=True)
@@ -85,3 +91,57 @@ class EngineStatus:
     jobs_failed: int
     started_at: float
     error: str | None = None
+    current_job: int | None = None  # the job the local engine is making now; a cluster view leaves it None
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    model_id: str
+    memory_mode: str = "auto"
+    device: str = "auto"  # auto | cuda | cpu
+    torch_compile: bool = False
+    step_delay_s: float = 0.0
+    memory_cap_gib: float | None = None  # benchmarks: behave like a smaller card
+    quality: str = "balanced"  # QUALITY: how much fidelity `auto` may trade for speed (engine.plans)
+    quantized_cache_dir: Path | None = None  # quantized weights kept between starts; None: quantize each start
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> EngineConfig:
+        return cls(
+            model_id=settings.model_id,
+            memory_mode=settings.memory_mode,
+            device=settings.device,
+            torch_compile=settings.torch_compile,
+            step_delay_s=settings.engine_step_delay,
+            quality=settings.quality,
+            quantized_cache_dir=settings.quantized_cache_dir,
+        )
+
+
+@dataclass(frozen=True)
+class Prefetch:
+    """Texts a queued job will need, so the look-ahead can encode them in the same encoder visit."""
+
+    holder: object
+    texts: tuple[str, ...]
+
+
+class EngineView(Protocol):
+    """What the cogs see of the engine: the local GPU engine, or the cluster's remote workers."""
+
+    @property
+    def limits(self) -> ModelLimits: ...
+    @property
+    def ready(self) -> bool: ...
+    def status(self) -> EngineStatus: ...
+    def plan_rows(self) -> list[PlanRow]: ...
+    def estimate_seconds(self, request: JobRequest) -> float: ...
+    async def switch_plan(self, mode: str) -> str:
+        """Apply a memory plan; raises PlanSwitchFailed with a sentence for the admin."""
+        ...
+
+    def workers(self) -> list[WorkerInfo]:
+        """GPU workers for /status; [] on a single machine."""
+        ...
+
+    async def stop(self) -> None: ...

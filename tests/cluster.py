@@ -58,7 +58,7 @@ class Cluster:
         self.model = model
         self.folder = folder
         self.step_delay = step_delay
-        self.queue = PostgresJobQueue(url, output_dir=folder / "outputs", apply_schema=True)
+        self.queue = PostgresJobQueue(url, apply_schema=True)
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
 
     async def open(self) -> Cluster:
@@ -91,8 +91,7 @@ class Cluster:
         }
         log = (self.folder / f"{name}.log").open("ab")
         try:
-            command = [sys.executable, "-m", "engine", "worker", "--name", name]
-            command += ["--spool", str(self.folder / f"spool-{name}"), "--heartbeat", str(heartbeat)]
+            command = [sys.executable, "-m", "engine", "worker", "--name", name, "--heartbeat", str(heartbeat)]
             command += ["--stalled-after", str(stalled_after), "--progress-every", str(progress_every)]
             command += ["--poll", str(poll), "--shutdown-grace", "5", "--log-level", log_level]
             proc = subprocess.Popen(
@@ -149,8 +148,10 @@ class Cluster:
             for notice in notices:
                 if notice.kind is NoticeKind.RESULT:
                     assert notice.job.state is JobState.DONE and notice.job.result_paths, notice
-                    for data in await asyncio.to_thread(_read_all, notice.job.result_paths):
-                        assert data.startswith(b"\x89PNG"), notice.job.result_paths
+                    files = await self.queue.results.read(notice.job)
+                    assert len(files) == len(notice.job.result_paths), notice.job.result_paths
+                    for file in files:
+                        assert file.data.startswith(b"\x89PNG"), file.name
                 posted.setdefault(notice.job.id, []).append(notice.kind)
                 await self.queue.notice_sent(notice.id, message_id=100_000 + notice.id)
         return posted
@@ -178,7 +179,3 @@ class Cluster:
         with psycopg.connect(self.url, autocommit=True) as conn:
             cursor = conn.execute(query, params)
             return cursor.fetchall() if cursor.description else []
-
-
-def _read_all(paths: list[str]) -> list[bytes]:
-    return [Path(path).read_bytes() for path in paths]

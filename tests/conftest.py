@@ -28,7 +28,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random CogView4 pipeline folder (64×64 native size; a job takes well under a second on CPU)."""
-    from engine.tiny import write_tiny_model
+    from tools.tiny import write_tiny_model
 
     return write_tiny_model(tmp_path_factory.mktemp("tiny") / "cogview4-tiny")
 

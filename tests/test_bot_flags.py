@@ -1,4 +1,4 @@
-"""The inline flag parser (cogs.flags): a pure function, so every odd input is checked directly."""
+"""The inline flag parser (cogs.utils.flags): a pure function, so every odd input is checked directly."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cogs.flags import FlagError, ParsedPrompt, parse_flags
+from cogs.utils.flags import FlagError, ParsedPrompt, parse_flags
 from engine.rules import ASPECTS
 
 

@@ -11,16 +11,28 @@ import discord
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from bot import PERMISSIONS, api_base, invite_url
-from cogs.checks import banned_word
+from bot import PERMISSIONS, invite_url
 from cogs.delivery import is_permanent, nonce_for, retry_delay
-from cogs.eta import finish_times, queue_positions
-from cogs.notices import GENERIC_FAILURE, compose
-from cogs.reports import status_report
-from cogs.status import Snapshot, engine_note, snapshot, status_text
-from cogs.text import bar, defuse, quote
-from db.models import Job, JobRequest, JobState, Notice, NoticeKind, QueueStats, Requester
+from cogs.utils.checks import banned_word
+from cogs.utils.eta import finish_times, queue_positions
+from cogs.utils.notices import GENERIC_FAILURE, compose
+from cogs.utils.reports import status_report
+from cogs.utils.status import Snapshot, engine_note, snapshot, status_text
+from cogs.utils.text import bar, defuse, quote
+from db.models import (
+    RESUMED_RESTART,
+    RESUMED_WORKER_LOST,
+    Job,
+    JobRequest,
+    JobState,
+    Notice,
+    NoticeKind,
+    QueueStats,
+    Requester,
+)
+from db.results import FolderResults, ResultFile
 from engine.types import EngineState, EngineStatus
+from launcher import api_base
 
 ALICE = 111111111111111111
 
@@ -107,7 +119,7 @@ def test_status_texts() -> None:
     assert status_text(done, Snapshot(JobState.DONE), eta_s=None, now=0).startswith("#7 — Done — see below.")
 
 
-def test_result_notice_checks_files(tmp_path: Path) -> None:
+async def test_result_notice_checks_files(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
     inside = out / "job0000001_0.png"
@@ -115,27 +127,35 @@ def test_result_notice_checks_files(tmp_path: Path) -> None:
     outside = tmp_path / "elsewhere.png"
     outside.write_bytes(b"png")
     good = job(1, JobState.DONE, result_paths=[str(inside)], seed_used=9)
-    post = compose(Notice(1, NoticeKind.RESULT, good, 0), out)
-    assert post.files == [inside] and post.buttons_for == 1 and "seed 9" in post.content
+    results = FolderResults(out)
+    post = await compose(Notice(1, NoticeKind.RESULT, good, 0), results)
+    assert post.files == [ResultFile(inside.name, b"png")] and post.buttons_for == 1 and "seed 9" in post.content
     for paths, why in (
         ([str(outside)], "not in the bot's output folder"),
-        ([str(out / "gone.png")], "missing"),
+        ([str(out / "job0000001_1.png")], "missing"),
         ([], "missing"),
     ):
         bad = job(1, JobState.DONE, result_paths=paths, seed_used=9)
-        post = compose(Notice(1, NoticeKind.RESULT, bad, 0), out)
+        post = await compose(Notice(1, NoticeKind.RESULT, bad, 0), results)
         assert post.files == [] and post.buttons_for is None and why in post.content
 
 
-def test_other_notices() -> None:
-    failed = compose(Notice(1, NoticeKind.FAILED, job(4, JobState.FAILED), 0, "The GPU ran out of memory."), Path())
+async def test_other_notices(tmp_path: Path) -> None:
+    results = FolderResults(tmp_path)
+    failed = await compose(
+        Notice(1, NoticeKind.FAILED, job(4, JobState.FAILED), 0, "The GPU ran out of memory."), results
+    )
     assert failed.content.startswith(f"<@{ALICE}> Job #4 failed: The GPU ran out of memory.")
     trace = 'Traceback (most recent call last):\n  File "x.py", line 1'
-    assert GENERIC_FAILURE in compose(Notice(1, NoticeKind.FAILED, job(4), 0, trace), Path()).content
-    resumed = compose(Notice(2, NoticeKind.RESUMED, job(5), 0), Path()).content
-    assert resumed == f"<@{ALICE}> Your job #5 was interrupted by a restart and is back in the queue."
-    cancelled = compose(Notice(3, NoticeKind.CANCELLED, job(6), 0, "cancelled by an admin"), Path()).content
-    assert "Your job #6 was cancelled (cancelled by an admin)" in cancelled
+    assert GENERIC_FAILURE in (await compose(Notice(1, NoticeKind.FAILED, job(4), 0, trace), results)).content
+    restarted = f"<@{ALICE}> Your job #5 was interrupted by a restart and is back in the queue."
+    for body in (None, RESUMED_RESTART, "something newer"):  # no reason (an older row) reads as a restart
+        assert (await compose(Notice(2, NoticeKind.RESUMED, job(5), 0, body), results)).content == restarted
+    lost = (await compose(Notice(2, NoticeKind.RESUMED, job(5), 0, RESUMED_WORKER_LOST), results)).content
+    assert lost == f"<@{ALICE}> The GPU worker making your job #5 stopped; it is back in the queue."
+    assert "restart" not in lost
+    cancelled = await compose(Notice(3, NoticeKind.CANCELLED, job(6), 0, "cancelled by an admin"), results)
+    assert "Your job #6 was cancelled (cancelled by an admin)" in cancelled.content
 
 
 def test_backoff_grows_with_jitter_and_a_cap() -> None:
@@ -179,9 +199,13 @@ def test_endpoints_and_invite() -> None:
 
 def test_status_report_while_warming_up() -> None:
     stats = QueueStats(queued=2, running=0, done=5, failed=1, cancelled=0, paused=True)
-    report = status_report(engine_status(EngineState.LOADING, plan=None), stats, uptime_s=75, current_job=None)
+    report = status_report(engine_status(EngineState.LOADING, plan=None), stats, uptime_s=75)
     assert "**Engine:** loading on CPU" in report and "**Warming up:** Loading transformer (40%)" in report
     assert "2 waiting" in report and "**paused**" in report and "**Uptime:** 75 s" in report
+    assert "now)" not in report
+    running = QueueStats(queued=0, running=1, done=5, failed=1, cancelled=0, paused=False)
+    busy = status_report(engine_status(current_job=12), running, uptime_s=75)
+    assert "1 running (#12 now)" in busy
 
 
 def test_who_may_repost_a_result() -> None:
@@ -203,7 +227,7 @@ def test_who_may_repost_a_result() -> None:
 
 
 def test_model_label_hides_local_paths(tmp_path: Path) -> None:
-    from bot import model_label
+    from launcher import model_label
 
     folder = tmp_path / "private" / "cogview4-local"
     folder.mkdir(parents=True)

@@ -8,6 +8,7 @@ are real: SIGKILL of a worker, an immediate-mode PostgreSQL restart.
 from __future__ import annotations
 
 import asyncio
+import io
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,7 +16,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from db.models import JobState, NoticeKind
+from cluster.view import ClusterView
+from cogs.utils.notices import compose
+from cogs.utils.reports import workers_report
+from db.models import RESUMED_WORKER_LOST, JobState, NoticeKind
 from tests.pg_fixtures import require_cluster_extra
 
 require_cluster_extra()  # the imports below need procrastinate and psycopg
@@ -64,9 +68,9 @@ async def test_three_workers_share_twelve_jobs_fairly_and_deliver_each_once(
     assert posted == {job_id: [NoticeKind.RESULT] for job_id in ids}, "every result delivered exactly once"
     assert await cluster.queue.pending_notices() == []
     for job in await asyncio.gather(*(cluster.queue.get_job(i) for i in ids)):
-        assert job is not None and job.result_message_id is not None
-        (path,) = job.result_paths
-        with Image.open(path) as image:
+        assert job is not None and job.result_message_id is not None and len(job.result_paths) == 1
+        (png,) = await cluster.queue.results.read(job)
+        with Image.open(io.BytesIO(png.data)) as image:
             assert image.size == (64, 64)
 
     rows = cluster.sql("SELECT id, user_id, worker_id, started_at, finished_at FROM jobs ORDER BY served_seq")
@@ -102,10 +106,33 @@ async def test_sigkilled_worker_job_completes_on_another(cluster: Cluster) -> No
     assert victim in ("gpu_a", "gpu_b")
     cluster.kill(victim)  # mid-job, no goodbye
 
+    # Once another worker has the job, /status no longer shows the dead one busy with it, and soon (well
+    # before stale_s of silence) shows it offline.
+    await cluster.wait_jobs([long.job_id], lambda job: job.worker_id not in (victim, None), timeout=60)
+    view = ClusterView(cluster.queue.list_workers, str(cluster.model), stale_s=60)
+    taken_over = time.monotonic()
+    while True:
+        await view.refresh()
+        dead = next(w for w in view.workers() if w.name == victim)
+        assert dead.state != "busy" and dead.current_job is None, dead
+        if dead.state == "offline":
+            break
+        assert time.monotonic() - taken_over < 15, dead
+        await asyncio.sleep(0.2)
+    report = workers_report(view.workers(), now=time.time())
+    (line,) = [line for line in report.splitlines() if line.startswith(f"`{victim}`")]
+    assert "offline (last seen" in line and f"#{long.job_id}" not in line, report
+
     jobs = await cluster.wait_jobs([long.job_id, *others], timeout=90)
     assert all(job.state is JobState.DONE for job in jobs), [(j.id, j.state, j.error) for j in jobs]
     done = jobs[0]
     assert done.worker_id not in (victim, None) and done.attempts == 2, (victim, done.worker_id, done.attempts)
+    # The owner is told a GPU worker stopped, not that something restarted.
+    (resumed,) = [n for n in await cluster.queue.pending_notices(limit=100) if n.kind is NoticeKind.RESUMED]
+    assert (resumed.job.id, resumed.body) == (long.job_id, RESUMED_WORKER_LOST)
+    post = await compose(resumed, cluster.queue.results)
+    assert f"The GPU worker making your job #{long.job_id} stopped; it is back in the queue." in post.content
+    assert "restart" not in post.content, post.content
     posted = await cluster.deliver_all()
     assert posted[long.job_id] == [NoticeKind.RESUMED, NoticeKind.RESULT], "told once it resumed, result once"
     assert all(posted[job_id] == [NoticeKind.RESULT] for job_id in others)

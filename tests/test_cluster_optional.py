@@ -41,9 +41,9 @@ def run(code: str, *args: str, env: dict[str, str] | None = None) -> subprocess.
 def test_bot_cogs_and_engine_import_without_the_cluster_extra() -> None:
     result = run(
         """
-        import bot, settings, db, db.interface, db.sqlite_queue, db.workers
-        import engine.service, engine.dispatcher, engine.cluster_view
-        import cogs.admin, cogs.reports, cogs.delivery, cogs.progress, cogs.imagine
+        import bot, launcher, settings, db, db.interface, db.sqlite_queue, db.workers, db.results
+        import engine.service, dispatch.dispatcher, cluster.view
+        import cogs.admin, cogs.utils.reports, cogs.delivery, cogs.progress, cogs.imagine
         assert "procrastinate" not in sys.modules and "psycopg" not in sys.modules
         print("ok")
         """

@@ -5,20 +5,21 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-import engine.dispatcher as dispatcher_module
 from db.models import JobRequest, JobState, NoticeKind, Requester
+from db.results import FolderResults
 from db.sqlite_queue import SqliteJobQueue
-from engine.dispatcher import Dispatcher
+from dispatch.dispatcher import DISK_FULL_HOLD_S, Dispatcher
 from engine.plans import Measurement
-from engine.results import read_parameters
+from engine.png import read_parameters
 from engine.service import Engine, EngineConfig
-from engine.tiny import write_tiny_model
+from tools.tiny import write_tiny_model
 
 TABLE = {
     "bf16_resident": Measurement("bf16_resident", 37.0, 0.34, 0.5, 0.2),
@@ -55,15 +56,21 @@ class Rig:
 
 @pytest.fixture
 async def rig(tiny_model: Path, tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Rig]:
-    step_delay = getattr(request, "param", 0.0)
-    queue = SqliteJobQueue(tmp_path / "queue.sqlite3")
+    step_delay, timed = getattr(request, "param", (0.0, False))
+    outputs = tmp_path / "outputs"
+    queue = SqliteJobQueue(tmp_path / "queue.sqlite3", results=FolderResults(outputs))
     await queue.open()
     engine = Engine(EngineConfig(model_id=str(tiny_model), device="cpu", step_delay_s=step_delay), table=dict(TABLE))
     engine.start()
     assert await engine.wait_ready(60)
-    outputs = tmp_path / "outputs"
     dispatcher = Dispatcher(
-        queue, engine, outputs, worker_id="test-worker", model_id=str(tiny_model), heartbeat_s=0.05, idle_poll_s=0.1
+        queue,
+        engine,
+        worker_id="test-worker",
+        model_id=str(tiny_model),
+        heartbeat_s=0.05,
+        idle_poll_s=0.1,
+        dispatch_timings=timed,
     )
     yield Rig(queue, engine, dispatcher, outputs)
     await dispatcher.stop(grace_s=5)
@@ -86,9 +93,21 @@ async def test_a_job_becomes_a_png_and_a_pending_result_post(rig: Rig) -> None:
         assert meta["prompt"] == "a red fox" and meta["seed"] == 40 + index and meta["job_id"] == job.id
     notices = await rig.queue.pending_notices()
     assert [(n.kind, n.job.id) for n in notices] == [(NoticeKind.RESULT, job.id)]
+    assert "claim_to_engine_s" not in job.timings, "dispatch timings only where asked for (cluster workers)"
 
 
-@pytest.mark.parametrize("rig", [0.03], indirect=True)
+@pytest.mark.parametrize("rig", [(0.02, True)], indirect=True)
+async def test_dispatch_timings_measure_claim_to_engine_and_first_step(rig: Rig) -> None:
+    queued = await rig.queue.enqueue(ALICE, job_request())
+    rig.dispatcher.start()
+    await rig.wait_state(queued.job_id, JobState.DONE)
+    job = await rig.queue.get_job(queued.job_id)
+    assert job is not None and job.started_at is not None
+    to_engine, to_first = job.timings["claim_to_engine_s"], job.timings["claim_to_first_step_s"]
+    assert 0 <= to_engine <= to_first < 30, job.timings
+
+
+@pytest.mark.parametrize("rig", [(0.03, False)], indirect=True)
 async def test_plan_switch_between_two_queued_jobs(rig: Rig) -> None:
     first = await rig.queue.enqueue(ALICE, job_request(prompt="first", steps=20))
     second = await rig.queue.enqueue(BOB, job_request(prompt="second", steps=3))
@@ -104,7 +123,7 @@ async def test_plan_switch_between_two_queued_jobs(rig: Rig) -> None:
     assert done_second.plan == "mixed_resident"
 
 
-@pytest.mark.parametrize("rig", [0.03], indirect=True)
+@pytest.mark.parametrize("rig", [(0.03, False)], indirect=True)
 async def test_cancelling_a_running_job_stops_it(rig: Rig) -> None:
     queued = await rig.queue.enqueue(ALICE, job_request(steps=100))
     rig.dispatcher.start()
@@ -117,21 +136,21 @@ async def test_cancelling_a_running_job_stops_it(rig: Rig) -> None:
     assert not rig.outputs.exists() or not list(rig.outputs.iterdir())
 
 
-@pytest.mark.parametrize("rig", [0.03], indirect=True)
+@pytest.mark.parametrize("rig", [(0.03, False)], indirect=True)
 async def test_cancelled_queued_job_releases_its_precomputed_embeddings(rig: Rig) -> None:
     running = await rig.queue.enqueue(ALICE, job_request(prompt="running now", steps=15))
     doomed = await rig.queue.enqueue(BOB, job_request(prompt="never runs", steps=3))
     rig.dispatcher.start()
     await rig.wait_state(running.job_id, JobState.RUNNING)
     await asyncio.sleep(0.2)
-    assert rig.engine._runner.embeddings.has("never runs"), "the look-ahead encoded the queued prompt"
+    assert rig.engine.plan_manager.runner.embeddings.has("never runs"), "the look-ahead encoded the queued prompt"
     await rig.queue.cancel(doomed.job_id, by_user_id=BOB.user_id)
     nxt = await rig.queue.enqueue(ALICE, job_request(prompt="after", steps=2))
     await rig.wait_state(nxt.job_id, JobState.DONE)
-    assert not rig.engine._runner.embeddings.has("never runs")
+    assert not rig.engine.plan_manager.runner.embeddings.has("never runs")
 
 
-@pytest.mark.parametrize("rig", [0.05], indirect=True)
+@pytest.mark.parametrize("rig", [(0.05, False)], indirect=True)
 async def test_stop_hands_the_running_job_back_to_the_queue(rig: Rig) -> None:
     queued = await rig.queue.enqueue(ALICE, job_request(steps=100))
     rig.dispatcher.start()
@@ -142,10 +161,10 @@ async def test_stop_hands_the_running_job_back_to_the_queue(rig: Rig) -> None:
 
 
 async def test_disk_full_requeues_the_job_instead_of_losing_it(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
-    def full_disk(*args: object, **kwargs: object) -> list[str]:
+    async def full_disk(job_id: int, pngs: Sequence[bytes]) -> list[str]:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(dispatcher_module, "save_images", full_disk)
+    monkeypatch.setattr(rig.queue.results, "save", full_disk)
     queued = await rig.queue.enqueue(ALICE, job_request())
     job = await rig.queue.claim_next(rig.dispatcher.worker_id, 60)
     assert job is not None
@@ -155,3 +174,4 @@ async def test_disk_full_requeues_the_job_instead_of_losing_it(rig: Rig, monkeyp
     assert after.error is not None and "disk is full" in after.error
     assert await rig.queue.pending_notices() == []
     assert json.dumps(after.result_paths) == "[]"
+    assert rig.dispatcher._hold_claims_until > time.monotonic() + DISK_FULL_HOLD_S - 5, "no claims meanwhile"

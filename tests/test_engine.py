@@ -13,11 +13,11 @@ import torch
 from db.models import InvalidJob, JobRequest
 from engine import plans as plan_catalog
 from engine.plans import Measurement
-from engine.results import read_parameters, save_images
+from engine.png import encode_job_pngs, read_parameters
 from engine.rules import InvalidRequest, limits_from_folder, validate_request
 from engine.service import Engine, EngineConfig, Prefetch
-from engine.tiny import write_tiny_model
 from engine.types import JobCancelled, PlanSwitchFailed
+from tools.tiny import write_tiny_model
 
 # A plan table for the CPU: mixed_resident measured leaner than bf16_resident, like on a GPU.
 CPU_TABLE = {
@@ -74,14 +74,19 @@ async def test_same_seed_same_pixels_and_metadata_round_trip(tiny_model: Path, t
 
 
 def check_saved(images: list, folder: Path, params: dict, pixels: np.ndarray) -> None:
+    """The PNG bytes carry the parameters and the exact pixels (file names and atomic writes: db/results)."""
+    import io
+
     from PIL import Image
 
-    paths = save_images(images, folder, 5, params)
-    assert paths == [str(folder.resolve() / "job0000005_0.png")]
-    meta = read_parameters(paths[0])
+    (png,) = encode_job_pngs(images, params)
+    meta = read_parameters(png)
     assert {k: meta[k] for k in params} == params
-    assert np.array_equal(np.asarray(Image.open(paths[0]).convert("RGB")), pixels)
-    assert not list(folder.glob("*.tmp")), "no temp files are left behind"
+    assert meta["index"] == 0
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(png)).convert("RGB")), pixels)
+    path = folder / "saved.png"
+    path.write_bytes(png)
+    assert read_parameters(path) == meta
 
 
 async def test_explicit_loop_matches_stock_diffusers_pipeline(tiny_model: Path) -> None:
@@ -141,13 +146,18 @@ async def test_cancellation_stops_at_the_next_step(tiny_model: Path) -> None:
 
 
 async def test_input_rule_violations_generate_nothing(tiny_model: Path) -> None:
+    """Every rule is checked once, at the edge (validate_request); the engine itself refuses only
+    sizes its model cannot make, and trusts the edge for the rest."""
     engine = await started_engine(tiny_model)
     limits = engine.limits
     assert (limits.native_size, limits.min_size, limits.max_size, limits.multiple) == (64, 32, 128, 32)
-    cases = {
+    sizes = {
         "multiple of 32": request(width=48),
         "between 32 and 128": request(width=160, height=32),
         "too many pixels": request(width=128, height=96),
+    }
+    cases = {
+        **sizes,
         "Steps must be from 1 to 100": request(steps=101),
         "Guidance must be from 0 to 20": request(guidance=25.0),
         "1 to 4 images": request(count=5),
@@ -156,8 +166,12 @@ async def test_input_rule_violations_generate_nothing(tiny_model: Path) -> None:
     try:
         for expected, bad in cases.items():
             with pytest.raises(InvalidRequest, match=expected):
+                validate_request(bad, limits)
+        for expected, bad in sizes.items():
+            with pytest.raises(InvalidRequest, match=expected):
                 await engine.generate(bad)
         assert engine.status().jobs_done == 0
+        assert (await engine.generate(request(guidance=25.0, steps=1))).images, "no second check of the rules"
     finally:
         await engine.stop()
     for bad in ({"steps": -1}, {"prompt": "   "}, {"seed": -5}, {"guidance": float("nan")}, {"count": 0}):
@@ -204,7 +218,7 @@ async def test_event_loop_keeps_ticking_during_generation(tiny_model: Path) -> N
 
 async def test_simulated_oom_steps_down_to_a_leaner_plan_and_retries(tiny_model: Path) -> None:
     engine = await started_engine(tiny_model)
-    transformer = engine._runner.pipe.transformer
+    transformer = engine.plan_manager.runner.pipe.transformer
     original = transformer.forward
     calls = {"n": 0}
 
@@ -216,7 +230,8 @@ async def test_simulated_oom_steps_down_to_a_leaner_plan_and_retries(tiny_model:
 
     transformer.forward = exploding_forward
     try:
-        result = await engine.generate(request(seed=5))
+        # Without CFG there is no batch of 2 for the runner to split: the OOM reaches the engine.
+        result = await engine.generate(request(seed=5, guidance=1.0))
         assert calls["n"] > 1, "the retry ran the transformer again"
         assert result.plan == "mixed_resident"
         assert result.images and result.images[0].size == (64, 64)
@@ -256,12 +271,12 @@ async def test_failed_switch_falls_back_to_the_previous_plan(tiny_model: Path, m
 async def test_switch_reloads_only_the_component_whose_quantization_changes(tiny_model: Path) -> None:
     engine = await started_engine(tiny_model)
     try:
-        transformer_before = engine._components.transformer
-        encoder_before = engine._components.text_encoder
+        transformer_before = engine.plan_manager.components.transformer
+        encoder_before = engine.plan_manager.components.text_encoder
         message = await engine.switch_plan("mixed_resident")
         assert "mixed_resident" in message
-        assert engine._components.transformer is transformer_before
-        assert engine._components.text_encoder is not encoder_before
+        assert engine.plan_manager.components.transformer is transformer_before
+        assert engine.plan_manager.components.text_encoder is not encoder_before
         result = await engine.generate(request())
         assert result.plan == "mixed_resident"
     finally:
@@ -283,7 +298,7 @@ async def test_lookahead_encodes_queued_prompts_in_one_visit_with_identical_imag
                 ]
                 result = await engine.generate(job, holder=f"job{index}", prefetch=ahead)
                 images.append(np.asarray(result.images[0]))
-            return images, engine._runner.encoder_visits, engine._runner.encoder_calls
+            return images, engine.plan_manager.runner.encoder_visits, engine.plan_manager.runner.encoder_calls
         finally:
             await engine.stop()
 
@@ -305,7 +320,7 @@ async def test_releasing_a_cancelled_jobs_embeddings(tiny_model: Path) -> None:
             holder="job1",
             prefetch=[Prefetch("job2", ("second", "")), Prefetch("job3", ("third only", ""))],
         )
-        runner = engine._runner
+        runner = engine.plan_manager.runner
         assert runner.embeddings.has("third only") and runner.embeddings.has("second")
         await engine.release(["job3"])
         assert not runner.embeddings.has("third only")

@@ -11,7 +11,7 @@ from engine.loader import load_components
 from engine.placement import apply_placement
 from engine.plans import PLANS
 from engine.runner import Runner, RunnerOptions
-from engine.tiny import write_tiny_model
+from tools.tiny import write_tiny_model
 
 PROMPTS = ["a cat", "a much longer prompt about a red cat asleep on a sunny windowsill in spring"]
 

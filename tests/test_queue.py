@@ -1,4 +1,4 @@
-"""What only the SQLite queue promises: its exact rotation, one file shared by processes, fair_order.
+"""What only the SQLite queue promises, the fair-round rule itself, and one file shared by processes.
 
 The behaviour both backends share (claim order, caps, cancel, leases, crash recovery, the outbox)
 is tested once for each in tests/test_queue_contract.py. Nothing here mocks the database.
@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from db.fairness import fair_order
+from db.fairness import next_round
 from db.models import (
     JobState,
 )
@@ -77,25 +77,23 @@ async def must_position(queue: SqliteJobQueue, job_id: int) -> int:
 
 
 @pytest.mark.parametrize(
-    ("queued", "last_served", "expected"),
+    ("served_round", "user_round", "expected"),
     [
-        pytest.param([], {}, [], id="empty"),
-        pytest.param([(3, 1), (1, 1), (2, 1)], {}, [1, 2, 3], id="one user: oldest first"),
-        pytest.param([(1, 1), (2, 1), (3, 1), (4, 2)], {}, [1, 4, 2, 3], id="round robin"),
-        pytest.param([(1, 1), (2, 1), (3, 1), (4, 2), (5, 3), (6, 3)], {}, [1, 4, 5, 2, 6, 3], id="uneven users"),
-        pytest.param([(1, 1), (2, 2)], {1: 5}, [2, 1], id="never served goes first"),
-        pytest.param([(1, 1), (2, 2), (3, 3)], {1: 9, 2: 4, 3: 7}, [2, 3, 1], id="least recently served first"),
-        pytest.param([(1, 1), (2, 1), (3, 2), (4, 2)], {1: 2, 2: 1}, [3, 1, 4, 2], id="rotation kept in later rounds"),
-        pytest.param([(9, 1), (3, 2), (5, 1)], {}, [3, 5, 9], id="never-served ties: older first job first"),
-        pytest.param([(7, 4), (2, 4), (8, 5)], {4: 1, 99: 50}, [8, 2, 7], id="served users absent from queue ignored"),
+        pytest.param(None, None, 0, id="nothing ever claimed, no jobs: round 0"),
+        pytest.param(None, 0, 1, id="second job of a user: next round"),
+        pytest.param(None, 4, 5, id="a user's backlog: one round per job"),
+        pytest.param(7, None, 7, id="newcomer joins the round served now"),
+        pytest.param(7, 2, 7, id="an old backlog never goes before the round served now"),
+        pytest.param(7, 7, 8, id="a user already in this round waits for the next"),
+        pytest.param(3, 9, 10, id="a long backlog keeps growing from its last job"),
     ],
 )
-def test_fair_order(queued: list[tuple[int, int]], last_served: dict[int, int], expected: list[int]) -> None:
-    assert fair_order(queued, last_served) == expected
+def test_next_round(served_round: int | None, user_round: int | None, expected: int) -> None:
+    assert next_round(served_round, user_round) == expected
 
 
-async def test_least_recently_served_user_goes_first_in_each_round(queue: SqliteJobQueue) -> None:
-    # some history first, so "least recently served" matters: users 3 then 1 were served
+async def test_rounds_after_history_serve_each_user_once_per_round(queue: SqliteJobQueue) -> None:
+    # some history first: users 3 then 1 were served (round 0), user 2 is running (round 0)
     first = await queue.enqueue(who(3), what("history 3"))
     second = await queue.enqueue(who(1), what("history 1"))
     for expected in (first.job_id, second.job_id):
@@ -124,8 +122,10 @@ async def test_least_recently_served_user_goes_first_in_each_round(queue: Sqlite
 
     claimed = await claim_all(queue)
     assert claimed == peeked == by_position
-    # first round: user 4 was never served, then 3 and 1 (served in that order), then 2 (the running job)
-    assert [raw_job(queue.path, job_id)["user_id"] for job_id in claimed[:4]] == [4, 3, 1, 2]
+    # round 0 (served now): 1, 3, 4 in the order they came; user 2 (running in round 0) starts in round 1
+    users = [raw_job(queue.path, job_id)["user_id"] for job_id in claimed]
+    assert users == [1, 3, 4, 1, 2, 3, 4, 1, 2, 4, 1, 4]
+    assert [raw_job(queue.path, job_id)["fair_round"] for job_id in claimed] == [0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 3, 3]
     assert await queue.position(claimed[-1]) is None
 
 

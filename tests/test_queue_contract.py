@@ -3,7 +3,7 @@
 What the cogs and the dispatcher rely on (fair claim order, positions, caps, cancel, leases,
 crash recovery, the outbox) must not depend on the backend. Nothing is mocked: SQLite files
 and a real PostgreSQL server (tests/pgserver.py). Crashes are real SIGKILLed child processes.
-Time is faked only by replacing the backend module's `_now`, where a test is about leases,
+Time is faked only by replacing `db.core.now` (every stored time comes from it), where a test is about leases,
 cooldowns or retry times.
 """
 
@@ -28,11 +28,17 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 
-import db.sqlite_queue as sqlite_queue
+import db.core
+from db.fairness import next_round
 from db.interface import JobQueue
 from db.models import (
     MAX_SEED,
+    RESUMED_RESTART,
+    RESUMED_WORKER_LOST,
+    AuditEntry,
+    CancelOutcome,
     CooldownActive,
+    Enqueued,
     EnqueueLimits,
     Heartbeat,
     InvalidJob,
@@ -41,12 +47,15 @@ from db.models import (
     JobRequest,
     JobState,
     NotAllowed,
+    Notice,
     NoticeKind,
     QueueError,
     QueueFull,
+    QueueStats,
     Requester,
     UserQueueFull,
 )
+from db.results import ResultFile, UnsafeResult
 from db.sqlite_queue import SqliteJobQueue
 from tests.queue_helpers import WORKER, claim_all, must_claim, what, who
 
@@ -64,14 +73,13 @@ class Backend:
 
     name: str
     target: str  # SQLite file or PostgreSQL URL: what a child process opens
-    outputs: Path
 
     def new(self) -> Any:
         if self.name == "sqlite":
             return SqliteJobQueue(Path(self.target))
         from db.postgres import PostgresJobQueue
 
-        return PostgresJobQueue(self.target, output_dir=self.outputs, apply_schema=False)
+        return PostgresJobQueue(self.target, apply_schema=False)
 
     @property
     def queue_class(self) -> type:
@@ -80,13 +88,6 @@ class Backend:
         from db.postgres import PostgresJobQueue
 
         return PostgresJobQueue
-
-    def module(self) -> Any:
-        if self.name == "sqlite":
-            return sqlite_queue
-        import db.postgres.queue as postgres_queue
-
-        return postgres_queue
 
     def sql(self, statement: str) -> list[Any]:
         """One statement in autocommit through an independent connection."""
@@ -124,8 +125,8 @@ class Backend:
 @pytest.fixture(params=["sqlite", "postgres"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     if request.param == "sqlite":
-        return Backend("sqlite", str(tmp_path / "queue.db"), tmp_path / "outputs")
-    return Backend("postgres", request.getfixturevalue("pg_url"), tmp_path / "outputs")
+        return Backend("sqlite", str(tmp_path / "queue.db"))
+    return Backend("postgres", request.getfixturevalue("pg_url"))
 
 
 @pytest.fixture
@@ -150,26 +151,20 @@ class Clock:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch, backend: Backend) -> Clock:
     c = Clock()
-    monkeypatch.setattr(backend.module(), "_now", c)
+    monkeypatch.setattr(db.core, "now", c)
     return c
 
 
 # --- helpers -----------------------------------------------------------------------------------------
 
 
-def result_files(folder: Path, *contents: bytes) -> list[str]:
-    """Files a worker would have written (the PostgreSQL backend stores their bytes)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for index, data in enumerate(contents):
-        path = folder / f"worker-out-{index}-{len(list(folder.iterdir()))}.png"
-        path.write_bytes(data)
-        paths.append(str(path))
-    return paths
+async def save_results(queue: JobQueue, job_id: int, *contents: bytes) -> list[str]:
+    """What a dispatcher does before `complete`: the images go into the queue's result store."""
+    return await queue.results.save(job_id, list(contents))
 
 
-def read_results(job: Job) -> list[bytes]:
-    return [Path(path).read_bytes() for path in job.result_paths]
+async def read_results(queue: JobQueue, job: Job) -> list[bytes]:
+    return [result.data for result in await queue.results.read(job)]
 
 
 async def reopen(queue: Any, backend: Backend) -> Any:
@@ -323,6 +318,8 @@ async def test_job_of_a_killed_worker_is_queued_again(queue: Any, backend: Backe
         assert await queue.position(claimed) == 1
         notices = await queue.pending_notices()
         assert [(n.kind, n.job.id) for n in notices] == [(NoticeKind.RESUMED, claimed)]
+        # SQLite: the bot's own process died (a restart); PostgreSQL: a GPU worker went silent
+        assert notices[0].body == (RESUMED_RESTART if backend.name == "sqlite" else RESUMED_WORKER_LOST)
         assert await queue.recover_interrupted() == ([], []), "a second recovery finds nothing to do"
         assert len(await queue.pending_notices()) == 1
         assert (await must_claim(queue)).id == claimed, "and it can be claimed again"
@@ -391,7 +388,7 @@ async def test_completed_but_undelivered_result_survives_a_restart(
 ) -> None:
     enqueued = await queue.enqueue(who(1), what())
     job = await must_claim(queue)
-    paths = result_files(tmp_path / "worker", b"\x89PNG one")
+    paths = await save_results(queue, job.id, b"\x89PNG one")
     assert await queue.complete(job.id, WORKER, result_paths=paths, seed_used=42, plan="bf16")
     # the bot dies before the delivery loop posted it
     queue = await reopen(queue, backend)
@@ -399,7 +396,7 @@ async def test_completed_but_undelivered_result_survives_a_restart(
         assert await queue.recover_interrupted() == ([], []), "a finished job is never re-run"
         (notice,) = await queue.pending_notices()
         assert (notice.kind, notice.job.id, notice.job.state) == (NoticeKind.RESULT, enqueued.job_id, JobState.DONE)
-        assert read_results(notice.job) == [b"\x89PNG one"] and notice.job.seed_used == 42
+        assert await read_results(queue, notice.job) == [b"\x89PNG one"] and notice.job.seed_used == 42
         await queue.notice_sent(notice.id, message_id=777)
         queue = await reopen(queue, backend)
         assert await queue.recover_interrupted() == ([], [])
@@ -754,7 +751,7 @@ async def test_complete_writes_result_and_notice_together(queue: JobQueue, backe
     enqueued = await queue.enqueue(who(1), what())
     job = await must_claim(queue)
     before = backend.counts()
-    paths = result_files(tmp_path / "worker", b"image a", b"image b")
+    paths = await save_results(queue, job.id, b"image a", b"image b")
     assert not await queue.complete(job.id, "not-the-owner", result_paths=paths[:1], seed_used=5, plan="p")
     assert backend.counts() == before
     untouched = await must_get(queue, job.id)
@@ -764,13 +761,12 @@ async def test_complete_writes_result_and_notice_together(queue: JobQueue, backe
     assert ok
     done = await must_get(queue, job.id)
     assert (done.state, done.seed_used, done.plan, done.timings) == (JobState.DONE, 5, "nf4", {"total": 3.5})
-    assert read_results(done) == [b"image a", b"image b"]
+    assert await read_results(queue, done) == [b"image a", b"image b"]
     assert backend.counts()["notices"] == before["notices"] + 1
-    again = result_files(tmp_path / "worker", b"image c")
-    assert not await queue.complete(job.id, WORKER, result_paths=again, seed_used=6, plan="p"), "only once"
+    assert not await queue.complete(job.id, WORKER, result_paths=paths[:1], seed_used=6, plan="p"), "only once"
     notices = await queue.pending_notices()
     assert [(n.kind, n.job.id) for n in notices] == [(NoticeKind.RESULT, enqueued.job_id)]
-    assert read_results(notices[0].job) == [b"image a", b"image b"]
+    assert await read_results(queue, notices[0].job) == [b"image a", b"image b"]
 
 
 async def test_complete_is_atomic_when_the_notice_cannot_be_written(queue: JobQueue, backend: Backend) -> None:
@@ -1044,3 +1040,170 @@ def test_postgres_positions_match_procrastinates_fetch_order_after_any_history(
             assert await claim_all(q) == peeked
 
     asyncio.run(scenario())
+
+
+# --- one fairness rule: the same history gives the same claim order on both backends ------------------
+
+
+class FairModel:
+    """db.fairness's rule on plain Python data: what every backend must claim, in this order."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[int, dict[str, int | str]] = {}
+        self.served_round: int | None = None
+        self.turns = 0
+
+    def enqueue(self, job_id: int, user: int) -> None:
+        active = [j["round"] for j in self.jobs.values() if j["user"] == user and j["state"] != "done"]
+        fair_round = next_round(self.served_round, max(active) if active else None)  # type: ignore[type-var]
+        self.jobs[job_id] = {"user": user, "round": fair_round, "state": "queued", "turn": self._turn()}
+
+    def _turn(self) -> int:
+        self.turns += 1
+        return self.turns
+
+    def order(self) -> list[int]:
+        queued = [i for i, j in self.jobs.items() if j["state"] == "queued"]
+        return sorted(queued, key=lambda i: (self.jobs[i]["round"], self.jobs[i]["turn"]))
+
+    def claim(self) -> int | None:
+        order = self.order()
+        if not order:
+            return None
+        self.jobs[order[0]]["state"] = "running"
+        self.served_round = int(self.jobs[order[0]]["round"])
+        return order[0]
+
+    def release(self, job_id: int) -> None:
+        self.jobs[job_id].update(state="queued", turn=self._turn())
+
+    def complete(self, job_id: int) -> None:
+        self.jobs[job_id]["state"] = "done"
+
+
+HISTORIES = [
+    pytest.param([1, 1, 1, 2, "claim", 3, 3, "claim", 1, 4, "claim", "claim", 2, 2], id="newcomers join the round"),
+    pytest.param([1, 1, "claim", "release", 2, "claim", "claim", "done", 1, 3, 3], id="a hand-back keeps its round"),
+    pytest.param([5, 5, 5, 5, "claim", "done", "claim", "done", 6, 7, 5, 6], id="a backlog does not block others"),
+    pytest.param([1, 2, 3, "claim", "claim", "release", "release", 1, 2, 3, 4], id="hand-backs take new turns"),
+]
+
+
+@pytest.mark.parametrize("history", HISTORIES)
+async def test_same_history_same_claim_order(queue: JobQueue, history: list[int | str]) -> None:
+    """Both backends follow db.fairness to the letter: claims, positions and peek match the model."""
+    model = FairModel()
+    held: list[int] = []
+    for step in history:
+        if step == "claim":
+            job = await queue.claim_next(WORKER, 60)
+            assert (job.id if job else None) == model.claim()
+            if job is not None:
+                held.append(job.id)
+        elif step == "release":
+            job_id = held.pop(0)
+            assert await queue.release(job_id, WORKER)
+            model.release(job_id)
+        elif step == "done":
+            job_id = held.pop(0)
+            assert await queue.complete(job_id, WORKER, result_paths=[], seed_used=1, plan="p")
+            model.complete(job_id)
+        else:
+            assert isinstance(step, int)
+            enqueued = await queue.enqueue(who(step), what())
+            model.enqueue(enqueued.job_id, step)
+            assert enqueued.position == model.order().index(enqueued.job_id) + 1
+    expected = model.order()
+    assert [job.id for job in await queue.peek_next(100)] == expected
+    assert [await queue.position(job_id) for job_id in expected] == list(range(1, len(expected) + 1))
+    assert await claim_all(queue) == expected
+
+
+# --- every field of every result type, on both backends ----------------------------------------------------
+
+
+async def test_enqueued_says_whether_the_queue_is_paused(queue: JobQueue) -> None:
+    assert await queue.enqueue(who(1), what()) == Enqueued(job_id=1, position=1, paused=False)
+    await queue.set_paused(True)
+    assert await queue.enqueue(who(2), what()) == Enqueued(job_id=2, position=2, paused=True)
+    await queue.set_paused(False)
+    assert await queue.enqueue(who(2), what()) == Enqueued(job_id=3, position=3, paused=False)
+
+
+async def test_every_job_field_round_trips(queue: JobQueue, clock: Clock) -> None:
+    requester = Requester(user_id=11, channel_id=22, guild_id=33, user_name="ana", interaction_id=44)
+    request = JobRequest(
+        prompt="a fox", width=768, height=512, steps=12, guidance=2.5, negative_prompt="blur", seed=7, count=2
+    )
+    parent = await queue.enqueue(requester, request)
+    child = await queue.enqueue(requester, request, kind="variation", parent_job_id=parent.job_id)
+    queued = Job(
+        id=child.job_id,
+        requester=requester,
+        request=request,
+        state=JobState.QUEUED,
+        attempts=0,
+        created_at=clock.t,
+        kind="variation",
+        parent_job_id=parent.job_id,
+    )
+    assert await must_get(queue, child.job_id) == queued
+    await queue.set_status_message(child.job_id, 555)
+    assert await queue.cancel(parent.job_id, by_user_id=11) == CancelOutcome(parent.job_id, JobState.CANCELLED, True)
+    clock.advance(1)
+    running = await must_claim(queue)
+    started = replace(
+        queued, state=JobState.RUNNING, attempts=1, started_at=clock.t, worker_id=WORKER, status_message_id=555
+    )
+    assert running == replace(started, progress_step=0, progress_total=12)
+    assert await queue.heartbeat(child.job_id, WORKER, 60, step=5) == Heartbeat(alive=True, cancel_requested=False)
+    assert await must_get(queue, child.job_id) == replace(started, progress_step=5, progress_total=12)
+    clock.advance(1)
+    paths = await save_results(queue, child.job_id, b"one", b"two")
+    assert await queue.complete(child.job_id, WORKER, result_paths=paths, seed_used=9, plan="nf4", timings={"a": 1.0})
+    done = replace(
+        started,
+        state=JobState.DONE,
+        finished_at=clock.t,
+        result_paths=paths,
+        seed_used=9,
+        plan="nf4",
+        timings={"a": 1.0},
+        progress_step=12,
+        progress_total=12,
+    )
+    assert await must_get(queue, child.job_id) == done
+    (notice,) = await queue.pending_notices()
+    assert notice == Notice(id=notice.id, kind=NoticeKind.RESULT, job=done, attempts=0, body="")
+    clock.advance(1)
+    await queue.notice_sent(notice.id, 666)
+    delivered = replace(done, result_message_id=666, delivered_at=clock.t)
+    assert await must_get(queue, child.job_id) == delivered
+    assert await queue.list_user_jobs(11, states=["done"]) == [delivered]
+    assert await queue.stats() == QueueStats(queued=0, running=0, done=1, failed=0, cancelled=1, paused=False)
+    await queue.audit(5, "pause", "why", guild_id=33)
+    assert await queue.audit_log() == [AuditEntry(at=clock.t, actor_id=5, action="pause", detail="why", guild_id=33)]
+
+
+async def test_resumed_notice_says_why(queue: JobQueue, clock: Clock) -> None:
+    await queue.enqueue(who(1), what())
+    await must_claim(queue, lease_s=5)
+    clock.advance(6)
+    assert len((await queue.requeue_expired_leases())[0]) == 1
+    (notice,) = await queue.pending_notices()
+    assert (notice.kind, notice.body) == (NoticeKind.RESUMED, RESUMED_WORKER_LOST)
+
+
+async def test_results_are_read_back_and_refused_when_tampered(queue: JobQueue) -> None:
+    await queue.enqueue(who(1), what())
+    job = await must_claim(queue)
+    paths = await save_results(queue, job.id, b"png")
+    assert paths == [str(Path(p)) for p in paths] and all(Path(p).name == f"job{job.id:07d}_0.png" for p in paths)
+    assert await queue.complete(job.id, WORKER, result_paths=paths, seed_used=1, plan="p")
+    done = await must_get(queue, job.id)
+    assert await queue.results.read(done) == [ResultFile(f"job{job.id:07d}_0.png", b"png")]
+    with pytest.raises(UnsafeResult):
+        await queue.results.read(replace(done, result_paths=["/etc/passwd"]))
+    await queue.results.delete(done)
+    with pytest.raises(FileNotFoundError):
+        await queue.results.read(done)

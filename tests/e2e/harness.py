@@ -17,8 +17,9 @@ from typing import Any
 
 from PIL import Image
 
-from bot import ImageBot, point_discord_at
+from bot import ImageBot
 from db.models import Job
+from launcher import point_discord_at
 from settings import Settings
 from tests.fakediscord import FakeDiscord, InteractionHandle, StoredMessage, point_discord_py_at
 

@@ -175,7 +175,7 @@ def main() -> None:
     parser.add_argument("--cap", type=int, default=5)
     parser.add_argument("--during-model-load", action="store_true", help="burst right after start-up")
     args = parser.parse_args()
-    from engine.tiny import write_tiny_model
+    from tools.tiny import write_tiny_model
 
     with tempfile.TemporaryDirectory(prefix="load-") as tmp:
         model = write_tiny_model(Path(tmp) / "tiny")

@@ -359,7 +359,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--users", type=int, default=4)
     args = parser.parse_args()
-    from engine.tiny import write_tiny_model
+    from tools.tiny import write_tiny_model
 
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         model = write_tiny_model(Path(tmp) / "tiny")

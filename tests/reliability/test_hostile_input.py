@@ -18,9 +18,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from cogs.errors import user_message
-from cogs.flags import FlagError, parse_flags
-from cogs.submit import Ask, build_request
+from cogs.utils.errors import user_message
+from cogs.utils.flags import FlagError, parse_flags
+from cogs.utils.submit import Ask, build_request
 from engine.rules import limits_from_folder, validate_request
 from settings import Settings
 from tests.conftest import World

@@ -17,10 +17,10 @@ import aiosqlite
 import pytest
 from PIL import Image
 
-import engine.dispatcher
-from bot import _Redact
-from cogs.errors import UNEXPECTED
+import dispatch.dispatcher
+from cogs.utils.errors import UNEXPECTED
 from db.models import Job, JobState
+from launcher import _Redact
 from tests.conftest import World
 from tests.e2e.harness import (
     REPO,
@@ -93,7 +93,7 @@ async def test_an_error_holding_a_secret_reaches_no_user(
     assert all(CANARY not in json.dumps(r.payload, default=str) for r in server.requests)
     logged = [r for r in caplog.records if r.exc_info and CANARY in str(r.exc_info[1])]
     assert logged, "the error must be logged for the owner"
-    formatter = _Redact("%(message)s", [CANARY])  # the formatter bot.py installs on its log handler
+    formatter = _Redact("%(message)s", [CANARY])  # the formatter the launcher installs on its log handler
     assert all(CANARY not in formatter.format(r) for r in logged)
 
 
@@ -129,7 +129,8 @@ async def test_tampered_result_paths_are_never_posted(
     secret = png(tmp_path / "secret" / "stolen.png")
     settings = settings_for(server, tiny_model, tmp_path, dev_guild_id=world.guild.id)
     async with running_bot(server, settings, ready=False) as bot:
-        await bot.dispatcher.stop(0)  # this test plays the worker, and writes what a tampered row would hold
+        assert bot.services is not None and bot.services.dispatcher is not None
+        await bot.services.dispatcher.stop(0)  # this test plays the worker, and writes what a tampered row would hold
         handle = await server.send_slash_command(world.alice, world.channel, "imagine", {"prompt": "a cat"})
         job_id, _, _ = await queued_reply(handle)
         job = await bot.queue.claim_next("tamperer", 60)
@@ -161,7 +162,7 @@ def output_disk(monkeypatch: pytest.MonkeyPatch) -> dict[str, bool]:
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", fsync)
-    monkeypatch.setattr(engine.dispatcher, "DISK_FULL_HOLD_S", 0.3)  # the owner's grace time, shortened
+    monkeypatch.setattr(dispatch.dispatcher, "DISK_FULL_HOLD_S", 0.3)  # the owner's grace time, shortened
     return state
 
 
@@ -176,7 +177,7 @@ async def test_full_image_disk_requeues_the_job_then_delivers_it(
         job = await wait_job(
             bot, job_id, lambda j: j.error is not None and j.state in (JobState.QUEUED, JobState.RUNNING)
         )
-        assert job.error == engine.dispatcher.DISK_FULL and job.attempts >= 1
+        assert job.error == dispatch.dispatcher.DISK_FULL and job.attempts >= 1
         assert list((tmp_path / "outputs").iterdir()) == []  # no half-written file or temp file left behind
         output_disk["full"] = False  # the owner freed some space
         posted = await wait_result(server, world.channel, job_id, timeout=30)

@@ -1,5 +1,5 @@
-"""``python bot.py`` with one fault that carries the token, for the canary tests (a separate process, so the
-real interpreter prints what it prints: crash tracebacks, thread errors, warnings).
+"""``python bot.py`` (``launcher.main(ImageBot)``) with one fault that carries the token, for the canary tests
+(a separate process, so the real interpreter prints what it prints: crash tracebacks, thread errors, warnings).
 
     python tests/reliability/token_child.py MODE     (DISCORD_TOKEN and the rest come from the environment)
 
@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import discord
 
 import bot
+import launcher
 
 
 def main(mode: str) -> int:
@@ -40,7 +41,7 @@ def main(mode: str) -> int:
 
     discord.Client.login = failing_login  # type: ignore[method-assign]
     if mode == "crash":
-        original = bot._exit_code
+        original = launcher._exit_code
 
         def crash(runner: object) -> int:
             error = runner.exception()  # type: ignore[attr-defined]
@@ -48,8 +49,8 @@ def main(mode: str) -> int:
                 raise error
             return original(runner)  # type: ignore[arg-type]
 
-        bot._exit_code = crash  # type: ignore[assignment]
-    return bot.main()
+        launcher._exit_code = crash  # type: ignore[assignment]
+    return launcher.main(bot.ImageBot)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
 """Feed queued jobs to the engine, one at a time, and record what happened.
 
-The dispatcher is the only consumer of the local queue. It claims a job,
-renews its lease while the engine works (each renewal also carries progress and
-brings back a cancel request), writes the PNGs, and marks the job done together
-with its outbox row. It never talks to Discord, so a slow or failing Discord
-cannot stall the GPU.
+The dispatcher is the only consumer of the local queue, and a cluster worker runs each of
+its jobs through one too. It claims a job, renews its lease while the engine works (each
+renewal also carries progress and brings back a cancel request), hands the PNGs to the
+queue's result store, and marks the job done together with its outbox row. It never talks
+to Discord, so a slow or failing Discord cannot stall the GPU.
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
-from db.interface import JobQueue
+from db.interface import JobSource
 from db.models import Job
-from engine.results import save_images
+from engine.png import encode_job_pngs
 from engine.rules import InvalidRequest
 from engine.service import Engine, Prefetch
-from engine.types import EngineError, EngineUnavailable, JobCancelled, Progress
+from engine.types import EngineError, EngineUnavailable, GenerationResult, JobCancelled, Progress
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +43,14 @@ class _Running:
     cancel: threading.Event
     progress: Progress | None = None
     handing_back: bool = False
+    first_step_at: float | None = None
 
 
 class Dispatcher:
     def __init__(
         self,
-        queue: JobQueue,
+        source: JobSource,
         engine: Engine,
-        output_dir: Path,
         *,
         worker_id: str,
         model_id: str,
@@ -58,16 +58,19 @@ class Dispatcher:
         heartbeat_s: float = 1.0,
         lookahead: int = 8,
         idle_poll_s: float = 2.0,
+        dispatch_timings: bool = False,
     ) -> None:
-        self.queue = queue
+        """`dispatch_timings`: also record claim → engine start and claim → first step in each job's
+        timings (`claim_to_engine_s`, `claim_to_first_step_s`), which the scale-out benchmark reads."""
+        self.source = source
         self.engine = engine
-        self.output_dir = output_dir
         self.worker_id = worker_id
         self.model_id = model_id
         self.lease_s = lease_s
         self.heartbeat_s = heartbeat_s
         self.lookahead = lookahead
         self.idle_poll_s = idle_poll_s
+        self.dispatch_timings = dispatch_timings
         self._stopping = asyncio.Event()
         self._running: _Running | None = None
         self._task: asyncio.Task[None] | None = None
@@ -117,9 +120,9 @@ class Dispatcher:
                 if not self.engine.ready or time.monotonic() < self._hold_claims_until:
                     await self._sleep(1.0)
                     continue
-                job = await self.queue.claim_next(self.worker_id, self.lease_s)
+                job = await self.source.claim_next(self.worker_id, self.lease_s)
                 if job is None:
-                    await self.queue.wait_for_change(self.idle_poll_s)
+                    await self.source.wait_for_change(self.idle_poll_s)
                     continue
                 await self.process(job)
             except asyncio.CancelledError:
@@ -136,68 +139,75 @@ class Dispatcher:
 
     # --- one job ------------------------------------------------------------------------------
     async def process(self, job: Job) -> None:
+        """Run one claimed job to its recorded end: done, failed, cancelled or handed back."""
+        claimed_at = job.started_at or time.time()
         running = _Running(job=job, cancel=threading.Event())
         self._running = running
         beat = asyncio.create_task(self._heartbeat(running), name=f"heartbeat-{job.id}")
         try:
             prefetch = await self._lookahead(job)
+            engine_at = time.time()
             try:
                 result = await self.engine.generate(
                     job.request,
-                    on_progress=lambda p: setattr(running, "progress", p),
+                    on_progress=lambda p: self._on_progress(running, p),
                     should_cancel=running.cancel.is_set,
                     holder=job.id,
                     prefetch=prefetch,
                 )
             except JobCancelled:
                 if running.handing_back:
-                    await self._record(job, "the hand-back", lambda: self.queue.release(job.id, self.worker_id))
+                    await self._record(job, "the hand-back", lambda: self.source.release(job.id, self.worker_id))
                 else:
-                    await self._record(job, "the cancel", lambda: self.queue.mark_cancelled(job.id, self.worker_id))
+                    await self._record(job, "the cancel", lambda: self.source.mark_cancelled(job.id, self.worker_id))
                 return
             except (InvalidRequest, EngineUnavailable, EngineError) as exc:
                 error, retry = str(exc), isinstance(exc, EngineUnavailable)
                 if retry:
                     log.warning("Job #%s: engine unavailable: %s", job.id, exc)
                 await self._record(
-                    job, "the failure", lambda: self.queue.fail(job.id, self.worker_id, error, retry=retry)
+                    job, "the failure", lambda: self.source.fail(job.id, self.worker_id, error, retry=retry)
                 )
                 return
             except Exception:
                 log.exception("Job #%s failed", job.id)
                 error = UNEXPECTED.format(id=job.id)
-                await self._record(job, "the failure", lambda: self.queue.fail(job.id, self.worker_id, error))
+                await self._record(job, "the failure", lambda: self.source.fail(job.id, self.worker_id, error))
                 return
             for note in result.notes:
                 log.warning("Job #%s: %s", job.id, note)
+            if self.dispatch_timings:
+                result.timings["claim_to_engine_s"] = engine_at - claimed_at
+                result.timings["claim_to_first_step_s"] = (running.first_step_at or engine_at) - claimed_at
             await self._store(job, result)
         finally:
             beat.cancel()
             self._running = None
             self._prefetched.discard(job.id)
 
-    async def _store(self, job: Job, result: object) -> None:
+    @staticmethod
+    def _on_progress(running: _Running, progress: Progress) -> None:
+        if running.first_step_at is None:
+            running.first_step_at = time.time()
+        running.progress = progress
+
+    async def _store(self, job: Job, result: GenerationResult) -> None:
         request = job.request
-        parameters = {
+        parameters: dict[str, Any] = {
             "prompt": request.prompt,
             "negative_prompt": request.negative_prompt,
-            "seed": result.seed,  # type: ignore[attr-defined]
+            "seed": result.seed,
             "steps": request.steps,
             "guidance": request.guidance,
             "width": request.width,
             "height": request.height,
             "model": self.model_id,
-            "plan": result.plan,  # type: ignore[attr-defined]
+            "plan": result.plan,
             "job_id": job.id,
         }
         try:
-            paths = await asyncio.to_thread(
-                save_images,
-                result.images,  # type: ignore[attr-defined]
-                self.output_dir,
-                job.id,
-                parameters,
-            )
+            pngs = await asyncio.to_thread(encode_job_pngs, result.images, parameters)
+            paths = await self.source.results.save(job.id, pngs)
         except OSError as exc:
             full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
             message = DISK_FULL if full else f"The image could not be saved ({exc.strerror or exc})."
@@ -205,24 +215,26 @@ class Dispatcher:
                 "Job #%s: could not save the images in %s (%s); it goes back in the queue (while it has tries left)"
                 " and no job starts for %.0f s",
                 job.id,
-                self.output_dir,
+                self.source.results.where,
                 exc,
                 DISK_FULL_HOLD_S,
             )
-            await self._record(job, "the failure", lambda: self.queue.fail(job.id, self.worker_id, message, retry=True))
+            await self._record(
+                job, "the failure", lambda: self.source.fail(job.id, self.worker_id, message, retry=True)
+            )
             # Give the owner time to free space instead of burning the job's attempts.
             self._hold_claims_until = time.monotonic() + DISK_FULL_HOLD_S
             return
         done = await self._record(
             job,
             "the result",
-            lambda: self.queue.complete(
+            lambda: self.source.complete(
                 job.id,
                 self.worker_id,
                 result_paths=paths,
-                seed_used=result.seed,  # type: ignore[attr-defined]
-                plan=result.plan,  # type: ignore[attr-defined]
-                timings={k: float(v) for k, v in result.timings.items()},  # type: ignore[attr-defined]
+                seed_used=result.seed,
+                plan=result.plan,
+                timings={k: float(v) for k, v in result.timings.items()},
             ),
         )
         if done is False:
@@ -248,7 +260,7 @@ class Dispatcher:
         """Queued jobs that will run next: their prompts ride along in this job's encoder visit."""
         if self.lookahead <= 0:
             return []
-        upcoming = await self.queue.peek_next(self.lookahead)
+        upcoming = await self.source.peek_next(self.lookahead)
         wanted = {j.id for j in upcoming}
         stale = self._prefetched - wanted - {job.id}
         if stale:
@@ -267,7 +279,7 @@ class Dispatcher:
             await asyncio.sleep(self.heartbeat_s)
             progress = running.progress
             try:
-                beat = await self.queue.heartbeat(
+                beat = await self.source.heartbeat(
                     job.id,
                     self.worker_id,
                     self.lease_s,
@@ -279,9 +291,3 @@ class Dispatcher:
                 continue
             if beat.cancel_requested or not beat.alive:
                 running.cancel.set()
-
-
-def _texts(job: Job) -> tuple[str, ...]:
-    """The texts the encoder must embed for a job (no negative prompt without CFG)."""
-    request = job.request
-    return (request.prompt, request.negative_prompt) if request.guidance > 1 else (request.prompt,)

@@ -13,7 +13,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from cogs.text import quote
+from cogs.utils.text import quote
 from engine.rules import ASPECTS
 
 # A flag starts a word: "--ar" or "—ar" at the start or after whitespace ("well--known" is no flag).

@@ -1,8 +1,9 @@
 """Turn what a user asked for into a queued job, and answer with its status message.
 
-/imagine and the Re-roll / Variations buttons all go through here, so every job
-meets the same checks (channel, ban list, model limits, per-user and global caps,
-cooldown) and gets the same kind of reply within Discord's 3-second window.
+/imagine and the Re-roll / Variations buttons all go through ``submit``, so every job
+meets the same checks, each once (channel, ban list, model limits; then the queue's
+per-user and global caps and cooldown) and gets the same kind of reply within
+Discord's 3-second window.
 """
 
 from __future__ import annotations
@@ -10,21 +11,19 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 import aiohttp
 import discord
 
-from cogs.checks import require_allowed_channel, require_no_banned_words
-from cogs.flags import parse_flags
-from cogs.status import engine_note, snapshot, status_text
-from cogs.text import NO_MENTIONS, now
+from cogs.utils.checks import require_allowed_channel, require_no_banned_words
+from cogs.utils.flags import parse_flags
+from cogs.utils.host import Host
+from cogs.utils.status import engine_note, snapshot, status_text
+from cogs.utils.text import NO_MENTIONS, now
 from db.models import EnqueueLimits, InvalidJob, Job, JobRequest, JobState, QueueError, Requester
 from engine.rules import ModelLimits, validate_request
-
-if TYPE_CHECKING:
-    from bot import ImageBot
-    from settings import Settings
+from settings import Settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -44,7 +43,8 @@ class Ask:
 
 
 def build_request(ask: Ask, limits: ModelLimits, settings: Settings) -> JobRequest:
-    """Parse flags, apply defaults and check every rule; raise a user-facing error for any problem."""
+    """Parse flags, apply defaults and check every rule (``check_request``); raise a user-facing error for any
+    problem."""
     parsed = parse_flags(ask.prompt)
     if not parsed.prompt:
         raise InvalidJob("The prompt is empty: describe the image you want (flags like --ar go after the text).")
@@ -60,13 +60,15 @@ def build_request(ask: Ask, limits: ModelLimits, settings: Settings) -> JobReque
         seed=parsed.seed if parsed.seed is not None else ask.seed,
         count=_first(parsed.count, ask.count, 1),
     )
-    check_request(request, limits, settings)
-    return request
+    return check_request(request, limits, settings)
 
 
-def check_request(request: JobRequest, limits: ModelLimits, settings: Settings) -> None:
+def check_request(request: JobRequest, limits: ModelLimits, settings: Settings) -> JobRequest:
+    """The edge's one check of a request: the model's limits and the ban list (the queue keeps its own
+    invariant check). Returns the request, checked."""
     validate_request(request, limits)
     require_no_banned_words((request.prompt, request.negative_prompt), settings)
+    return request
 
 
 def enqueue_limits(settings: Settings) -> EnqueueLimits:
@@ -78,15 +80,21 @@ def enqueue_limits(settings: Settings) -> EnqueueLimits:
 
 
 async def submit(
-    bot: ImageBot,
+    bot: Host,
     interaction: discord.Interaction,
-    request: JobRequest,
+    asked: Ask | JobRequest,
     *,
     kind: str = "imagine",
     parent_job_id: int | None = None,
 ) -> int:
-    """Queue the job and reply with its status message (which the progress loop keeps editing)."""
+    """Check where and what was asked (an /imagine's options, or a button's request made from a finished job),
+    queue the job and reply with its status message (which the progress loop keeps editing)."""
     require_allowed_channel(interaction, bot.settings)
+    limits = bot.engine.limits
+    if isinstance(asked, Ask):
+        request = build_request(asked, limits, bot.settings)
+    else:
+        request = check_request(asked, limits, bot.settings)
     assert interaction.channel_id is not None
     requester = Requester(
         user_id=interaction.user.id,

@@ -1,4 +1,4 @@
-"""`python -m engine doctor`: what this machine has and which plan `auto` would pick.
+"""`python -m engine doctor` (tools/cli.py): what this machine has and which plan `auto` would pick.
 
 Meant to be pasted into a bug report, so it prints versions, the GPU, known-bad
 combinations and the plan choice in plain lines, and never the Discord token.

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from cogs.text import clip, seconds_text
+from cogs.utils.text import clip, seconds_text
 from db.models import QueueStats
 from db.workers import WorkerInfo
 from engine.types import EngineState, EngineStatus, PlanRow
 
+# A worker that serves no jobs: silent too long (the cluster view marks it so), or stopped or failed as it said.
+OFFLINE = frozenset({"offline", "stopped", "failed"})
 
-def status_report(engine: EngineStatus, stats: QueueStats, *, uptime_s: float, current_job: int | None) -> str:
+
+def status_report(engine: EngineStatus, stats: QueueStats, *, uptime_s: float) -> str:
     lines = [f"**Engine:** {engine.state.value} on {engine.device_name}"]
     if engine.state in (EngineState.STARTING, EngineState.LOADING):
         lines.append(f"**Warming up:** {engine.load_message} ({engine.load_fraction:.0%})")
@@ -26,7 +29,7 @@ def status_report(engine: EngineStatus, stats: QueueStats, *, uptime_s: float, c
     speed = f"{engine.step_s:.2f} s/step at the native size" if engine.step_s else "not measured yet"
     lines.append(f"**Speed:** {speed}")
     lines.append(f"**Jobs since start:** {engine.jobs_done} done, {engine.jobs_failed} failed")
-    running = f" (#{current_job} now)" if current_job is not None else ""
+    running = f" (#{engine.current_job} now)" if engine.current_job is not None else ""
     lines.append(
         f"**Queue:** {stats.queued} waiting, {stats.running} running{running} · all time {stats.done} done, "
         f"{stats.failed} failed, {stats.cancelled} cancelled" + (" · **paused**" if stats.paused else "")
@@ -35,14 +38,17 @@ def status_report(engine: EngineStatus, stats: QueueStats, *, uptime_s: float, c
     return clip("\n".join(lines))
 
 
-def workers_report(workers: Sequence[WorkerInfo], *, now: float, stale_s: float) -> str:
-    """One line per GPU worker (QUEUE_BACKEND=postgres): where, which GPU and plan, busy or idle, speed."""
+def workers_report(workers: Sequence[WorkerInfo], *, now: float) -> str:
+    """One line per GPU worker (QUEUE_BACKEND=postgres): where, which GPU and plan, busy or idle, speed.
+
+    The workers come with the truth already decided (a silent one is ``offline``, a busy one's job is still
+    its own), so this only words it; ``now`` dates "last seen"."""
     if not workers:
         return "**GPU workers:** none has connected yet: run `python -m engine worker` on a GPU machine."
-    online = [w for w in workers if w.online(now, stale_s)]
+    online = [w for w in workers if w.state not in OFFLINE]
     lines = [f"**GPU workers:** {len(online)} of {len(workers)} online"]
     for w in workers:
-        if not w.online(now, stale_s):
+        if w.state in OFFLINE:
             state = f"offline (last seen {seconds_text(max(0.0, now - w.last_seen))} ago)"
         elif w.state == "busy":
             state = f"busy (#{w.current_job})" if w.current_job else "busy"

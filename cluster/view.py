@@ -1,9 +1,11 @@
 """The engine as the bot sees it when the GPUs are in other machines (QUEUE_BACKEND=postgres).
 
-The cogs ask the engine for its status, its limits and an estimate per job; with remote
-workers the answers come from what the workers report in the database. This object answers
-those questions from a snapshot refreshed every couple of seconds, so the synchronous
-`status()` the cogs call never touches the network. No torch, no procrastinate here.
+The cogs ask the engine (`engine.types.EngineView`) for its status, its limits and an estimate
+per job; with remote workers the answers come from what the workers report in the database.
+This object answers those questions from a snapshot refreshed every couple of seconds, so the
+synchronous `status()` the cogs call never touches the network. It also decides what is true
+of each worker: one that went silent is offline, and one whose job the queue took back is not
+busy with it. No torch, no procrastinate here.
 """
 
 from __future__ import annotations
@@ -14,12 +16,12 @@ import logging
 import statistics
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
+from dataclasses import replace
 
 from db.models import JobRequest
 from db.workers import WorkerInfo
 from engine import plans as plan_catalog
-from engine.rules import COGVIEW4_LIMITS, ModelLimits, limits_from_folder
+from engine.rules import COGVIEW4_LIMITS, ModelLimits, limits_for_model
 from engine.types import EngineState, EngineStatus, PlanRow, PlanSwitchFailed
 
 log = logging.getLogger(__name__)
@@ -31,7 +33,9 @@ PER_MACHINE = (
 NO_WORKER = "Waiting for a GPU worker to connect (python -m engine worker on a GPU machine)"
 
 
-class ClusterEngine:
+class ClusterView:
+    """`EngineView` of the remote GPU workers, from their reports in the database."""
+
     def __init__(
         self,
         list_workers: Callable[[], Awaitable[list[WorkerInfo]]],
@@ -39,11 +43,17 @@ class ClusterEngine:
         *,
         refresh_s: float = 2.0,
         stale_s: float = 60.0,
+        lost_s: float = 5.0,
     ) -> None:
+        """`list_workers`: the queue's worker reports, in which `current_job` is set only while that job
+        still runs under the worker's name. `stale_s`: a worker silent this long is offline (it reports
+        every few seconds). `lost_s`: a worker still saying busy after the queue took its job back, and
+        silent this long, is offline too (a live one says ready right after recording its job)."""
         self._list_workers = list_workers
         self.model_id = model_id
         self.refresh_s = refresh_s
-        self.stale_s = stale_s  # a worker silent this long is shown offline (its heartbeat is every few s)
+        self.stale_s = stale_s
+        self.lost_s = lost_s
         self.limits: ModelLimits = COGVIEW4_LIMITS
         self.table = plan_catalog.load_table()
         self._workers: list[WorkerInfo] = []
@@ -52,7 +62,7 @@ class ClusterEngine:
         self._changed = asyncio.Event()
 
     async def start(self) -> None:
-        self.limits = await asyncio.to_thread(_limits, self.model_id)
+        self.limits = await asyncio.to_thread(limits_for_model, self.model_id)
         with contextlib.suppress(Exception):
             await self.refresh()
         self._task = asyncio.create_task(self._loop(), name="cluster-view")
@@ -79,11 +89,21 @@ class ClusterEngine:
 
     # --- what the cogs ask -------------------------------------------------------------------
     def workers(self) -> list[WorkerInfo]:
-        return list(self._workers)
+        """The GPU workers as they are now, not as they last said they were."""
+        now = time.time()
+        return [self._as_seen(w, now) for w in self._workers]
+
+    def _as_seen(self, worker: WorkerInfo, now: float) -> WorkerInfo:
+        if not worker.online(now, self.stale_s):
+            return replace(worker, state="offline", current_job=None)
+        if worker.state == "busy" and worker.current_job is None:
+            # Its job is no longer its own: it recorded the result a moment ago, or it died and the queue
+            # gave the job to another worker (after more silence than a live worker ever keeps).
+            return replace(worker, state="offline" if now - worker.last_seen > self.lost_s else "ready")
+        return worker
 
     def online(self) -> list[WorkerInfo]:
-        now = time.time()
-        return [w for w in self._workers if w.online(now, self.stale_s)]
+        return [w for w in self.workers() if w.state != "offline"]
 
     @property
     def ready(self) -> bool:
@@ -153,14 +173,3 @@ class ClusterEngine:
 
     async def switch_plan(self, mode: str) -> str:
         raise PlanSwitchFailed(PER_MACHINE)
-
-
-def _limits(model_id: str) -> ModelLimits:
-    """The model's size limits from its local folder if there is one (as the workers read them)."""
-    folder = Path(model_id).expanduser()
-    if (folder / "transformer" / "config.json").exists():
-        try:
-            return limits_from_folder(folder)
-        except (OSError, ValueError, KeyError):
-            log.warning("Could not read limits from %s; using CogView4-6B's", folder, exc_info=True)
-    return COGVIEW4_LIMITS

@@ -12,9 +12,9 @@ import logging
 import discord
 from discord import app_commands
 
-from cogs.checks import Refused
-from cogs.flags import FlagError
-from cogs.text import NO_MENTIONS, clip, quote
+from cogs.utils.checks import Refused
+from cogs.utils.flags import FlagError
+from cogs.utils.text import NO_MENTIONS, clip, quote
 from db.models import QueueError
 from engine.rules import InvalidRequest
 from engine.types import EngineError

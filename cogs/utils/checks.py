@@ -10,15 +10,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import Any, cast
 
 import discord
 from discord import app_commands
 
-from cogs.text import quote
-
-if TYPE_CHECKING:
-    from settings import Settings
+from cogs.utils.host import Host
+from cogs.utils.text import quote
+from settings import Settings
 
 
 class Refused(app_commands.CheckFailure):
@@ -70,7 +69,7 @@ def admin_only() -> Any:
     """app_commands check: refuse DMs and non-admins before the command body runs."""
 
     async def predicate(interaction: discord.Interaction) -> bool:
-        require_admin(interaction, interaction.client.settings)  # type: ignore[attr-defined]
+        require_admin(interaction, cast(Host, interaction.client).settings)
         return True
 
     return app_commands.check(predicate)

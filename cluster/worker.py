@@ -2,9 +2,10 @@
 
 Each worker process owns one GPU: it loads the model once in that machine's own memory
 plan, then runs a procrastinate worker with concurrency 1 on the size classes its plan can
-make. A fetched token becomes a claimed job, and the local `Dispatcher` runs it exactly as
-on a single machine (progress and cancel through its per-job heartbeat); the images go into
-the database, not onto a disk the bot cannot see.
+make. A fetched token becomes a claimed job (`claim_token`), and the local `Dispatcher` runs
+it exactly as on a single machine, through the same `JobSource` calls (progress and cancel
+through its per-job heartbeat); the queue's result store puts the images into the database,
+not onto a disk the bot cannot see.
 
 procrastinate's abort notification (an admin or the owner cancelled a running job) cancels
 our task; we turn that into a stop at the next step, and the model stays loaded. If the
@@ -21,7 +22,6 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,12 +30,11 @@ from procrastinate.job_context import AbortReason, JobContext
 from procrastinate.worker import Worker
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
-from db.models import JobRequest
 from db.postgres import PostgresJobQueue
 from db.postgres.dispatch import TASK_NAME, queues_up_to
-from engine.dispatcher import Dispatcher
+from dispatch.dispatcher import Dispatcher
 from engine.service import Engine, EngineConfig
-from engine.types import EngineState, GenerationResult, Progress
+from engine.types import EngineState
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +45,6 @@ LEASE_S = 60.0
 class WorkerOptions:
     database_url: str
     name: str
-    spool_dir: Path  # where the dispatcher writes PNGs before they go into the database
     heartbeat_s: float = 10.0  # procrastinate's worker heartbeat
     stalled_after_s: float = 30.0  # silence after which a worker counts as dead and its job is retried
     progress_s: float = 1.0  # per-job heartbeat: progress, lease, cancel flag
@@ -79,7 +77,6 @@ class GpuWorker:
         self.started_at = time.time()
         self._stopping = asyncio.Event()
         self._current: int | None = None
-        self._claimed_at = 0.0
         self._queues: list[str] = []
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -117,16 +114,15 @@ class GpuWorker:
             log.error("The model could not be loaded: %s", status.error)
             await self._report(state="failed", note=status.error)
             return 1
-        self.options.spool_dir.mkdir(parents=True, exist_ok=True)
         self.dispatcher = Dispatcher(
             self.queue,
-            _TimedEngine(self.engine, lambda: self._claimed_at),  # type: ignore[arg-type]
-            self.options.spool_dir,
+            self.engine,
             worker_id=self.options.name,
             model_id=model_label(self.config.model_id),
             lease_s=LEASE_S,
             heartbeat_s=self.options.progress_s,
             lookahead=0,  # the next jobs may go to other GPUs: no prefetching their prompts here
+            dispatch_timings=True,  # the scale-out benchmark reads claim → engine and claim → first step
         )
         self._queues = queues_up_to(self.engine.max_area())
         self.queue.procrastinate_app.task(name=TASK_NAME, pass_context=True)(self._generate)
@@ -206,7 +202,6 @@ class GpuWorker:
             log.info("Token %s: job #%s is no longer waiting (cancelled meanwhile)", context.job.id, job_id)
             return
         self._current = job.id
-        self._claimed_at = job.started_at or time.time()
         await self._report(state="busy", current_job=job.id)
         run = asyncio.ensure_future(self.dispatcher.process(job))
         try:
@@ -221,7 +216,6 @@ class GpuWorker:
             run.result()
         finally:
             self._current = None
-            await asyncio.to_thread(_remove_spool_files, self.options.spool_dir, job.id)
             with contextlib.suppress(Exception):
                 await self._report(state="ready", current_job=None)
 
@@ -250,38 +244,3 @@ class GpuWorker:
         }
         fields.update(overrides)
         await self.queue.report_worker(self.options.name, **fields)
-
-
-class _TimedEngine:
-    """The engine as the dispatcher sees it, adding how long dispatch took to each job's timings:
-    claim → engine start, and claim → first denoising step (what the scale-out benchmark reports)."""
-
-    def __init__(self, engine: Engine, claimed_at: Callable[[], float]) -> None:
-        self._engine = engine
-        self._claimed_at = claimed_at
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._engine, name)
-
-    async def generate(self, request: JobRequest, *, on_progress: Any = None, **kwargs: Any) -> GenerationResult:
-        called = time.time()
-        first: list[float] = []
-
-        def progress(update: Progress) -> None:
-            if not first:
-                first.append(time.time())
-            if on_progress is not None:
-                on_progress(update)
-
-        result = await self._engine.generate(request, on_progress=progress, **kwargs)
-        claimed = self._claimed_at()
-        result.timings["claim_to_engine_s"] = called - claimed
-        result.timings["claim_to_first_step_s"] = (first[0] if first else called) - claimed
-        return result
-
-
-def _remove_spool_files(folder: Path, job_id: int) -> None:
-    """The PNGs are in the database once the job is recorded; on failure they are useless too."""
-    for path in folder.glob(f"job{job_id:07d}_*.png"):
-        with contextlib.suppress(OSError):
-            path.unlink()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cogs.text import bar, clip, minutes, params_line, quote, relative, seconds_text
+from cogs.utils.text import bar, clip, minutes, params_line, quote, relative, seconds_text
 from db.models import Job, JobState
 from engine.types import EngineState, EngineStatus
 

@@ -1,0 +1,34 @@
+"""What the cogs need of the bot, as a Protocol: the cogs are written against this, never against bot.py,
+so no cog imports the module that loads it (no import cycle, not even a typing-only one)."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import discord
+from discord.ext import commands
+
+from db.interface import JobQueue
+from engine.types import EngineView
+from settings import Settings
+
+# The kv key under which /memory remembers the plan an admin chose; the launcher reads it at start.
+MEMORY_KEY = "memory_mode"
+
+
+class Host(Protocol):
+    """The bot as the cogs see it: its services, plus the few discord.py calls they make on it."""
+
+    queue: JobQueue
+    engine: EngineView  # the local GPU engine, or the GPU workers of other machines: the cogs can't tell
+    settings: Settings
+    started_at: float  # unix time, for /status's uptime
+    model_label: str  # the model as users see it (a local folder by its name only)
+
+    def get_partial_messageable(
+        self, id: int, *, guild_id: int | None = None, type: discord.ChannelType | None = None
+    ) -> discord.PartialMessageable: ...
+
+    def get_cog(self, name: str, /) -> commands.Cog | None: ...
+
+    def dispatch(self, event_name: str, /, *args: Any, **kwargs: Any) -> None: ...

@@ -1,0 +1,182 @@
+"""The buttons under every result: Re-roll, Variations, Info, Delete.
+
+They are ``DynamicItem``s whose custom_id carries the job id (``cv4:reroll:12``), so
+after a restart discord.py rebuilds them from the id alone: no view state has to
+survive in memory (the ``cogs.buttons`` extension registers them). Re-roll and
+Variations queue their job through ``submit`` like /imagine; errors go through the
+same ``report`` as slash commands.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+import discord
+
+from cogs.utils.checks import is_admin_for
+from cogs.utils.errors import reply_private, report
+from cogs.utils.host import Host
+from cogs.utils.submit import submit
+from cogs.utils.text import clip, params_line, quote, relative, seconds_text
+from db.models import MAX_SEED, Job, JobNotFound, JobState, NotAllowed, QueueError
+from engine.rules import MAX_IMAGES_PER_JOB
+
+log = logging.getLogger(__name__)
+
+Button = discord.ui.Button[discord.ui.View]
+Handler = Callable[[Host, discord.Interaction, int], Awaitable[None]]
+
+
+def _button(label: str, emoji: str, action: str, job_id: int, style: discord.ButtonStyle) -> Button:
+    return discord.ui.Button(label=label, emoji=emoji, style=style, custom_id=f"cv4:{action}:{job_id}")
+
+
+async def _run(interaction: discord.Interaction, job_id: int, handler: Handler) -> None:
+    interaction.extras["job_id"] = job_id
+    try:
+        await handler(cast(Host, interaction.client), interaction, job_id)
+    except Exception as exc:
+        await report(interaction, exc, job_id=job_id)
+
+
+async def _finished_job(bot: Host, job_id: int) -> Job:
+    job = await bot.queue.get_job(job_id)
+    if job is None:
+        raise JobNotFound(f"Job #{job_id} no longer exists.")
+    if job.state is not JobState.DONE or job.seed_used is None:
+        raise QueueError(f"Job #{job_id} has no finished images to start from.")
+    return job
+
+
+async def reroll(bot: Host, interaction: discord.Interaction, job_id: int) -> None:
+    """Same parameters, a new random seed: a new job of the person who clicked, with the usual caps."""
+    parent = await _finished_job(bot, job_id)
+    request = dataclasses.replace(parent.request, seed=None)
+    await submit(bot, interaction, request, kind="reroll", parent_job_id=job_id)
+
+
+async def variations(bot: Host, interaction: discord.Interaction, job_id: int) -> None:
+    """Four images from the seeds right after the parent's, so they stay close to it."""
+    parent = await _finished_job(bot, job_id)
+    assert parent.seed_used is not None
+    seed = (parent.seed_used + parent.request.count) % (MAX_SEED + 1)
+    request = dataclasses.replace(parent.request, seed=seed, count=MAX_IMAGES_PER_JOB)
+    await submit(bot, interaction, request, kind="variations", parent_job_id=job_id)
+
+
+async def info(bot: Host, interaction: discord.Interaction, job_id: int) -> None:
+    job = await bot.queue.get_job(job_id)
+    if job is None:
+        raise JobNotFound(f"Job #{job_id} no longer exists.")
+    await reply_private(interaction, job_info(job, bot.model_label))
+
+
+async def delete(bot: Host, interaction: discord.Interaction, job_id: int) -> None:
+    """Only the requester or an admin; the message goes, and the job remembers it was deleted."""
+    job = await bot.queue.get_job(job_id)
+    if job is None:
+        raise JobNotFound(f"Job #{job_id} no longer exists.")
+    if interaction.user.id != job.requester.user_id and not is_admin_for(
+        interaction, bot.settings, job.requester.guild_id
+    ):
+        raise NotAllowed(f"Only the person who asked for #{job_id} or an admin can delete it.")
+    await interaction.response.send_message(f"Deleted the images of #{job_id}.", ephemeral=True)
+    if interaction.message is not None:
+        try:
+            await interaction.message.delete()
+        except discord.NotFound:
+            pass
+    await bot.queue.mark_result_deleted(job_id)
+    if interaction.user.id != job.requester.user_id:
+        await bot.queue.audit(
+            interaction.user.id,
+            "delete",
+            f"job #{job_id} of user {job.requester.user_id}",
+            guild_id=interaction.guild_id,
+        )
+    log.info("Job #%s result deleted by %s", job_id, interaction.user.id)
+
+
+def job_info(job: Job, model_id: str) -> str:
+    """Everything about a job, for the Info button."""
+    request = job.request
+    lines = [
+        f"**#{job.id}** — {job.state.value}"
+        + (f" (from #{job.parent_job_id}, {job.kind})" if job.parent_job_id else "")
+    ]
+    lines.append(f"**Prompt:** {quote(request.prompt, 900)}")
+    if request.negative_prompt:
+        lines.append(f"**Negative:** {quote(request.negative_prompt, 400)}")
+    seed = job.seed_used if job.seed_used is not None else request.seed
+    lines.append(f"**Parameters:** {params_line(request, seed)}")
+    lines.append(f"**Model:** {quote(model_id, 100)} · **plan:** {job.plan or 'not run yet'}")
+    timing = [f"asked {relative(job.created_at)}"]
+    if job.started_at is not None:
+        timing.append(f"waited {seconds_text(job.started_at - job.created_at)}")
+    if job.started_at is not None and job.finished_at is not None:
+        timing.append(f"ran {seconds_text(job.finished_at - job.started_at)}")
+    lines.append("**Timing:** " + " · ".join(timing))
+    lines.append(f"**By:** <@{job.requester.user_id}>")
+    if job.error and job.state is not JobState.DONE:
+        lines.append(f"**Error:** {quote(job.error, 400)}")
+    return clip("\n".join(lines))
+
+
+class _JobButton(discord.ui.DynamicItem[Button], template=r"cv4:(?P<action>[a-z]+):(?P<job>\d+)"):
+    """Shared behaviour; each subclass below has its own template so discord.py routes clicks to it."""
+
+    handler: Handler
+    label: str
+    emoji: str
+    action: str
+    style = discord.ButtonStyle.secondary
+
+    def __init__(self, job_id: int) -> None:
+        super().__init__(_button(self.label, self.emoji, self.action, job_id, self.style))
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str]
+    ) -> Any:
+        return cls(int(match["job"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        await _run(interaction, self.job_id, type(self).handler)
+
+
+class RerollButton(_JobButton, template=r"cv4:reroll:(?P<job>\d+)"):
+    handler = reroll
+    label, emoji, action = "Re-roll", "🎲", "reroll"
+    style = discord.ButtonStyle.primary
+
+
+class VariationsButton(_JobButton, template=r"cv4:vary:(?P<job>\d+)"):
+    handler = variations
+    label, emoji, action = "Variations", "🔀", "vary"
+
+
+class InfoButton(_JobButton, template=r"cv4:info:(?P<job>\d+)"):
+    handler = info
+    label, emoji, action = "Info", "ℹ️", "info"
+
+
+class DeleteButton(_JobButton, template=r"cv4:delete:(?P<job>\d+)"):
+    handler = delete
+    label, emoji, action = "Delete", "🗑️", "delete"
+    style = discord.ButtonStyle.danger
+
+
+RESULT_BUTTONS: tuple[type[_JobButton], ...] = (RerollButton, VariationsButton, InfoButton, DeleteButton)
+
+
+def result_view(job_id: int) -> discord.ui.View:
+    """The buttons for a result message; they keep working after a restart (see RESULT_BUTTONS)."""
+    view = discord.ui.View(timeout=None)
+    for item in RESULT_BUTTONS:
+        view.add_item(item(job_id))
+    return view

@@ -1,0 +1,180 @@
+"""One job's images on the GPU thread: embeddings (with look-ahead), progress, cancel, speed.
+
+The generator asks the plan manager for the runner in place, steps down to a leaner
+plan before a job that would not fit (auto mode) or after one that ran out of memory
+(then retries once), and keeps the measured step rate the ETA estimates use.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from db.models import MAX_SEED, JobRequest
+from engine.plan_manager import PlanManager
+from engine.rules import check_size
+from engine.types import GenerationResult, JobCancelled, OutOfMemory, Prefetch, Progress
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[Progress], None]
+CancelCheck = Callable[[], bool]
+
+
+class Generator:
+    def __init__(self, plans: PlanManager) -> None:
+        self.plans = plans
+        self.jobs_done = 0
+        self.jobs_failed = 0
+        self._step_s: float | None = None
+        self._step_s_load = 0  # the plan placement (PlanManager.model_loads) the step rate was measured under
+
+    # --- read from any thread ------------------------------------------------------------------
+    @property
+    def step_s(self) -> float | None:
+        """Seconds per step at the native size, measured under the plan in place now (None before)."""
+        return self._step_s if self._step_s_load == self.plans.model_loads else None
+
+    def check_fits(self, request: JobRequest) -> None:
+        """What this model can make at all; every other rule was checked where the request came in."""
+        check_size(request.width, request.height, self.plans.limits)
+
+    def estimate_seconds(self, request: JobRequest) -> float:
+        """Expected run time of a job, from this machine's measured step rate (else the plan table)."""
+        step_s = self.step_s
+        encode_decode = 0.0
+        measured = self.plans.table.get(self.plans.plan_name or "")
+        if step_s is None and measured is not None:
+            step_s = measured.step_s
+            encode_decode = measured.encode_s + measured.decode_s
+        if step_s is None:
+            step_s = 1.0
+        area = request.width * request.height / (self.plans.limits.native_size**2)
+        return request.count * (request.steps * step_s * area + encode_decode)
+
+    # --- GPU thread ------------------------------------------------------------------------------
+    def generate(
+        self,
+        request: JobRequest,
+        report: ProgressCallback,
+        should_cancel: CancelCheck | None,
+        holder: object,
+        lookahead: list[Prefetch],
+    ) -> GenerationResult:
+        """Make the images of one job; retry once under a leaner plan if the GPU runs out of memory."""
+        import torch
+
+        from engine.runner import Cancelled
+
+        self.plans.require_runner()
+        seed = request.seed if request.seed is not None else random.randint(0, MAX_SEED)
+        notes = [note] if (note := self.plans.step_down_if_tight(request)) else []
+        for attempt in (1, 2):
+            try:
+                result = self._make_images(request, seed, report, should_cancel, holder, lookahead)
+            except Cancelled:
+                self.release([holder])
+                raise JobCancelled() from None
+            except torch.OutOfMemoryError:
+                log.warning("CUDA out of memory under plan %s", self.plans.plan_name, exc_info=True)
+                note = self.plans.recover_from_oom(step_down=attempt == 1)
+                if note is None:
+                    self._failed(holder)
+                    raise OutOfMemory(
+                        f"The GPU ran out of memory (plan {self.plans.plan_name}). Try a smaller size or fewer "
+                        "images, or close other programs that use the GPU."
+                    ) from None
+                notes.append(note)
+            except Exception:
+                self._failed(holder)
+                raise
+            else:
+                result.notes = notes + result.notes
+                self.jobs_done += 1
+                return result
+        raise AssertionError("unreachable")
+
+    def release(self, holders: Iterable[object]) -> None:
+        """Drop the embeddings these jobs held (finished, cancelled, purged)."""
+        runner = self.plans.runner
+        if runner is not None:
+            for holder in holders:
+                runner.embeddings.release(holder)
+
+    def _failed(self, holder: object) -> None:
+        self.jobs_failed += 1
+        self.release([holder])
+
+    def _make_images(
+        self,
+        request: JobRequest,
+        seed: int,
+        report: ProgressCallback,
+        should_cancel: CancelCheck | None,
+        holder: object,
+        lookahead: list[Prefetch],
+    ) -> GenerationResult:
+        from engine.runner import Cancelled
+
+        runner = self.plans.require_runner()
+        cfg = request.guidance > 1.0
+        texts = [request.prompt, request.negative_prompt] if cfg else [request.prompt]
+        runner.embeddings.hold(holder, texts)
+        for item in lookahead:
+            runner.embeddings.hold(item.holder, list(item.texts))
+        started = time.perf_counter()
+        if not all(runner.embeddings.has(t) for t in texts):
+            # One encoder visit for this job and the queued ones behind it; later jobs find theirs ready.
+            runner.encode(texts + [t for item in lookahead for t in item.texts])
+        encode_s = time.perf_counter() - started
+        total = request.steps * request.count
+        images, timings = [], []
+        for index in range(request.count):
+
+            def on_step(step: int, steps: int, index: int = index) -> None:
+                if should_cancel is not None and should_cancel():
+                    raise Cancelled
+                done = index * steps + step
+                elapsed = time.perf_counter() - started
+                eta = elapsed / done * (total - done) if done else None
+                report(Progress(done, total, index + 1, request.count, elapsed, eta))
+
+            if should_cancel is not None and should_cancel():
+                raise Cancelled
+            image, timing = runner.generate(
+                prompt=request.prompt,
+                negative_prompt=request.negative_prompt,
+                width=request.width,
+                height=request.height,
+                steps=request.steps,
+                guidance=request.guidance,
+                seed=(seed + index) % (MAX_SEED + 1),
+                on_step=on_step,
+            )
+            images.append(image)
+            timings.append(timing)
+        runner.embeddings.release(holder)
+        self._record_speed(request, timings)
+        summary = {
+            "encode_s": encode_s + sum(t.encode_s for t in timings),
+            "denoise_s": sum(t.denoise_s for t in timings),
+            "decode_s": sum(t.decode_s for t in timings),
+            "step_s": sum(t.denoise_s for t in timings) / max(1, sum(t.steps for t in timings)),
+            "steady_step_s": sum((t.steady_step_s or t.step_s) for t in timings) / max(1, len(timings)),
+            "total_s": time.perf_counter() - started,
+        }
+        return GenerationResult(images=images, seed=seed, plan=runner.plan.name, timings=summary)
+
+    def _record_speed(self, request: JobRequest, timings: list[Any]) -> None:
+        """Smooth the measured seconds per step (scaled to the native size) into the ETA's rate."""
+        steps = sum(t.steps for t in timings)
+        if not steps:
+            return
+        area = request.width * request.height / (self.plans.limits.native_size**2)
+        step_s = sum(t.denoise_s for t in timings) / steps / max(area, 1e-6)
+        previous = self.step_s
+        self._step_s = step_s if previous is None else 0.7 * previous + 0.3 * step_s
+        self._step_s_load = self.plans.model_loads

@@ -1,0 +1,348 @@
+"""The memory plan in place: resolve, load, switch, and step down to a leaner plan.
+
+Everything here except the read-only properties runs on the GPU thread. A plan is
+placed by loading the components it needs (reusing weights whose quantization does
+not change), building the pipeline, and applying the placement; running out of
+memory while doing so moves to the next leaner plan when that is allowed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from db.models import JobRequest
+from engine import plans as plan_catalog
+from engine.plans import Measurement, Plan, PlanError, Resolved
+from engine.rules import ModelLimits, limits_for_model, limits_from_folder
+from engine.types import EngineConfig, EngineError, EngineState, EngineUnavailable, OutOfMemory, PlanSwitchFailed
+
+log = logging.getLogger(__name__)
+
+
+class PlanManager:
+    def __init__(self, config: EngineConfig, table: dict[str, Measurement]) -> None:
+        self.config = config
+        self.table = table
+        self.limits: ModelLimits = limits_for_model(config.model_id)
+        self.requested_mode = config.memory_mode
+        self.state = EngineState.STARTING
+        self.plan_note: str | None = None
+        self.load_message = "Waiting to load the model"
+        self.load_fraction = 0.0
+        self.error: str | None = None
+        self.device_name = "unknown"
+        self.model_loads = 0  # times weights were placed on the device: 1 unless the plan changed
+        self.loaded = threading.Event()  # set once the first load succeeded or failed
+        # Set on the GPU thread only:
+        self.runner: Any = None
+        self.components: Any = None
+        self.device: Any = None
+        self._folder: Path | None = None
+
+    # --- read from any thread ------------------------------------------------------------------
+    @property
+    def plan_name(self) -> str | None:
+        return self.runner.plan.name if self.runner is not None else None
+
+    @property
+    def has_gpu(self) -> bool:
+        return self.device is not None and self.device.type == "cuda"
+
+    def free_gib(self) -> float | None:
+        if not self.has_gpu:
+            return None
+        from engine.device import free_gib
+
+        return free_gib()
+
+    @property
+    def capability(self) -> tuple[int, int] | None:
+        """The GPU's CUDA compute capability (FP8 plans need 8.9); None without a GPU."""
+        if not self.has_gpu:
+            return None
+        import torch
+
+        major, minor = torch.cuda.get_device_capability(self.device)
+        return (major, minor)
+
+    def plan_rows(self) -> list[Any]:
+        return plan_catalog.plan_rows(self.table, has_gpu=self.has_gpu, capability=self.capability)
+
+    def require_runner(self) -> Any:
+        if self.state is EngineState.FAILED or self.runner is None:
+            raise EngineUnavailable(f"The image engine is not available: {self.error or 'not loaded'}")
+        return self.runner
+
+    def max_area(self) -> int:
+        """The most pixels per image the current plan can make in this GPU's memory (what a cluster
+        worker advertises). Memory grows with the image area, as `step_down_if_tight` assumes."""
+        limit = self.limits.max_area
+        measured = self.table.get(self.plan_name) if self.plan_name else None
+        free = self.free_gib()
+        if measured is None or free is None:
+            return limit
+        factor = (free + _held_gib()) / measured.need_gib()
+        return max(self.limits.min_size**2, min(limit, int(factor * self.limits.native_size**2)))
+
+    # --- loading (GPU thread) ----------------------------------------------------------------
+    def load(self, mode: str) -> None:
+        """Pick the device, find the model, and place the plan `mode` resolves to; never raises."""
+        from engine.loader import resolve_model_folder
+
+        self.state = EngineState.LOADING
+        try:
+            self.device = self._pick_device()
+            self._folder = resolve_model_folder(self.config.model_id, self._on_load_progress)
+            self.limits = limits_from_folder(self._folder)
+            self._install(self._resolve(mode), allow_step_down=True)
+        except EngineError as exc:
+            self._fail_load(str(exc))
+        except Exception as exc:
+            log.exception("Loading the model failed")
+            self._fail_load(f"Loading the model failed: {exc.__class__.__name__}: {exc}")
+        else:
+            self.state = EngineState.READY
+            self.error = None
+            self.loaded.set()
+
+    def _fail_load(self, message: str) -> None:
+        self.state = EngineState.FAILED
+        self.error = message
+        self.load_message = message
+        self.loaded.set()
+
+    def _on_load_progress(self, message: str, fraction: float) -> None:
+        self.load_message = message
+        self.load_fraction = fraction
+
+    def _pick_device(self) -> Any:
+        from engine.device import configure_allocator
+
+        configure_allocator()
+        import torch
+
+        if self.config.device == "cpu" or (self.config.device == "auto" and not torch.cuda.is_available()):
+            self.device_name = "CPU"
+            return torch.device("cpu")
+        if not torch.cuda.is_available():
+            raise EngineUnavailable(
+                "DEVICE=cuda but PyTorch sees no CUDA GPU. Install the CUDA build of torch "
+                "(see README → Requirements) or set DEVICE=auto."
+            )
+        from engine.device import set_memory_cap
+
+        set_memory_cap(self.config.memory_cap_gib)
+        self.device_name = torch.cuda.get_device_name(0)
+        return torch.device("cuda", 0)
+
+    def _resolve(self, mode: str) -> Resolved:
+        if mode == "auto":
+            return plan_catalog.choose_auto(
+                self.free_gib(),
+                self.table,
+                allow_compile=self.config.torch_compile,
+                quality=self.config.quality,
+                ram_gib=_ram_gib(),
+                capability=self.capability,
+            )
+        return plan_catalog.resolve(mode, has_gpu=self.has_gpu, capability=self.capability)
+
+    def _install(self, resolved: Resolved, *, allow_step_down: bool) -> None:
+        """Place the plan; on OOM while loading, step down to leaner plans if allowed."""
+        import torch
+
+        plan = resolved.plan
+        notes = [resolved.note] if resolved.note else []
+        while True:
+            try:
+                self._place(plan)
+                break
+            except torch.OutOfMemoryError:
+                log.warning("Out of GPU memory while loading plan %s", plan.name, exc_info=True)
+                self._teardown()
+                leaner = self.leaner(plan.name)
+                if not allow_step_down or not leaner:
+                    raise OutOfMemory(
+                        f"The GPU ran out of memory while loading plan {plan.name}. Close other GPU programs "
+                        "or pick a leaner plan with /memory."
+                    ) from None
+                notes.append(f"Ran out of GPU memory loading {plan.name}; using {leaner[0]} instead.")
+                plan = plan_catalog.PLANS[leaner[0]]
+        self.plan_note = " ".join(notes) or None
+        if self.plan_note:
+            log.warning("%s", self.plan_note)
+
+    def _place(self, plan: Plan) -> None:
+        from diffusers import CogView4Pipeline
+
+        from engine.loader import load_components
+        from engine.placement import apply_placement, strip_placement
+        from engine.runner import Runner, RunnerOptions
+
+        old_runner = self.runner
+        reloading_te = self.components is None or self.components.text_encoder_quant != plan.text_encoder
+        embeddings = old_runner.embeddings if old_runner is not None and not reloading_te else None
+        if old_runner is not None:
+            if old_runner.residency is not None:
+                old_runner.residency.strip()
+            strip_placement(old_runner.pipe)
+            # Drop the old pipeline so weights being replaced can be freed before the new ones load.
+            self.runner = old_runner = None
+        assert self._folder is not None
+        self.components = c = load_components(
+            self._folder,
+            plan,
+            self.device,
+            progress=self._on_load_progress,
+            reuse=self.components,
+            cache_dir=self.config.quantized_cache_dir,
+        )
+        pipe = CogView4Pipeline(
+            tokenizer=c.tokenizer,
+            text_encoder=c.text_encoder,
+            vae=c.vae,
+            transformer=c.transformer,
+            scheduler=c.scheduler,
+        )
+        residency = apply_placement(pipe, plan, self.device)
+        compiled = plan.fast and self.config.torch_compile and self.has_gpu
+        if plan.fast:
+            from engine.attention import install
+
+            install(c.transformer)
+        if compiled:
+            # Regional compilation: the 28 blocks share one compiled graph, so compiling takes
+            # seconds instead of minutes; the first image pays it, once per process.
+            import torch._dynamo
+
+            # Static shapes per (text bucket, image size): a few compiles, each reused for good.
+            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)
+            for block in c.transformer.transformer_blocks:
+                block.compile(dynamic=False)
+        measured = self.table.get(plan.name)
+        options = RunnerOptions(
+            step_delay_s=self.config.step_delay_s,
+            batched_cfg=plan.fast,
+            text_bucket=64 if plan.fast else 0,
+            **({"work_gib": measured.work_gib} if measured is not None and measured.work_gib > 0 else {}),
+        )
+        runner = Runner(pipe, plan, self.device, options, residency=residency)
+        if compiled:
+            self._on_load_progress("Compiling the model for this GPU (once per start)…", 0.97)
+            runner.warm_up(self.limits.native_size)
+        if embeddings is not None:
+            runner.embeddings = embeddings  # same encoder weights: the embeddings stay valid
+        self.runner = runner
+        self.model_loads += 1
+
+    def _teardown(self) -> None:
+        from engine.device import release_memory
+
+        self.runner = None
+        self.components = None
+        release_memory()
+
+    def leaner(self, current: str) -> list[str]:
+        """Plans that need less memory than `current` and can run here, leanest last."""
+        result = []
+        for name in plan_catalog.leaner_plans(current, self.table):
+            try:
+                plan_catalog.resolve(name, has_gpu=self.has_gpu, capability=self.capability)
+            except PlanError:
+                continue
+            result.append(name)
+        return result
+
+    # --- switching (GPU thread) -----------------------------------------------------------------
+    def switch(self, mode: str) -> str:
+        """Apply a plan between jobs; on failure restore the previous one. Returns a sentence for the admin."""
+        if self.device is None or self._folder is None:
+            self.load(mode)
+            if self.state is not EngineState.READY:
+                raise PlanSwitchFailed(self.error or "The model failed to load.")
+            return f"Loaded with plan {self.plan_name}."
+        try:
+            resolved = self._resolve(mode)
+        except PlanError as exc:
+            raise PlanSwitchFailed(str(exc)) from None
+        previous = self.runner.plan if self.runner is not None else None
+        if previous is not None and previous.name == resolved.plan.name:
+            return f"Already using plan {previous.name}." + (f" {resolved.note}" if resolved.note else "")
+        self.state = EngineState.SWITCHING
+        try:
+            self._install(resolved, allow_step_down=False)
+        except Exception as exc:
+            log.exception("Switching to %s failed", resolved.plan.name)
+            reason = str(exc) if isinstance(exc, EngineError) else f"{exc.__class__.__name__}: {exc}"
+            if previous is None:
+                self.state = EngineState.FAILED
+                raise PlanSwitchFailed(f"Could not switch to {resolved.plan.name}: {reason}") from None
+            self._restore(previous, resolved.plan.name)
+            raise PlanSwitchFailed(
+                f"Could not switch to {resolved.plan.name}: {reason}. Still using {self.plan_name}."
+            ) from None
+        self.state = EngineState.READY
+        message = f"Now using plan {self.plan_name}."
+        return message + (f" {self.plan_note}" if self.plan_note else "")
+
+    def _restore(self, previous: Plan, wanted: str) -> None:
+        try:
+            self._install(Resolved(previous), allow_step_down=True)
+        except Exception:
+            log.exception("Falling back to %s failed too", previous.name)
+            self.state = EngineState.FAILED
+            self.error = f"Switching to {wanted} failed and {previous.name} could not be restored."
+            raise PlanSwitchFailed(self.error) from None
+        self.state = EngineState.READY
+
+    # --- stepping down for a job (GPU thread) ------------------------------------------------------
+    def recover_from_oom(self, *, step_down: bool) -> str | None:
+        """After a job ran out of memory: free cached blocks and, if allowed, move to the next leaner
+        plan. Returns a note for the user, or None when the job cannot be retried."""
+        from engine.device import release_memory
+
+        release_memory()
+        leaner = self.leaner(self.plan_name or "") if step_down else []
+        if not leaner:
+            return None
+        previous = self.plan_name
+        self._install(Resolved(plan_catalog.PLANS[leaner[0]]), allow_step_down=True)
+        return f"The GPU ran out of memory with plan {previous}; switched to {self.plan_name} and retried."
+
+    def step_down_if_tight(self, request: JobRequest) -> str | None:
+        """In auto mode, move to a leaner plan before a job that would not fit in free VRAM."""
+        if self.requested_mode != "auto" or not self.has_gpu or self.plan_name is None:
+            return None
+        free = self.free_gib()
+        measured = self.table.get(self.plan_name)
+        if free is None or measured is None:
+            return None
+        available = free + _held_gib()
+        area = max(1.0, request.width * request.height / (self.limits.native_size**2))
+        if available >= measured.need_gib() * area:
+            return None
+        for name in self.leaner(self.plan_name):
+            if self.table[name].need_gib() * area <= available:
+                previous = self.plan_name
+                self._install(Resolved(plan_catalog.PLANS[name]), allow_step_down=True)
+                return f"Only {free:.1f} GiB of GPU memory was free; switched from {previous} to {name}."
+        return None
+
+
+def _ram_gib() -> float | None:
+    """The machine's RAM, so `auto` never picks a plan that would not fit beside the system."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return psutil.virtual_memory().total / plan_catalog.GIB
+
+
+def _held_gib() -> float:
+    """GPU memory this process already holds in its caching allocator (reusable by the next job)."""
+    import torch
+
+    return torch.cuda.memory_reserved() / plan_catalog.GIB

@@ -1,0 +1,46 @@
+"""PNG bytes with the generation parameters in text chunks (Pillow; no files, no torch).
+
+Where the bytes are stored is the result store's business (db/results.py). The
+parameters go in as JSON under "parameters" (what `read_parameters` returns) and the
+prompt also as an iTXt "prompt" chunk, which image viewers show.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+METADATA_KEY = "parameters"
+
+
+def encode_png(image: Image.Image, parameters: dict[str, Any]) -> bytes:
+    """One PNG with `parameters` (as given) in its text chunks."""
+    info = PngInfo()
+    info.add_text(METADATA_KEY, json.dumps(parameters, ensure_ascii=False, sort_keys=True))
+    if "prompt" in parameters:
+        info.add_itxt("prompt", str(parameters["prompt"]))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+def encode_job_pngs(images: Sequence[Image.Image], parameters: dict[str, Any]) -> list[bytes]:
+    """The PNGs of one job: image i records its own seed (the job's seed + i) and its index."""
+    base_seed = int(parameters.get("seed", 0))
+    return [
+        encode_png(image, {**parameters, "seed": (base_seed + index) % 2**32, "index": index})
+        for index, image in enumerate(images)
+    ]
+
+
+def read_parameters(data_or_path: bytes | str | Path) -> dict[str, Any]:
+    """The parameters `encode_png` wrote, from PNG bytes or a file."""
+    source = io.BytesIO(data_or_path) if isinstance(data_or_path, bytes) else data_or_path
+    with Image.open(source) as image:
+        return json.loads(image.text[METADATA_KEY])  # type: ignore[attr-defined]

@@ -1,0 +1,123 @@
+"""The fast path on every plan that runs on the CPU: cond+uncond as one batch gives the same pixels as
+two passes, and where a batch of 2 does not fit the runner falls back to two passes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engine.attention import install
+from engine.loader import load_components
+from engine.placement import apply_placement
+from engine.plans import CPU_PLANS, PLANS
+from engine.runner import Runner, RunnerOptions
+
+GIB = 1024**3
+PROMPTS = ["a cat", "a much longer prompt about a red cat asleep on a sunny windowsill in spring"]
+
+
+def make_runner(folder: Path, plan: str) -> Runner:
+    from diffusers import CogView4Pipeline
+
+    device = torch.device("cpu")
+    c = load_components(folder, PLANS[plan], device)
+    pipe = CogView4Pipeline(
+        tokenizer=c.tokenizer, text_encoder=c.text_encoder, vae=c.vae, transformer=c.transformer, scheduler=c.scheduler
+    )
+    apply_placement(pipe, PLANS[plan], device)
+    return Runner(pipe, PLANS[plan], device)
+
+
+def pixels(runner: Runner, prompt: str, **options: object) -> np.ndarray:
+    runner.options = RunnerOptions(**options)  # type: ignore[arg-type]
+    image, _ = runner.generate(prompt=prompt, negative_prompt="", width=64, height=64, steps=3, guidance=5.0, seed=4)
+    return np.asarray(image)
+
+
+@pytest.fixture(scope="module", params=CPU_PLANS)
+def runner(request: pytest.FixtureRequest, tiny_model: Path) -> Runner:
+    return make_runner(tiny_model, request.param)
+
+
+def test_every_cpu_plan_has_the_fast_path() -> None:
+    assert all(PLANS[name].fast for name in CPU_PLANS)
+    assert {"bf16_resident", "mixed_resident", "fp8_resident"} <= set(CPU_PLANS), "bf16, NF4 and FP8 weights"
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_one_batch_gives_the_same_pixels_as_two_passes(runner: Runner, prompt: str) -> None:
+    """Bit-identical on the CPU: each row of the batch runs the very kernels its pass runs alone."""
+    plain = pixels(runner, prompt)
+    install(runner.pipe.transformer)
+    assert np.array_equal(pixels(runner, prompt, batched_cfg=True, text_bucket=64), plain), runner.plan.name
+    assert runner.unbatched_steps == 0
+
+
+def test_fp8_plan_stores_the_transformer_in_8_bits(tiny_model: Path) -> None:
+    runner = make_runner(tiny_model, "fp8_resident")
+    transformer = runner.pipe.transformer
+    stored = {p.dtype for p in transformer.transformer_blocks.parameters()}
+    assert torch.float8_e4m3fn in stored
+    assert transformer.dtype == torch.bfloat16, "computes in bf16: latents are not cast to 8 bits"
+
+
+def test_a_batch_that_runs_out_of_memory_falls_back_to_two_passes(tiny_model: Path) -> None:
+    runner = make_runner(tiny_model, "bf16_resident")
+    plain = pixels(runner, PROMPTS[1])
+    install(runner.pipe.transformer)
+    transformer = runner.pipe.transformer
+    forward = transformer.forward
+    batches = []
+
+    def forward_without_room_for_two(*args: object, **kwargs: torch.Tensor) -> object:
+        if kwargs["hidden_states"].shape[0] == 2:
+            batches.append(1)
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return forward(*args, **kwargs)
+
+    transformer.forward = forward_without_room_for_two
+    assert np.array_equal(pixels(runner, PROMPTS[1], batched_cfg=True, text_bucket=64), plain)
+    assert len(batches) == 1 and runner.unbatched_steps == 3
+    assert runner.batch_oom_area == 64 * 64
+    # Remembered: the next job of this size or larger runs two passes without trying a batch again.
+    assert np.array_equal(pixels(runner, PROMPTS[1], batched_cfg=True, text_bucket=64), plain)
+    assert len(batches) == 1 and runner.unbatched_steps == 6
+    assert runner.batch_fits(48 * 48)
+
+
+class RoomOnly:
+    """A swap plan's residency reduced to the room it reports."""
+
+    def __init__(self, room: int) -> None:
+        self.room = room
+
+    def room_bytes(self, name: str) -> int:
+        assert name == "transformer"
+        return self.room
+
+
+@pytest.mark.parametrize(
+    ("room_gib", "work_gib", "side", "fits"),
+    [
+        (8.0, 2.0, 1024, True),  # 2 passes x 2 GiB at 1 megapixel
+        (3.9, 2.0, 1024, False),
+        (3.9, 0.9, 1024, True),  # a measured, smaller working set
+        (3.9, 0.9, 2048, False),  # 4 megapixels
+        (0.0, 2.0, 1024, False),
+    ],
+)
+def test_a_batch_of_two_is_run_only_where_it_fits(room_gib: float, work_gib: float, side: int, fits: bool) -> None:
+    runner = Runner(None, PLANS["nf4_swap"], torch.device("cuda"), RunnerOptions(work_gib=work_gib))
+    runner.residency = RoomOnly(int(room_gib * GIB))
+    assert runner.batch_fits(side * side) is fits
+
+
+def test_resident_plans_use_the_free_vram(monkeypatch: pytest.MonkeyPatch) -> None:
+    import engine.residency
+
+    monkeypatch.setattr(engine.residency, "available_bytes", lambda device: 3 * GIB)
+    runner = Runner(None, PLANS["fp8_resident"], torch.device("cuda"), RunnerOptions(work_gib=1.0))
+    assert runner.batch_fits(1024 * 1024) and not runner.batch_fits(1536 * 1536)

@@ -1,0 +1,125 @@
+"""The 8-bit tier and the fidelity rule: which plans may run where, and what `auto` picks for a
+(VRAM, RAM, QUALITY, GPU generation) case. Table-driven, no GPU needed."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine import plans as catalog
+from engine.plans import Measurement, PlanError, choose_auto, estimated_psnr, load_table, plan_rows, resolve
+
+ADA, AMPERE, TURING = (8, 9), (8, 6), (7, 5)
+
+TABLE = {
+    m.plan: m
+    for m in (
+        Measurement("bf16_fast", 34.7, 0.20, 0.1, 0.2, psnr_db=45.1),
+        Measurement("bf16_resident", 34.7, 0.32, 0.1, 0.2),
+        Measurement("mixed_resident", 23.9, 0.31, 0.1, 0.2, psnr_db=45.0),
+        Measurement("mixed_swap", 15.7, 0.30, 0.1, 0.4, measured_cap_gib=16, psnr_db=45.0, host_gib=20.0),
+        Measurement("fp8_resident", 18.9, 0.40, 0.1, 0.2, psnr_db=41.5),
+        Measurement("fp8_swap", 9.5, 0.42, 0.1, 1.2, measured_cap_gib=12, psnr_db=41.5, host_gib=9.0),
+        Measurement("nf4_resident", 15.3, 0.35, 0.1, 0.2, psnr_db=32.9),
+        Measurement("nf4_swap", 5.9, 0.36, 0.1, 1.2, measured_cap_gib=6, psnr_db=32.9, host_gib=8, host_peak_gib=11),
+        Measurement("bf16_group_block", 6.5, 1.09, 0.1, 0.3, measured_cap_gib=8, host_gib=4.0),
+        Measurement("bf16_sequential", 5.7, 6.5, 11.5, 0.4, host_gib=3.0),
+    )
+}
+
+
+@pytest.mark.parametrize(
+    ("free_gib", "ram_gib", "quality", "capability", "expected"),
+    [
+        (80.0, 64.0, "balanced", ADA, "bf16_fast"),
+        (24.0, 64.0, "balanced", ADA, "mixed_swap"),  # the fastest plan that fits is also faithful
+        (24.0, 64.0, "best", ADA, "mixed_swap"),
+        (16.0, 64.0, "balanced", ADA, "mixed_swap"),
+        (12.0, 64.0, "balanced", ADA, "fp8_swap"),  # 8-bit at 41.5 dB beats 4-bit (33 dB), 17 % slower
+        (12.0, 64.0, "fastest", ADA, "nf4_swap"),  # the admin asked for speed
+        (12.0, 64.0, "best", ADA, "bf16_group_block"),  # >= 43 dB however slow
+        (12.0, 64.0, "balanced", AMPERE, "nf4_swap"),  # no FP8 here; bf16 streaming is 3x slower
+        (12.0, 64.0, "balanced", None, "fp8_swap"),  # GPU generation unknown: not held against FP8
+        (8.0, 64.0, "balanced", ADA, "nf4_swap"),  # FP8 does not fit; faithful plans stream weights
+        (8.0, 64.0, "best", ADA, "bf16_group_block"),
+        (6.0, 64.0, "best", ADA, "bf16_sequential"),  # the only faithful plan that fits
+        (12.0, 10.5, "balanced", ADA, "bf16_group_block"),  # no plan needing more RAM than there is
+        (12.0, 12.5, "fastest", ADA, "fp8_swap"),  # nf4_swap peaks at 11 GiB, + 2 GiB left to the OS
+        (12.0, 13.0, "fastest", ADA, "nf4_swap"),
+        (24.0, 21.0, "balanced", ADA, "fp8_resident"),  # mixed_swap holds 20 GiB of host RAM
+        (24.0, None, "balanced", ADA, "mixed_swap"),  # RAM unknown: not checked
+    ],
+)
+def test_auto_trades_fidelity_only_as_quality_allows(
+    free_gib: float, ram_gib: float | None, quality: str, capability: tuple[int, int] | None, expected: str
+) -> None:
+    chosen = choose_auto(free_gib, TABLE, quality=quality, ram_gib=ram_gib, capability=capability)
+    assert chosen.plan.name == expected
+    assert chosen.note is None
+
+
+def test_without_compile_the_compiled_measurement_is_not_offered() -> None:
+    assert choose_auto(80.0, TABLE, allow_compile=False).plan.name == "mixed_swap"
+
+
+def test_quality_is_checked_and_ram_can_rule_out_everything() -> None:
+    with pytest.raises(PlanError, match="QUALITY"):
+        choose_auto(24.0, TABLE, quality="ultra")
+    measured_ram = {name: m for name, m in TABLE.items() if m.ram_need_gib() is not None}
+    with pytest.raises(PlanError, match="RAM"):
+        choose_auto(24.0, measured_ram, ram_gib=4.0)
+
+
+@pytest.mark.parametrize(
+    ("name", "has_gpu", "capability", "refused"),
+    [
+        ("fp8_swap", True, ADA, None),
+        ("fp8_swap", True, (9, 0), None),
+        ("fp8_swap", True, (12, 0), None),
+        ("fp8_swap", True, None, None),
+        ("fp8_swap", True, AMPERE, "8.9"),
+        ("fp8_resident", True, TURING, "8.9"),
+        ("fp8_swap", False, None, "NVIDIA GPU"),
+        ("fp8_resident", False, None, None),  # FP8 storage also runs on the CPU
+        ("nf4_swap", True, TURING, None),
+        ("mixed_swap", True, AMPERE, None),
+    ],
+)
+def test_fp8_plans_are_refused_on_gpus_without_fp8(
+    name: str, has_gpu: bool, capability: tuple[int, int] | None, refused: str | None
+) -> None:
+    if refused is None:
+        assert resolve(name, has_gpu=has_gpu, capability=capability).plan.name == name
+    else:
+        with pytest.raises(PlanError, match=refused):
+            resolve(name, has_gpu=has_gpu, capability=capability)
+
+
+def test_plan_rows_show_fidelity_and_why_fp8_is_unavailable() -> None:
+    rows = {row.name: row for row in plan_rows(TABLE, has_gpu=True, capability=AMPERE)}
+    assert not rows["fp8_swap"].available and "FP8" in (rows["fp8_swap"].why_not or "")
+    assert rows["mixed_swap"].available
+    assert rows["nf4_swap"].fidelity_db == 32.9
+    assert rows["bf16_resident"].fidelity_db is None, "the reference itself"
+    assert rows["bf16_model_offload"].fidelity_db is None
+    assert rows["nf4_model_offload"].fidelity_db == estimated_psnr(catalog.PLANS["nf4_model_offload"])
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("bf16_resident", None), ("mixed_swap", 45.0), ("nf4_swap", 32.9), ("fp8_swap", 41.5)],
+)
+def test_estimated_fidelity_adds_the_errors_of_each_component(name: str, expected: float | None) -> None:
+    assert estimated_psnr(catalog.PLANS[name]) == expected
+
+
+def test_the_committed_table_carries_fidelity_and_says_where_it_came_from() -> None:
+    table = load_table()
+    meta = catalog.table_meta()
+    assert meta["fidelity"]["noise_floor_db"] == catalog.NOISE_FLOOR_DB
+    assert "estimated" in meta["fidelity"]
+    assert table["fp8_swap"].psnr_db and table["fp8_swap"].psnr_db >= 40
+    assert table["nf4_swap"].psnr_db and table["nf4_swap"].psnr_db < 40
+    # What the rule implies for common cards with the committed table:
+    assert choose_auto(12.0, table, capability=ADA).plan.name == "fp8_swap"
+    assert choose_auto(12.0, table, capability=AMPERE).plan.name == "nf4_swap"
+    assert choose_auto(12.0, table, quality="fastest").plan.name == "nf4_swap"
