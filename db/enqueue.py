@@ -113,6 +113,9 @@ def insert_values(
         "guidance": float(request.guidance),
         "seed": request.seed,
         "count": request.count,
+        "start_image": request.start_image,
+        "strength": float(request.strength),
+        "upscale": request.upscale,
         "created_at": at,
         "fair_round": fair_round,
     }

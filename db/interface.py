@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Protocol, runtime_checkable
 
+from db.inputs import InputStore
 from db.models import (
     AuditEntry,
     CancelOutcome,
@@ -32,6 +33,7 @@ class JobSource(Protocol):
     """The small consumer interface a dispatcher needs, on one machine or as a cluster worker."""
 
     results: ResultStore
+    inputs: InputStore  # start images (img2img, Vary, Remix, Upscale), by sha256
 
     async def claim_next(self, worker_id: str, lease_s: float) -> Job | None:
         """Atomically take the next job in claim order (db.fairness); None when empty or paused."""
@@ -106,6 +108,10 @@ class JobQueue(JobSource, Protocol):
     async def set_status_message(self, job_id: int, message_id: int) -> None: ...
 
     async def mark_result_deleted(self, job_id: int) -> None: ...
+
+    async def delete_results(self, job_id: int) -> bool:
+        """Retention: remove a finished job's images, and its start image if no other job needs it
+        (db.retention). False if the job is not finished."""
 
     # --- reads -----------------------------------------------------------------
     async def get_job(self, job_id: int) -> Job | None: ...

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from db import core, enqueue, fairness
+from db.inputs import FolderInputs
 from db.migrate import migrate
 from db.models import (
     RESUMED_RESTART,
@@ -82,12 +83,14 @@ class _Conn:
 class SqliteJobQueue(core.QueueCore):
     """`db.interface.JobQueue` on a local SQLite file.
 
-    `results`: where result images are kept (default: an `outputs` folder next to the file)."""
+    `results`: where result images are kept (default: an `outputs` folder next to the file); start images
+    are kept in an `inputs` folder next to the file."""
 
     def __init__(self, path: str | Path, *, results: ResultStore | None = None, busy_timeout_ms: int = 10_000) -> None:
         super().__init__()
         self.path = Path(path)
         self.results = results if results is not None else FolderResults(self.path.parent / "outputs")
+        self.inputs = FolderInputs(self.path.parent / "inputs")
         self._busy_timeout_ms = busy_timeout_ms
         self._conn: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()

@@ -31,6 +31,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 from db import core, enqueue
 from db.models import RESUMED_WORKER_LOST, Enqueued, EnqueueLimits, Heartbeat, Job, JobRequest, QueueError, Requester
 from db.postgres import dispatch
+from db.postgres.inputs import DatabaseInputs
 from db.postgres.results import DatabaseResults
 from db.postgres.schema import ensure_schema
 from db.workers import WorkerInfo
@@ -123,6 +124,7 @@ class PostgresJobQueue(core.QueueCore):
         self.stalled_after_s = stalled_after_s
         self.retry_for_s = retry_for_s
         self.results = DatabaseResults(self._tx, self._read, self._retrying)
+        self.inputs = DatabaseInputs(self._tx, self._read, self._retrying)
         self._apply_schema = apply_schema
         self._pool_size = pool_size
         self._pool: psycopg_pool.AsyncConnectionPool | None = None
