@@ -11,8 +11,10 @@ import pytest
 from db.inputs import FolderInputs
 from db.interface import JobQueue
 from db.models import InvalidJob, JobState
+from tests import test_queue_contract as contract
 from tests.queue_helpers import WORKER, must_claim, what, who
-from tests.test_queue_contract import backend, queue  # noqa: F401  (the two-backend fixtures)
+
+backend, queue = contract.backend, contract.queue  # the two-backend fixtures
 
 PNG_A = b"\x89PNG\r\n\x1a\nfirst image"
 PNG_B = b"\x89PNG\r\n\x1a\nsecond image"
