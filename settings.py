@@ -76,6 +76,11 @@ class Settings(BaseSettings):
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    # Image input (issue 13): what an uploaded start image may be, and Discord's upload limit for results
+    max_input_mb: float = Field(default=10, gt=0, le=100)
+    max_input_pixels: int = Field(default=40_000_000, ge=1_000_000, le=250_000_000)
+    discord_upload_limit_mb: float = Field(default=10, ge=1, le=500)
+
     @field_validator("admin_user_ids", "admin_role_ids", "allowed_channel_ids", mode="before")
     @classmethod
     def _split_ids(cls, value: object) -> object:

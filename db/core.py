@@ -23,7 +23,6 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, ClassVar, Protocol, TypeVar
 
 from db import fairness
-from db.inputs import InputStore
 from db.models import (
     RESUMED_RESTART,
     AuditEntry,
@@ -38,6 +37,7 @@ from db.models import (
     QueueStats,
 )
 from db.results import ResultStore
+from db.retention import Retention
 from db.rows import job_from_row, parse_states
 
 CRASH_ERROR = "crashed the worker {n} times"
@@ -45,10 +45,6 @@ ADMIN_CANCEL = "cancelled by an admin"
 PURGED = "removed from the queue by an admin"
 T = TypeVar("T")
 Row = Mapping[str, Any]
-_START_IMAGE_NEEDED = (
-    "SELECT count(*) AS n FROM jobs WHERE start_image = ? AND id <> ? "
-    "AND (state IN ('queued', 'running') OR result_paths <> '[]')"
-)
 
 
 def now() -> float:
@@ -71,11 +67,10 @@ class Conn(Protocol):
         ...
 
 
-class QueueCore:
+class QueueCore(Retention):
     """`db.interface.JobQueue` minus what needs a backend's own SQL; subclasses add that."""
 
     results: ResultStore
-    inputs: InputStore
     # SQL pieces that differ: the job row (PostgreSQL keeps progress in a table of its own), the
     # column holding a queued job's turn (db.fairness), and row locks (SQLite locks the whole file).
     JOB_COLUMNS: ClassVar[str] = "j.*"
@@ -206,22 +201,6 @@ class QueueCore:
     async def mark_result_deleted(self, job_id: int) -> None:
         async with self._tx() as conn:
             await conn.run("UPDATE jobs SET result_deleted = ? WHERE id = ?", (True, job_id))
-
-    async def delete_results(self, job_id: int) -> bool:
-        """Retention. Start images are shared by content hash, so one goes only when no other job needs it:
-        a queued or running one, or a finished one whose results are kept (a purged job records no paths)."""
-        job = await self.get_job(job_id)
-        if job is None or not job.state.finished:
-            return False
-        if job.result_paths:
-            await self.results.delete(job)
-        digest = job.request.start_image
-        async with self._tx() as conn:
-            await conn.run("UPDATE jobs SET result_paths = '[]' WHERE id = ?", (job_id,))
-            row = await conn.one(_START_IMAGE_NEEDED, (digest, job_id)) if digest else None
-        if digest and row is not None and not row["n"]:
-            await self.inputs.delete(digest)
-        return True
 
     # --- reads ---------------------------------------------------------------------------------------
     async def get_job(self, job_id: int) -> Job | None:

@@ -113,6 +113,9 @@ class JobQueue(JobSource, Protocol):
         """Retention: remove a finished job's images, and its start image if no other job needs it
         (db.retention). False if the job is not finished."""
 
+    async def drop_start_image(self, digest: str, *, besides: int = 0) -> bool:
+        """Remove a start image unless a job other than `besides` needs it. True if removed."""
+
     # --- reads -----------------------------------------------------------------
     async def get_job(self, job_id: int) -> Job | None: ...
 

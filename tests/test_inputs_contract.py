@@ -103,6 +103,17 @@ async def test_retention_keeps_other_images(queue: JobQueue) -> None:
     assert await queue.delete_results(job)  # twice: nothing left to remove, no error
 
 
+async def test_a_refused_enqueue_leaves_no_start_image(queue: JobQueue) -> None:
+    needed = await queue.inputs.put(PNG_A)
+    await queue.enqueue(who(1), what(start_image=needed, strength=0.5))
+    orphan = await queue.inputs.put(PNG_B)
+    assert not await queue.drop_start_image(needed)  # a queued job needs it
+    assert await queue.drop_start_image(orphan)
+    with pytest.raises(FileNotFoundError):
+        await queue.inputs.get(orphan)
+    assert await queue.inputs.get(needed) == PNG_A
+
+
 async def test_folder_inputs_write_atomically_inside_their_folder(tmp_path: Path) -> None:
     store = FolderInputs(tmp_path / "inputs")
     digest = await store.put(PNG_A)
