@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import cast
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
+from cogs.utils.checks import Refused
+from cogs.utils.flags import parse_flags
 from cogs.utils.host import Host
-from cogs.utils.submit import Ask, submit
+from cogs.utils.image_jobs import DEFAULT_IMAGE_STRENGTH, MIN_STRENGTH, submit_image_job, vary_message
+from cogs.utils.images import fetch_attachment
+from cogs.utils.submit import Ask, build_request, submit
 from db.models import MAX_PROMPT_CHARS, MAX_SEED
 from engine.rules import ASPECTS, MAX_GUIDANCE, MAX_IMAGES_PER_JOB, MAX_STEPS, MIN_GUIDANCE, MIN_STEPS
 
@@ -27,6 +32,8 @@ class Imagine(commands.Cog):
         guidance="How closely to follow the prompt",
         seed="Same seed + same prompt = same image",
         count="How many images (1–4)",
+        image="Start from this picture (PNG, JPEG or WebP)",
+        strength="With an image: how much may change, 0.05 (little) to 1 (everything); default 0.7",
     )
     @app_commands.choices(aspect=[app_commands.Choice(name=a, value=a) for a in ASPECTS])
     async def imagine(
@@ -39,6 +46,8 @@ class Imagine(commands.Cog):
         guidance: app_commands.Range[float, MIN_GUIDANCE, MAX_GUIDANCE] | None = None,
         seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
         count: app_commands.Range[int, 1, MAX_IMAGES_PER_JOB] | None = None,
+        image: discord.Attachment | None = None,
+        strength: app_commands.Range[float, MIN_STRENGTH, 1.0] | None = None,
     ) -> None:
         ask = Ask(
             prompt=prompt,
@@ -48,9 +57,46 @@ class Imagine(commands.Cog):
             guidance=guidance,
             seed=seed,
             count=count,
+            strength=strength,
         )
-        await submit(self.bot, interaction, ask)
+        if image is None:
+            if parse_flags(prompt).strength is not None or strength is not None:
+                raise Refused("Strength needs an image: attach one with the image option.")
+            await submit(self.bot, interaction, ask)
+            return
+        await imagine_from_image(self.bot, interaction, ask, image)
+
+
+async def imagine_from_image(bot: Host, interaction: discord.Interaction, ask: Ask, image: discord.Attachment) -> None:
+    """/imagine with an image: the prompt's flags and options as usual, the picture as the start (its own shape
+    unless an aspect was asked for)."""
+    parsed = parse_flags(ask.prompt)
+    request = build_request(dataclasses.replace(ask, strength=None), bot.engine.limits, bot.settings)
+    strength = parsed.strength if parsed.strength is not None else ask.strength
+
+    async def load() -> bytes:
+        return await fetch_attachment(image, bot.settings)
+
+    await submit_image_job(
+        bot,
+        interaction,
+        request,
+        load,
+        strength=DEFAULT_IMAGE_STRENGTH if strength is None else strength,
+        kind="imagine",
+        fit_aspect=parsed.aspect is None and ask.aspect is None,
+    )
+
+
+@app_commands.context_menu(name="Vary this image")
+async def vary_this_image(interaction: discord.Interaction, message: discord.Message) -> None:
+    await vary_message(cast(Host, interaction.client), interaction, message)
 
 
 async def setup(bot: commands.Bot) -> None:
     await bot.add_cog(Imagine(cast(Host, bot)))
+    bot.tree.add_command(vary_this_image)
+
+
+async def teardown(bot: commands.Bot) -> None:
+    bot.tree.remove_command(vary_this_image.name, type=discord.AppCommandType.message)

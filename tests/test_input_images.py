@@ -194,9 +194,10 @@ def test_formats_are_told_by_their_bytes_not_their_names() -> None:
 )
 async def test_accepted_images_become_clean_rgb_pngs(store: FolderInputs, label: str, data: bytes, size: Any) -> None:
     queue = cast(JobQueue, SimpleNamespace(inputs=store))
-    digest = await store_start_image(queue, data, SETTINGS)
-    image = decoded(await store.get(digest))
+    stored = await store_start_image(queue, data, SETTINGS)
+    image = decoded(await store.get(stored.digest))
     assert (image.format, image.mode, image.size) == ("PNG", "RGB", size), label
+    assert (stored.width, stored.height) == size
     assert not image.info.get("exif")
 
 

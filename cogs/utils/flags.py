@@ -28,6 +28,7 @@ _ALIASES = {
     "guidance": "guidance",
     "cfg": "guidance",
     "count": "count",
+    "strength": "strength",
 }
 _EXAMPLES = {
     "aspect": "--ar 16:9",
@@ -36,8 +37,9 @@ _EXAMPLES = {
     "steps": "--steps 30",
     "guidance": "--guidance 4",
     "count": "--count 2",
+    "strength": "--strength 0.6",
 }
-FLAG_HELP = "--ar, --seed, --no, --steps, --guidance, --count"
+FLAG_HELP = "--ar, --seed, --no, --steps, --guidance, --count, --strength (with an image)"
 
 
 class FlagError(ValueError):
@@ -55,6 +57,7 @@ class ParsedPrompt:
     steps: int | None = None
     guidance: float | None = None
     count: int | None = None
+    strength: float | None = None  # how far an image prompt may change (cogs.utils.image_jobs)
 
 
 def parse_flags(text: str) -> ParsedPrompt:
@@ -90,7 +93,7 @@ def _value(key: str, name: str, raw: str) -> object:
         if raw not in ASPECTS:
             raise FlagError(f"--{name} {_short(raw)} isn't supported: use one of {', '.join(ASPECTS)}.")
         return raw
-    if key == "guidance":
+    if key in ("guidance", "strength"):
         try:
             number = float(raw)
         except ValueError:

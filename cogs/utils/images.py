@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import io
 import warnings
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -131,14 +132,23 @@ async def fetch_attachment(attachment: discord.Attachment, settings: Settings) -
         raise ImageRefused("Could not download that image from Discord; try again.") from None
 
 
-async def store_start_image(queue: JobQueue, data: bytes, settings: Settings) -> str:
-    """Decode and re-encode the bytes off the event loop, then store them; the digest the job records."""
+@dataclass(frozen=True)
+class StoredImage:
+    digest: str  # what JobRequest.start_image records
+    width: int
+    height: int
+
+
+async def store_start_image(queue: JobQueue, data: bytes, settings: Settings) -> StoredImage:
+    """Decode and re-encode the bytes off the event loop, then store them (nothing is stored on a refusal)."""
     png = await asyncio.to_thread(
         normalise, data, max_bytes=int(settings.max_input_mb * 2**20), max_pixels=settings.max_input_pixels
     )
-    return await queue.inputs.put(png)
+    with Image.open(io.BytesIO(png)) as image:  # our own PNG: only its header is read
+        width, height = image.size
+    return StoredImage(await queue.inputs.put(png), width, height)
 
 
-async def store_attachment(queue: JobQueue, attachment: discord.Attachment, settings: Settings) -> str:
+async def store_attachment(queue: JobQueue, attachment: discord.Attachment, settings: Settings) -> StoredImage:
     """The one way a user's upload becomes a start image: fetched from Discord, decoded, stored."""
     return await store_start_image(queue, await fetch_attachment(attachment, settings), settings)

@@ -19,9 +19,9 @@ import discord
 from cogs.utils.checks import require_allowed_channel, require_no_banned_words
 from cogs.utils.flags import parse_flags
 from cogs.utils.host import Host
-from cogs.utils.status import engine_note, snapshot, status_text
+from cogs.utils.status import Snapshot, engine_note, snapshot, status_text
 from cogs.utils.text import NO_MENTIONS, now
-from db.models import EnqueueLimits, InvalidJob, Job, JobRequest, JobState, QueueError, Requester
+from db.models import Enqueued, EnqueueLimits, InvalidJob, Job, JobRequest, JobState, QueueError, Requester
 from engine.rules import ModelLimits, validate_request
 from settings import Settings
 
@@ -40,6 +40,7 @@ class Ask:
     guidance: float | None = None
     seed: int | None = None
     count: int | None = None
+    strength: float | None = None  # with an image only (cogs.utils.image_jobs)
 
 
 def build_request(ask: Ask, limits: ModelLimits, settings: Settings) -> JobRequest:
@@ -95,29 +96,15 @@ async def submit(
         request = build_request(asked, limits, bot.settings)
     else:
         request = check_request(asked, limits, bot.settings)
-    assert interaction.channel_id is not None
-    requester = Requester(
-        user_id=interaction.user.id,
-        channel_id=interaction.channel_id,
-        guild_id=interaction.guild_id,
-        user_name=interaction.user.display_name[:100],
-        interaction_id=interaction.id,
-    )
+    requester = requester_of(interaction)
     enqueued = await bot.queue.enqueue(
         requester, request, enqueue_limits(bot.settings), kind=kind, parent_job_id=parent_job_id
     )
     job_id = enqueued.job_id
     interaction.extras["job_id"] = job_id
     # Answer before any other database trip: Discord allows 3 s, and in a burst every read waits its turn
-    # behind hundreds of writes. The ETA is a first guess from the place in line (each job ahead taking as
-    # long as this one); the status loop replaces it within seconds. If the job started meanwhile, the next
-    # edit says so too.
-    eta = enqueued.position * bot.engine.estimate_seconds(request)
-    job = Job(
-        id=job_id, requester=requester, request=request, state=JobState.QUEUED, attempts=0, created_at=now(), kind=kind
-    )
-    snap = snapshot(job, position=enqueued.position, note=engine_note(bot.engine.status()), paused=enqueued.paused)
-    text = status_text(job, snap, eta_s=eta, now=now())
+    # behind hundreds of writes.
+    snap, text = queued_status(bot, job_id, requester, request, enqueued, kind)
     try:
         callback = await interaction.response.send_message(text, allowed_mentions=NO_MENTIONS)
     except discord.NotFound:
@@ -138,6 +125,31 @@ async def submit(
     bot.dispatch("job_queued", job_id, snap)
     log.info("Job #%s queued by %s (%s) at position %s", job_id, interaction.user.id, kind, enqueued.position)
     return job_id
+
+
+def requester_of(interaction: discord.Interaction) -> Requester:
+    """Who asked, with the ids needed to answer long after the interaction expired."""
+    assert interaction.channel_id is not None
+    return Requester(
+        user_id=interaction.user.id,
+        channel_id=interaction.channel_id,
+        guild_id=interaction.guild_id,
+        user_name=interaction.user.display_name[:100],
+        interaction_id=interaction.id,
+    )
+
+
+def queued_status(
+    bot: Host, job_id: int, requester: Requester, request: JobRequest, enqueued: Enqueued, kind: str
+) -> tuple[Snapshot, str]:
+    """The first status text of a just-queued job. The ETA is a first guess from the place in line (each job
+    ahead taking as long as this one); the status loop replaces it within seconds."""
+    eta = enqueued.position * bot.engine.estimate_seconds(request)
+    job = Job(
+        id=job_id, requester=requester, request=request, state=JobState.QUEUED, attempts=0, created_at=now(), kind=kind
+    )
+    snap = snapshot(job, position=enqueued.position, note=engine_note(bot.engine.status()), paused=enqueued.paused)
+    return snap, status_text(job, snap, eta_s=eta, now=now())
 
 
 def _first(*values: T | None) -> T:

@@ -20,9 +20,11 @@ import discord
 from cogs.utils.checks import is_admin_for
 from cogs.utils.errors import reply_private, report
 from cogs.utils.host import Host
+from cogs.utils.image_jobs import STRONG_STRENGTH, SUBTLE_STRENGTH, open_remix, upscale, vary
+from cogs.utils.image_jobs import finished_job as _finished_job
 from cogs.utils.submit import submit
 from cogs.utils.text import clip, params_line, quote, relative, seconds_text
-from db.models import MAX_SEED, Job, JobNotFound, JobState, NotAllowed, QueueError
+from db.models import MAX_SEED, Job, JobNotFound, JobState, NotAllowed
 from engine.rules import MAX_IMAGES_PER_JOB
 
 log = logging.getLogger(__name__)
@@ -41,15 +43,6 @@ async def _run(interaction: discord.Interaction, job_id: int, handler: Handler) 
         await handler(cast(Host, interaction.client), interaction, job_id)
     except Exception as exc:
         await report(interaction, exc, job_id=job_id)
-
-
-async def _finished_job(bot: Host, job_id: int) -> Job:
-    job = await bot.queue.get_job(job_id)
-    if job is None:
-        raise JobNotFound(f"Job #{job_id} no longer exists.")
-    if job.state is not JobState.DONE or job.seed_used is None:
-        raise QueueError(f"Job #{job_id} has no finished images to start from.")
-    return job
 
 
 async def reroll(bot: Host, interaction: discord.Interaction, job_id: int) -> None:
@@ -171,12 +164,52 @@ class DeleteButton(_JobButton, template=r"cv4:delete:(?P<job>\d+)"):
     style = discord.ButtonStyle.danger
 
 
-RESULT_BUTTONS: tuple[type[_JobButton], ...] = (RerollButton, VariationsButton, InfoButton, DeleteButton)
+async def vary_subtle(bot: Host, interaction: discord.Interaction, job_id: int) -> None:
+    await vary(bot, interaction, job_id, SUBTLE_STRENGTH)
+
+
+async def vary_strong(bot: Host, interaction: discord.Interaction, job_id: int) -> None:
+    await vary(bot, interaction, job_id, STRONG_STRENGTH)
+
+
+class VarySubtleButton(_JobButton, template=r"cv4:subtle:(?P<job>\d+)"):
+    handler = vary_subtle
+    label, emoji, action = "Vary (Subtle)", "🌱", "subtle"
+
+
+class VaryStrongButton(_JobButton, template=r"cv4:strong:(?P<job>\d+)"):
+    handler = vary_strong
+    label, emoji, action = "Vary (Strong)", "🌪️", "strong"
+
+
+class RemixButton(_JobButton, template=r"cv4:remix:(?P<job>\d+)"):
+    handler = open_remix
+    label, emoji, action = "Remix", "✏️", "remix"
+
+
+class UpscaleButton(_JobButton, template=r"cv4:upscale:(?P<job>\d+)"):
+    handler = upscale
+    label, emoji, action = "Upscale", "🔍", "upscale"
+
+
+# Two rows on the message: the four buttons of every result, then the four that start from its image.
+RESULT_BUTTONS: tuple[type[_JobButton], ...] = (
+    RerollButton,
+    VariationsButton,
+    InfoButton,
+    DeleteButton,
+    VarySubtleButton,
+    VaryStrongButton,
+    RemixButton,
+    UpscaleButton,
+)
 
 
 def result_view(job_id: int) -> discord.ui.View:
     """The buttons for a result message; they keep working after a restart (see RESULT_BUTTONS)."""
     view = discord.ui.View(timeout=None)
-    for item in RESULT_BUTTONS:
-        view.add_item(item(job_id))
+    for index, item in enumerate(RESULT_BUTTONS):
+        button = item(job_id)
+        button.row = index // 4
+        view.add_item(button)
     return view

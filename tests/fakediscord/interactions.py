@@ -361,7 +361,68 @@ def _apply_callback(
         if callback_type == UPDATE_MESSAGE:
             edit_message(state, target, data, files)
         return target
-    return None  # PONG, autocomplete result and modal only need recording
+    if callback_type == MODAL:
+        check_modal(data)
+    return None  # PONG, autocomplete result and a (checked) modal only need recording
+
+
+# Modal limits (https://discord.com/developers/docs/interactions/receiving-and-responding#interaction-response-object-modal
+# and .../components/reference#text-input).
+MODAL_TITLE_MAX = 45
+MODAL_ROWS_MAX = 5
+CUSTOM_ID_MAX = 100
+TEXT_INPUT_LABEL_MAX = 45
+TEXT_INPUT_VALUE_MAX = 4000
+ACTION_ROW, TEXT_INPUT, LABEL = 1, 4, 18
+
+
+def _bad(field: str, message: str) -> errors.ApiError:
+    return errors.invalid_form(field, "BASE_TYPE_BAD_LENGTH", message)
+
+
+def check_modal(data: Mapping[str, Any]) -> None:
+    """A type-9 response: title 1–45, custom_id 1–100, 1–5 top-level rows (action rows or labels), each holding
+    one text input whose value/default and max_length are at most 4000 characters."""
+    if not 1 <= len(str(data.get("title") or "")) <= MODAL_TITLE_MAX:
+        raise _bad("data.title", f"Must be between 1 and {MODAL_TITLE_MAX} in length.")
+    if not 1 <= len(str(data.get("custom_id") or "")) <= CUSTOM_ID_MAX:
+        raise _bad("data.custom_id", f"Must be between 1 and {CUSTOM_ID_MAX} in length.")
+    rows = data.get("components") or []
+    if not 1 <= len(rows) <= MODAL_ROWS_MAX:
+        raise _bad("data.components", f"Must be between 1 and {MODAL_ROWS_MAX} in length.")
+    for index, row in enumerate(rows):
+        where = f"data.components.{index}"
+        if row.get("type") == LABEL:
+            inputs = [row.get("component") or {}]
+            label = row.get("label")
+        elif row.get("type") == ACTION_ROW:
+            inputs = row.get("components") or []
+            label = None
+        else:
+            raise errors.invalid_form(f"{where}.type", "COMPONENT_TYPE_INVALID", "Invalid component type")
+        if len(inputs) != 1:
+            raise _bad(f"{where}.components", "Must be 1 in length.")
+        text = inputs[0]
+        label = label if label is not None else text.get("label")
+        if text.get("type") == TEXT_INPUT:
+            if not 1 <= len(str(text.get("custom_id") or "")) <= CUSTOM_ID_MAX:
+                raise _bad(f"{where}.custom_id", f"Must be between 1 and {CUSTOM_ID_MAX} in length.")
+            if not 1 <= len(str(label or "")) <= TEXT_INPUT_LABEL_MAX:
+                raise _bad(f"{where}.label", f"Must be between 1 and {TEXT_INPUT_LABEL_MAX} in length.")
+            if len(str(text.get("value") or "")) > TEXT_INPUT_VALUE_MAX:
+                raise _bad(f"{where}.value", f"Must be {TEXT_INPUT_VALUE_MAX} or fewer in length.")
+            if int(text.get("max_length") or TEXT_INPUT_VALUE_MAX) > TEXT_INPUT_VALUE_MAX:
+                raise errors.invalid_form(f"{where}.max_length", "NUMBER_TYPE_MAX", "int value should be <= 4000.")
+
+
+def opened_modal(state: FakeState, custom_id: str, user_id: int) -> dict[str, Any] | None:
+    """The newest modal the bot showed this user with ``custom_id`` (Discord delivers submits of those only)."""
+    for handle in reversed(list(state.interactions.values())):
+        response = handle.response
+        if handle.user_id == user_id and response is not None and response.type == MODAL:
+            if (response.data or {}).get("custom_id") == custom_id:
+                return response.data
+    return None
 
 
 def webhook_handle(state: FakeState, application_id: int, token: str) -> InteractionHandle:
@@ -424,5 +485,18 @@ def component_type_of(message: StoredMessage, custom_id: str) -> int | None:
 
 
 def modal_components(fields: Mapping[str, str]) -> list[dict[str, Any]]:
-    """Modal-submit ``components``: one action row holding one text input per field."""
+    """Modal-submit ``components``: one action row holding one text input per field (a value is at most 4000
+    characters: the client cannot type more)."""
+    for key, value in fields.items():
+        if len(value) > TEXT_INPUT_VALUE_MAX:
+            raise ValueError(f"fakediscord: a text input holds at most {TEXT_INPUT_VALUE_MAX} characters ({key!r})")
     return [{"type": 1, "components": [{"type": 4, "custom_id": k, "value": v}]} for k, v in fields.items()]
+
+
+def modal_defaults(modal: Mapping[str, Any]) -> dict[str, str]:
+    """{custom_id: prefilled value} of a modal the bot sent (rows or labels)."""
+    out = {}
+    for row in modal.get("components") or []:
+        for text in [row["component"]] if row.get("type") == LABEL else row.get("components") or []:
+            out[str(text.get("custom_id"))] = str(text.get("value") or "")
+    return out

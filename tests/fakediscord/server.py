@@ -407,8 +407,13 @@ class FakeDiscord:
         *,
         message: IdLike | None = None,
         locale: str = "en-US",
+        strict: bool = True,
     ) -> InteractionHandle:
-        """Submit a modal ``custom_id`` with text inputs ``{input_custom_id: value}``."""
+        """Submit a modal ``custom_id`` with text inputs ``{input_custom_id: value}``.
+
+        ``strict``: as on Discord, only a modal the bot showed this user can be submitted."""
+        if strict and ix.opened_modal(self.state, custom_id, id_of(user)) is None:
+            raise ValueError(f"fakediscord: the bot never showed modal {custom_id!r} to this user")
         stored = self.state.message(message) if message is not None else None
         channel = self.state.channel(stored.channel_id) if stored is not None else self._channel_for(where)
         handle = ix.new_interaction(
@@ -419,6 +424,37 @@ class FakeDiscord:
             data={"custom_id": custom_id, "components": ix.modal_components(fields)},
             locale=locale,
             message=stored,
+        )
+        return await self._dispatch(handle)
+
+    async def send_message_command(
+        self, user: IdLike, message: IdLike, name: str, *, permissions: int | None = None, locale: str = "en-US"
+    ) -> InteractionHandle:
+        """Run the message context-menu command ``name`` on ``message`` (type 2 interaction, data type 3, with
+        ``target_id`` and the message in ``resolved.messages``, attachments and all)."""
+        stored = self.state.message(message)
+        channel = self.state.channel(stored.channel_id)
+        command = cmds.find_command(self.state, name, channel.guild_id, cmds.MESSAGE)
+        if command is None:
+            raise LookupError(f"fakediscord: message command {name!r} was never synced")
+        data: dict[str, Any] = {
+            "id": command["id"],
+            "name": name,
+            "type": cmds.MESSAGE,
+            "target_id": str(stored.id),
+            "resolved": {"messages": {str(stored.id): stored.payload()}},
+        }
+        if command.get("guild_id"):
+            data["guild_id"] = command["guild_id"]
+        handle = ix.new_interaction(
+            self.state,
+            kind=ix.APPLICATION_COMMAND,
+            user=self.state.user(user),
+            channel=channel,
+            data=data,
+            permissions=permissions,
+            locale=locale,
+            command_name=name,
         )
         return await self._dispatch(handle)
 

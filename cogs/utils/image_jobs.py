@@ -1,0 +1,256 @@
+"""Jobs that start from an image: /imagine with an image, Vary (Subtle / Strong), Remix, Upscale, "Vary this image".
+
+The image is fetched (from Discord) or read (a result, through the result store), decoded and stored
+(`cogs.utils.images`) before the job is queued, so the job records only the digest and survives restarts,
+crashes and moves to another GPU worker. Fetching and decoding can take longer than Discord's 3 s, so these
+interactions are first deferred privately ("thinking…"): a refusal then replaces that private message, and a
+queued job gets the usual public status message as a followup. An image stored for a job that was then
+refused (cap, cooldown) is dropped again.
+
+Strengths (the share of the denoising schedule that is re-run from the image; 1.0 = a new picture):
+- Vary (Subtle) 0.35: composition, colours and subject stay; textures, faces and small details change.
+- Vary (Strong) 0.7: the layout and palette stay recognisable; poses, objects and style may change.
+- Remix 0.7: strong enough for an edited prompt to show, close enough to keep the picture.
+- Upscale 0.3: the hires pass's light touch (new detail at the larger size, nothing moved) when no
+  upscaler model is configured; an upscaler model ignores it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import discord
+
+from cogs.utils.checks import Refused, require_allowed_channel
+from cogs.utils.host import Host
+from cogs.utils.images import fetch_attachment, store_start_image
+from cogs.utils.submit import check_request, enqueue_limits, queued_status, requester_of
+from cogs.utils.text import NO_MENTIONS
+from db.models import MAX_PROMPT_CHARS, InvalidJob, Job, JobNotFound, JobRequest, JobState, QueueError
+from engine.rules import ASPECTS
+
+log = logging.getLogger(__name__)
+
+SUBTLE_STRENGTH = 0.35
+STRONG_STRENGTH = 0.7
+REMIX_STRENGTH = 0.7
+UPSCALE_STRENGTH = 0.3
+UPSCALE_FACTOR = 2
+DEFAULT_IMAGE_STRENGTH = STRONG_STRENGTH  # /imagine with an image and no strength
+MIN_STRENGTH = 0.05
+# "Vary this image" on a picture that is not one of ours: no prompt is known, so the change is subtle.
+CONTEXT_PROMPT = "the same picture, detailed, high quality"
+IMAGE_TYPES = (".png", ".jpg", ".jpeg", ".webp")
+MODAL_TIMEOUT_S = 15 * 60  # discord.py forgets it then; the submit is routed by custom_id anyway (cogs.buttons)
+
+ImageSource = Callable[[], Awaitable[bytes]]
+
+
+def check_strength(value: float) -> float:
+    if not isinstance(value, int | float) or not math.isfinite(value) or not MIN_STRENGTH <= value <= 1:
+        raise InvalidJob(f"Strength must be from {MIN_STRENGTH} to 1 (lower keeps more of the image).")
+    return float(value)
+
+
+def nearest_aspect(width: int, height: int) -> str:
+    """The supported aspect closest to the image's shape (on a log scale, so 2:1 and 1:2 are equally far)."""
+    ratio = math.log(width / height)
+    return min(ASPECTS, key=lambda name: abs(math.log(ASPECTS[name][0] / ASPECTS[name][1]) - ratio))
+
+
+async def submit_image_job(
+    bot: Host,
+    interaction: discord.Interaction,
+    request: JobRequest,
+    load: ImageSource,
+    *,
+    strength: float,
+    kind: str,
+    parent_job_id: int | None = None,
+    upscale: int = 0,
+    fit_aspect: bool = False,
+) -> int:
+    """Check, defer privately, store the image, queue the job, post its public status message.
+
+    `fit_aspect`: size the job to the image's shape (an upload) instead of the request's (a result)."""
+    settings, limits = bot.settings, bot.engine.limits
+    require_allowed_channel(interaction, settings)
+    check_request(request, limits, settings)  # every text and number rule before anything is downloaded
+    strength = check_strength(strength)
+    await interaction.response.defer(ephemeral=True, thinking=True)
+    stored = await store_start_image(bot.queue, await load(), settings)
+    width, height = (
+        limits.size_for_aspect(nearest_aspect(stored.width, stored.height))
+        if fit_aspect
+        else (request.width, request.height)
+    )
+    request = dataclasses.replace(
+        request, width=width, height=height, start_image=stored.digest, strength=strength, upscale=upscale
+    )
+    requester = requester_of(interaction)
+    try:
+        check_request(request, limits, settings)
+        enqueued = await bot.queue.enqueue(
+            requester, request, enqueue_limits(settings), kind=kind, parent_job_id=parent_job_id
+        )
+    except BaseException:
+        try:
+            await bot.queue.drop_start_image(stored.digest)
+        except Exception:
+            log.exception("Dropping the unused start image %s failed", stored.digest[:12])
+        raise
+    job_id = enqueued.job_id
+    interaction.extras["job_id"] = job_id
+    snap, text = queued_status(bot, job_id, requester, request, enqueued, kind)
+    try:
+        await interaction.edit_original_response(content=f"Got the image: it is job #{job_id}, status below.")
+        message = await interaction.followup.send(text, wait=True, allowed_mentions=NO_MENTIONS)
+    except (discord.HTTPException, aiohttp.ClientError, OSError) as exc:
+        log.warning("Could not post the status of job #%s (%s); it stays queued", job_id, exc)
+        return job_id
+    await bot.queue.set_status_message(job_id, message.id)
+    bot.dispatch("job_queued", job_id, snap)
+    log.info("Job #%s (%s, strength %.2f) queued by %s", job_id, kind, strength, interaction.user.id)
+    return job_id
+
+
+async def finished_job(bot: Host, job_id: int) -> Job:
+    job = await bot.queue.get_job(job_id)
+    if job is None:
+        raise JobNotFound(f"Job #{job_id} no longer exists.")
+    if job.state is not JobState.DONE or job.seed_used is None:
+        raise QueueError(f"Job #{job_id} has no finished images to start from.")
+    return job
+
+
+def result_image(bot: Host, job: Job) -> ImageSource:
+    """The job's first result image, read through the result store when the job is queued."""
+
+    async def load() -> bytes:
+        try:
+            return (await bot.queue.results.read(job))[0].data
+        except FileNotFoundError:
+            raise QueueError(f"The images of #{job.id} are no longer kept.") from None
+
+    return load
+
+
+def _from_result(job: Job, **changes: Any) -> JobRequest:
+    """The parent's request as a text-to-image one (its own start image, if any, is not reused)."""
+    return dataclasses.replace(job.request, seed=None, count=1, start_image=None, strength=1.0, upscale=0, **changes)
+
+
+async def vary(bot: Host, interaction: discord.Interaction, job_id: int, strength: float) -> None:
+    """img2img from the result, same prompt, a new seed."""
+    parent = await finished_job(bot, job_id)
+    request = _from_result(parent)
+    await submit_image_job(
+        bot, interaction, request, result_image(bot, parent), strength=strength, kind="vary", parent_job_id=job_id
+    )
+
+
+async def upscale(bot: Host, interaction: discord.Interaction, job_id: int) -> None:
+    parent = await finished_job(bot, job_id)
+    await submit_image_job(
+        bot,
+        interaction,
+        _from_result(parent),
+        result_image(bot, parent),
+        strength=UPSCALE_STRENGTH,
+        kind="upscale",
+        parent_job_id=job_id,
+        upscale=UPSCALE_FACTOR,
+    )
+
+
+async def remix(bot: Host, interaction: discord.Interaction, job_id: int, prompt: str, negative: str) -> None:
+    """The modal's submit: a vary of the result with the edited prompts."""
+    parent = await finished_job(bot, job_id)
+    if not prompt.strip():
+        raise InvalidJob("The prompt is empty: describe the image you want.")
+    request = _from_result(parent, prompt=prompt.strip(), negative_prompt=negative.strip())
+    await submit_image_job(
+        bot,
+        interaction,
+        request,
+        result_image(bot, parent),
+        strength=REMIX_STRENGTH,
+        kind="remix",
+        parent_job_id=job_id,
+    )
+
+
+class RemixModal(discord.ui.Modal):
+    """Prompt and negative prompt, prefilled; the submit is handled by `cogs.buttons` from the custom_id alone,
+    so it still works after a restart (this class has no on_submit of its own)."""
+
+    def __init__(self, job: Job) -> None:
+        super().__init__(title=f"Remix #{job.id}"[:45], custom_id=remix_modal_id(job.id), timeout=MODAL_TIMEOUT_S)
+        self.add_item(
+            discord.ui.TextInput(
+                label="Prompt",
+                custom_id="prompt",
+                style=discord.TextStyle.paragraph,
+                default=job.request.prompt[:MAX_PROMPT_CHARS],
+                max_length=MAX_PROMPT_CHARS,
+                required=True,
+            )
+        )
+        self.add_item(
+            discord.ui.TextInput(
+                label="Negative prompt",
+                custom_id="negative",
+                style=discord.TextStyle.paragraph,
+                default=job.request.negative_prompt[:MAX_PROMPT_CHARS] or None,
+                max_length=MAX_PROMPT_CHARS,
+                required=False,
+            )
+        )
+
+
+def remix_modal_id(job_id: int) -> str:
+    return f"cv4:remixed:{job_id}"
+
+
+async def open_remix(bot: Host, interaction: discord.Interaction, job_id: int) -> None:
+    """The Remix button: the modal is the first response (no defer: Discord allows a modal only then)."""
+    parent = await finished_job(bot, job_id)
+    require_allowed_channel(interaction, bot.settings)
+    await interaction.response.send_modal(RemixModal(parent))
+
+
+def modal_values(data: Any) -> dict[str, str]:
+    """{text input custom_id: value} from a modal submit's components (action rows or labels)."""
+    values: dict[str, str] = {}
+    for row in (data or {}).get("components") or []:
+        children = row.get("components") or ([row["component"]] if isinstance(row.get("component"), dict) else [])
+        for child in children:
+            if isinstance(child.get("custom_id"), str) and isinstance(child.get("value"), str):
+                values[child["custom_id"]] = child["value"]
+    return values
+
+
+async def vary_message(bot: Host, interaction: discord.Interaction, message: discord.Message) -> None:
+    """The "Vary this image" message command: the first image attached to the targeted message, as Discord
+    resolved it in this interaction (never a URL from the message text)."""
+    attachment = next((a for a in message.attachments if a.filename.lower().endswith(IMAGE_TYPES)), None)
+    if attachment is None:
+        raise Refused("That message has no PNG, JPEG or WebP image to vary.")
+    settings, limits = bot.settings, bot.engine.limits
+    request = JobRequest(
+        prompt=CONTEXT_PROMPT,
+        width=limits.native_size,
+        height=limits.native_size,
+        steps=settings.default_steps,
+        guidance=settings.default_guidance,
+    )
+
+    async def load() -> bytes:
+        return await fetch_attachment(attachment, settings)
+
+    await submit_image_job(bot, interaction, request, load, strength=SUBTLE_STRENGTH, kind="vary", fit_aspect=True)
