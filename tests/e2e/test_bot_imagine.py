@@ -55,6 +55,10 @@ async def test_inline_flags_override_options(world: World, tiny_model: Path, tmp
         f"cv4:vary:{job_id}",
         f"cv4:info:{job_id}",
         f"cv4:delete:{job_id}",
+        f"cv4:subtle:{job_id}",
+        f"cv4:strong:{job_id}",
+        f"cv4:remix:{job_id}",
+        f"cv4:upscale:{job_id}",
     ]
 
 
