@@ -25,6 +25,7 @@ from discord.ext import commands
 
 from cogs.progress import Progress
 from cogs.utils.host import Host
+from cogs.utils.images import fit_upload
 from cogs.utils.notices import compose
 from cogs.utils.text import only_user
 from cogs.utils.views import result_view
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 
 POLL_S = 1.0
 PARALLEL_POSTS = 3
-MAX_UPLOAD_BYTES = 8 * 1024 * 1024  # stay under Discord's smallest per-message upload limit
+UPLOAD_MARGIN = 0.95  # the multipart form around the files counts too
 # Discord error codes after which a retry can never succeed.
 PERMANENT_CODES = {
     10003,  # Unknown Channel
@@ -160,7 +161,9 @@ class Delivery(commands.Cog):
         post = await compose(notice, self.bot.queue.results)
         job = notice.job
         channel = self.bot.get_partial_messageable(job.requester.channel_id, guild_id=job.requester.guild_id)
-        groups = _upload_groups(post.files)
+        limit = int(self.bot.settings.discord_upload_limit_mb * 2**20 * UPLOAD_MARGIN)
+        files = [ResultFile(*await asyncio.to_thread(fit_upload, f.name, f.data, limit)) for f in post.files]
+        groups = _upload_groups(files, limit)
         first = await channel.send(
             post.content,
             files=[_file(name, data) for name, data in groups[0]] if groups else discord.utils.MISSING,
@@ -181,12 +184,12 @@ def _file(name: str, data: bytes) -> discord.File:
     return discord.File(io.BytesIO(data), filename=name)
 
 
-def _upload_groups(files: list[ResultFile]) -> list[list[tuple[str, bytes]]]:
+def _upload_groups(files: list[ResultFile], limit: int) -> list[list[tuple[str, bytes]]]:
     """Split the result images into uploads that fit Discord's per-message limit."""
     groups: list[list[tuple[str, bytes]]] = []
     size = 0
     for image in files:
-        if not groups or size + len(image.data) > MAX_UPLOAD_BYTES:
+        if not groups or size + len(image.data) > limit:
             groups.append([])
             size = 0
         groups[-1].append((image.name, image.data))

@@ -21,7 +21,7 @@ from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from cogs.utils.images import UNREADABLE, ImageRefused, normalise, sniff_format, store_start_image
+from cogs.utils.images import UNREADABLE, ImageRefused, fit_upload, normalise, sniff_format, store_start_image
 from db.inputs import FolderInputs
 from db.interface import JobQueue
 from settings import Settings
@@ -227,3 +227,20 @@ def test_animations_give_their_first_frame(fmt: str) -> None:
     data = encode(frames[0], fmt, save_all=True, append_images=frames[1:], duration=100, lossless=True)
     image = decoded(normalise(data, max_bytes=MAX_BYTES, max_pixels=1000))
     assert image.getpixel((5, 5)) == (255, 0, 0)
+
+
+# --- results over Discord's upload limit --------------------------------------------------------------------
+
+
+def test_results_that_fit_are_posted_as_they_are() -> None:
+    assert fit_upload("job0000001_0.png", VALID["PNG"], 10 * 2**20) == ("job0000001_0.png", VALID["PNG"])
+
+
+@pytest.mark.parametrize("limit", [2**20, 200_000, 20_000])
+def test_a_result_over_the_upload_limit_is_re_encoded_to_fit(limit: int) -> None:
+    big = encode(noise((1024, 1024), seed=3), "PNG")
+    assert len(big) > 2**20 * 2
+    name, data = fit_upload("job0000001_0.png", big, limit)
+    assert len(data) <= limit and name.startswith("job0000001_0.") and name.endswith((".webp", ".jpg"))
+    image = decoded(data)
+    assert image.mode == "RGB" and image.size[0] == image.size[1]

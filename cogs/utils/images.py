@@ -152,3 +152,23 @@ async def store_start_image(queue: JobQueue, data: bytes, settings: Settings) ->
 async def store_attachment(queue: JobQueue, attachment: discord.Attachment, settings: Settings) -> StoredImage:
     """The one way a user's upload becomes a start image: fetched from Discord, decoded, stored."""
     return await store_start_image(queue, await fetch_attachment(attachment, settings), settings)
+
+
+def fit_upload(name: str, data: bytes, limit: int) -> tuple[str, bytes]:
+    """A result image that fits Discord's upload limit: as it is if it fits, else re-encoded as high-quality
+    WebP, then JPEG at falling quality, then scaled down, so a large result is posted rather than refused.
+    CPU-bound: run it in a thread."""
+    if len(data) <= limit:
+        return name, data
+    with Image.open(io.BytesIO(data)) as opened:
+        image = opened.convert("RGB")
+    stem = name.rsplit(".", 1)[0]
+    while True:
+        for fmt, quality, suffix in (("WEBP", 92, "webp"), ("JPEG", 90, "jpg"), ("JPEG", 75, "jpg")):
+            out = io.BytesIO()
+            image.save(out, format=fmt, quality=quality)
+            if out.tell() <= limit:
+                return f"{stem}.{suffix}", out.getvalue()
+        if min(image.size) <= 64:
+            raise ValueError(f"{name} cannot be made to fit in {limit} bytes")
+        image = image.resize((max(1, image.width * 3 // 4), max(1, image.height * 3 // 4)), Image.Resampling.LANCZOS)
