@@ -14,7 +14,9 @@ from pathlib import Path
 
 from PIL import Image
 
+from bot import ImageBot
 from cogs.utils.image_jobs import STRONG_STRENGTH, SUBTLE_STRENGTH, UPSCALE_STRENGTH
+from cogs.utils.images import normalise
 from db.models import Job, JobState
 from tests.conftest import World
 from tests.e2e.harness import (
@@ -50,9 +52,9 @@ async def image_job_reply(server: FakeDiscord, handle: InteractionHandle) -> tup
     return job_id, status
 
 
-async def stored_start(bot: object, job: Job) -> bytes:
+async def stored_start(bot: ImageBot, job: Job) -> bytes:
     assert job.request.start_image is not None
-    data = await bot.queue.inputs.get(job.request.start_image)  # type: ignore[attr-defined]
+    data = await bot.queue.inputs.get(job.request.start_image)
     assert hashlib.sha256(data).hexdigest() == job.request.start_image
     return data
 
@@ -96,7 +98,7 @@ async def test_imagine_with_an_image_then_every_button(world: World, tiny_model:
                 world.bob.id,
             )
             assert child.request.prompt == "a red barn" and child.request.count == 1
-            assert await stored_start(bot, child) == Image_png(result_png)
+            assert await stored_start(bot, child) == edge_png(result_png)
             varied[action] = child
             child_post = await wait_result(server, world.channel, child_id)
             assert child_post.custom_ids() == [f"cv4:{a}:{child_id}" for a in BUTTONS]  # a varied result: same buttons
@@ -138,7 +140,6 @@ async def test_imagine_with_an_image_then_every_button(world: World, tiny_model:
 
 def Image_png(data: bytes) -> bytes:
     """What the edge stores for a result PNG: decoded and re-encoded (a fresh PNG, no metadata)."""
-    from cogs.utils.images import normalise
 
     return normalise(data, max_bytes=10 * 2**20, max_pixels=40_000_000)
 
@@ -208,3 +209,29 @@ async def test_a_refused_enqueue_drops_the_stored_image(world: World, tiny_model
         assert await bot.queue.queue_length() + len(await bot.queue.active_jobs()) >= 1
     inputs = tmp_path / "inputs"
     assert not inputs.exists() or not any(inputs.iterdir())
+
+
+async def test_vary_and_remix_survive_a_restart(world: World, tiny_model: Path, tmp_path: Path) -> None:
+    """A Vary queued and a Remix form opened before a restart: after it, the vary runs from its stored image and
+    the form's submit still queues the remix."""
+    server = world.server
+    settings = settings_for(server, tiny_model, tmp_path, dev_guild_id=world.guild.id, default_steps=2)
+    async with running_bot(server, settings) as bot:
+        handle = await server.send_slash_command(world.alice, world.channel, "imagine", {"prompt": "a red barn"})
+        job_id, _, _ = await queued_reply(handle)
+        posted = await wait_result(server, world.channel, job_id)
+        await bot.queue.set_paused(True)
+        click = await server.send_component_click(world.bob, posted, f"cv4:strong:{job_id}")
+        vary_id, _ = await image_job_reply(server, click)
+        form = await server.send_component_click(world.alice, posted, f"cv4:remix:{job_id}")
+        assert (await form.wait_response()).type == MODAL
+    async with running_bot(server, settings) as bot:
+        await bot.queue.set_paused(False)
+        varied = await wait_job(bot, vary_id, lambda j: j.state is JobState.DONE)
+        await stored_start(bot, varied)
+        await wait_result(server, world.channel, vary_id)
+        fields = {"prompt": "a red barn in snow", "negative": ""}
+        submit = await server.send_modal_submit(world.alice, world.channel, f"cv4:remixed:{job_id}", fields)
+        remix_id, _ = await image_job_reply(server, submit)
+        remixed = await wait_job(bot, remix_id, lambda j: j.state is JobState.DONE)
+    assert (remixed.kind, remixed.request.prompt, remixed.parent_job_id) == ("remix", "a red barn in snow", job_id)
