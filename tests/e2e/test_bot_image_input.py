@@ -138,9 +138,8 @@ async def test_imagine_with_an_image_then_every_button(world: World, tiny_model:
         assert remixed.parent_job_id == job_id and remixed.request.start_image is not None
 
 
-def Image_png(data: bytes) -> bytes:
+def edge_png(data: bytes) -> bytes:
     """What the edge stores for a result PNG: decoded and re-encoded (a fresh PNG, no metadata)."""
-
     return normalise(data, max_bytes=10 * 2**20, max_pixels=40_000_000)
 
 
