@@ -68,9 +68,11 @@ class Imagine(commands.Cog):
 
 
 async def imagine_from_image(bot: Host, interaction: discord.Interaction, ask: Ask, image: discord.Attachment) -> None:
-    """/imagine with an image: the prompt's flags and options as usual, the picture as the start (its own shape
-    unless an aspect was asked for)."""
+    """/imagine with an image: the prompt's flags and options as usual, the picture as the start, at its own
+    shape (an aspect is refused rather than ignored)."""
     parsed = parse_flags(ask.prompt)
+    if parsed.aspect is not None or ask.aspect is not None:
+        raise Refused("With an image the picture's own shape is used: leave out the aspect.")
     request = build_request(dataclasses.replace(ask, strength=None), bot.engine.limits, bot.settings)
     strength = parsed.strength if parsed.strength is not None else ask.strength
 
@@ -84,7 +86,6 @@ async def imagine_from_image(bot: Host, interaction: discord.Interaction, ask: A
         load,
         strength=DEFAULT_IMAGE_STRENGTH if strength is None else strength,
         kind="imagine",
-        fit_aspect=parsed.aspect is None and ask.aspect is None,
     )
 
 

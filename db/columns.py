@@ -35,9 +35,6 @@ JOB_COLUMNS: tuple[Column, ...] = (
     Column("guidance", "real", False),
     Column("seed", "int"),
     Column("count", "int", False),
-    Column("start_image", "text"),
-    Column("strength", "real", False),
-    Column("upscale", "int", False),
     Column("state", "text", False),
     Column("attempts", "int", False),
     Column("max_attempts", "int", False),
@@ -57,6 +54,9 @@ JOB_COLUMNS: tuple[Column, ...] = (
     Column("result_message_id", "int"),
     Column("delivered_at", "real"),
     Column("result_deleted", "bool", False),
+    Column("start_image", "text"),
+    Column("strength", "real", False),
+    Column("upscale", "int", False),
 )
 
 # Where a backend keeps a fact elsewhere (PostgreSQL: progress in job_progress, written at every
@@ -85,9 +85,9 @@ INSERT_COLUMNS: tuple[str, ...] = (
     "guidance",
     "seed",
     "count",
+    "created_at",
+    "fair_round",
     "start_image",
     "strength",
     "upscale",
-    "created_at",
-    "fair_round",
 )

@@ -113,10 +113,10 @@ def insert_values(
         "guidance": float(request.guidance),
         "seed": request.seed,
         "count": request.count,
+        "created_at": at,
+        "fair_round": fair_round,
         "start_image": request.start_image,
         "strength": float(request.strength),
         "upscale": request.upscale,
-        "created_at": at,
-        "fair_round": fair_round,
     }
     return tuple(values[name] for name in INSERT_COLUMNS)

@@ -6,13 +6,12 @@ Nothing here knows about SQL or Discord; a backend turns rows into these.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 MAX_SEED = 2**32 - 1
 MAX_PROMPT_CHARS = 4000
-_DIGEST = re.compile(r"[0-9a-f]{64}")
+UPSCALE_FACTORS = (0, 2, 4)  # 0: not an upscale job
 
 
 class JobState(StrEnum):
@@ -118,16 +117,38 @@ class JobRequest:
     negative_prompt: str = ""
     seed: int | None = None
     count: int = 1
-    start_image: str | None = None  # sha256 hex of the stored start image (PNG bytes, db.inputs)
-    strength: float = 1.0  # img2img: 0 < s ≤ 1; 1.0 = text-to-image
-    upscale: int = 0  # 0, 2 or 4: an upscale job
+    start_image: str | None = None  # sha256 hex of the stored start image (PNG bytes): image-to-image
+    strength: float = 1.0  # image-to-image: how much of the schedule is re-run (1.0 = text-to-image)
+    upscale: int = 0  # 2 or 4: an upscale job of the start image
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
         """Raise InvalidJob if a field is unusable (also run by the queue, in case a caller bypassed __init__)."""
-        self._validate_image_fields()
+        self._validate_text()
+        self._validate_image_input()
+
+    def _validate_image_input(self) -> None:
+        if self.start_image is not None and (
+            not isinstance(self.start_image, str)
+            or len(self.start_image) != 64
+            or any(c not in "0123456789abcdef" for c in self.start_image)
+        ):
+            raise InvalidJob("start_image must be the sha256 hex digest of a stored image.")
+        if (
+            not isinstance(self.strength, int | float)
+            or isinstance(self.strength, bool)
+            or not math.isfinite(self.strength)
+            or not 0 < self.strength <= 1
+        ):
+            raise InvalidJob(f"strength must be a number above 0 and at most 1 (got {self.strength!r}).")
+        if not isinstance(self.upscale, int) or isinstance(self.upscale, bool) or self.upscale not in UPSCALE_FACTORS:
+            raise InvalidJob(f"upscale must be 0, 2 or 4 (got {self.upscale!r}).")
+        if self.start_image is None and (self.strength != 1 or self.upscale):
+            raise InvalidJob("strength and upscale need a start image.")
+
+    def _validate_text(self) -> None:
         if not isinstance(self.prompt, str) or not self.prompt.strip():
             raise InvalidJob("The prompt is empty: describe the image you want.")
         if not isinstance(self.negative_prompt, str):
@@ -153,24 +174,6 @@ class JobRequest:
             not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed <= MAX_SEED
         ):
             raise InvalidJob(f"seed must be a whole number from 0 to {MAX_SEED} (got {self.seed!r}).")
-
-    def _validate_image_fields(self) -> None:
-        """The start image is named by its digest only, so no path or URL can reach the engine through it."""
-        if self.start_image is not None and (
-            not isinstance(self.start_image, str) or not _DIGEST.fullmatch(self.start_image)
-        ):
-            raise InvalidJob("start_image must be the sha256 hex digest of a stored image.")
-        if (
-            not isinstance(self.strength, int | float)
-            or isinstance(self.strength, bool)
-            or not math.isfinite(self.strength)
-            or not 0 < self.strength <= 1
-        ):
-            raise InvalidJob(f"strength must be a number above 0 and at most 1 (got {self.strength!r}).")
-        if self.upscale not in (0, 2, 4) or isinstance(self.upscale, bool):
-            raise InvalidJob(f"upscale must be 0, 2 or 4 (got {self.upscale!r}).")
-        if (self.strength < 1 or self.upscale) and self.start_image is None:
-            raise InvalidJob("An image-to-image or upscale job needs a start image.")
 
 
 @dataclass(slots=True)

@@ -32,7 +32,7 @@ from cogs.utils.images import fetch_attachment, store_start_image
 from cogs.utils.submit import check_request, enqueue_limits, queued_status, requester_of
 from cogs.utils.text import NO_MENTIONS
 from db.models import MAX_PROMPT_CHARS, InvalidJob, Job, JobNotFound, JobRequest, JobState, QueueError
-from engine.rules import ASPECTS
+from engine.rules import output_size
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +57,6 @@ def check_strength(value: float) -> float:
     return float(value)
 
 
-def nearest_aspect(width: int, height: int) -> str:
-    """The supported aspect closest to the image's shape (on a log scale, so 2:1 and 1:2 are equally far)."""
-    ratio = math.log(width / height)
-    return min(ASPECTS, key=lambda name: abs(math.log(ASPECTS[name][0] / ASPECTS[name][1]) - ratio))
-
-
 async def submit_image_job(
     bot: Host,
     interaction: discord.Interaction,
@@ -73,22 +67,17 @@ async def submit_image_job(
     kind: str,
     parent_job_id: int | None = None,
     upscale: int = 0,
-    fit_aspect: bool = False,
 ) -> int:
-    """Check, defer privately, store the image, queue the job, post its public status message.
-
-    `fit_aspect`: size the job to the image's shape (an upload) instead of the request's (a result)."""
+    """Check, defer privately, store the image, queue the job, post its public status message. The job is made
+    at the size the engine makes from that picture (`engine.rules.output_size`: its own aspect), so the size
+    class and the ETA are the job's own."""
     settings, limits = bot.settings, bot.engine.limits
     require_allowed_channel(interaction, settings)
     check_request(request, limits, settings)  # every text and number rule before anything is downloaded
     strength = check_strength(strength)
     await interaction.response.defer(ephemeral=True, thinking=True)
     stored = await store_start_image(bot.queue, await load(), settings)
-    width, height = (
-        limits.size_for_aspect(nearest_aspect(stored.width, stored.height))
-        if fit_aspect
-        else (request.width, request.height)
-    )
+    width, height = output_size(stored.width, stored.height, upscale, limits)
     request = dataclasses.replace(
         request, width=width, height=height, start_image=stored.digest, strength=strength, upscale=upscale
     )
@@ -253,4 +242,4 @@ async def vary_message(bot: Host, interaction: discord.Interaction, message: dis
     async def load() -> bytes:
         return await fetch_attachment(attachment, settings)
 
-    await submit_image_job(bot, interaction, request, load, strength=SUBTLE_STRENGTH, kind="vary", fit_aspect=True)
+    await submit_image_job(bot, interaction, request, load, strength=SUBTLE_STRENGTH, kind="vary")

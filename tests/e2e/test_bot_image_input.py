@@ -18,6 +18,7 @@ from bot import ImageBot
 from cogs.utils.image_jobs import STRONG_STRENGTH, SUBTLE_STRENGTH, UPSCALE_STRENGTH
 from cogs.utils.images import normalise
 from db.models import Job, JobState
+from engine.rules import output_size
 from tests.conftest import World
 from tests.e2e.harness import (
     ephemeral_reply,
@@ -79,7 +80,9 @@ async def test_imagine_with_an_image_then_every_button(world: World, tiny_model:
             0.6,
             0,
         )
-        assert (job.request.width, job.request.height) == bot.engine.limits.size_for_aspect("3:2")  # the upload's shape
+        assert (job.request.width, job.request.height) == output_size(
+            96, 64, 0, bot.engine.limits
+        )  # the upload's shape
         start = Image.open(io.BytesIO(await stored_start(bot, job)))
         assert (start.format, start.mode, start.size) == ("PNG", "RGB", (96, 64))
         assert posted.custom_ids() == [f"cv4:{action}:{job_id}" for action in BUTTONS]
@@ -108,6 +111,7 @@ async def test_imagine_with_an_image_then_every_button(world: World, tiny_model:
         click = await server.send_component_click(world.alice, posted, f"cv4:upscale:{job_id}")
         up_id, _ = await image_job_reply(server, click)
         up = await wait_job(bot, up_id, lambda j: j.state is JobState.DONE)
+        assert (up.request.width, up.request.height) == output_size(*image_size(result_png), 2, bot.engine.limits)
         assert (up.kind, up.request.upscale, up.request.strength, up.parent_job_id) == (
             "upscale",
             2,
@@ -156,7 +160,8 @@ async def test_vary_this_image_on_a_user_upload(world: World, tiny_model: Path, 
         posted = await wait_result(server, world.channel, job_id)
         job = await wait_job(bot, job_id, lambda j: j.state is JobState.DONE)
     assert (job.kind, job.request.strength, job.parent_job_id) == ("vary", SUBTLE_STRENGTH, None)
-    assert (job.request.width, job.request.height) == bot.engine.limits.size_for_aspect("9:16")
+    assert (job.request.width, job.request.height) == output_size(40, 80, 0, bot.engine.limits)
+    assert job.request.height == 2 * job.request.width
     assert image_size(posted.attachments[0].data) == (job.request.width, job.request.height)
 
 
@@ -179,6 +184,9 @@ async def test_refusals_are_private_and_store_nothing(world: World, tiny_model: 
             world.alice, world.channel, "imagine", {"prompt": "a cat --strength 0.5"}
         )
         assert "Strength needs an image" in await ephemeral_reply(handle)
+        options = {"prompt": "a cat --ar 16:9", "image": UploadFile("a.png", picture())}
+        handle = await server.send_slash_command(world.alice, world.channel, "imagine", options)
+        assert "own shape is used" in await ephemeral_reply(handle)
         handle = await server.send_slash_command(
             world.alice,
             world.channel,
