@@ -11,8 +11,8 @@ Strengths (the share of the denoising schedule that is re-run from the image; 1.
 - Vary (Subtle) 0.35: composition, colours and subject stay; textures, faces and small details change.
 - Vary (Strong) 0.7: the layout and palette stay recognisable; poses, objects and style may change.
 - Remix 0.7: strong enough for an edited prompt to show, close enough to keep the picture.
-- Upscale 0.3: the hires pass's light touch (new detail at the larger size, nothing moved) when no
-  upscaler model is configured; an upscaler model ignores it.
+- Upscale: no strength of its own (1.0 in the request); without an upscaler model the engine's hires pass
+  uses its own light touch (`engine.img2img.HIRES_STRENGTH`).
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 SUBTLE_STRENGTH = 0.35
 STRONG_STRENGTH = 0.7
 REMIX_STRENGTH = 0.7
-UPSCALE_STRENGTH = 0.3
 UPSCALE_FACTOR = 2
 DEFAULT_IMAGE_STRENGTH = STRONG_STRENGTH  # /imagine with an image and no strength
 MIN_STRENGTH = 0.05
@@ -150,7 +149,7 @@ async def upscale(bot: Host, interaction: discord.Interaction, job_id: int) -> N
         interaction,
         _from_result(parent),
         result_image(bot, parent),
-        strength=UPSCALE_STRENGTH,
+        strength=1.0,
         kind="upscale",
         parent_job_id=job_id,
         upscale=UPSCALE_FACTOR,

@@ -15,7 +15,7 @@ from pathlib import Path
 from PIL import Image
 
 from bot import ImageBot
-from cogs.utils.image_jobs import STRONG_STRENGTH, SUBTLE_STRENGTH, UPSCALE_STRENGTH
+from cogs.utils.image_jobs import STRONG_STRENGTH, SUBTLE_STRENGTH
 from cogs.utils.images import normalise
 from db.models import Job, JobState
 from engine.rules import output_size
@@ -115,7 +115,7 @@ async def test_imagine_with_an_image_then_every_button(world: World, tiny_model:
         assert (up.kind, up.request.upscale, up.request.strength, up.parent_job_id) == (
             "upscale",
             2,
-            UPSCALE_STRENGTH,
+            1.0,
             job_id,
         )
 
