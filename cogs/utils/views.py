@@ -106,6 +106,9 @@ def job_info(job: Job, model_id: str) -> str:
         lines.append(f"**Negative:** {quote(request.negative_prompt, 400)}")
     seed = job.seed_used if job.seed_used is not None else request.seed
     lines.append(f"**Parameters:** {params_line(request, seed)}")
+    if request.start_image is not None:
+        start = f"upscale ×{request.upscale}" if request.upscale else f"strength {request.strength:g}"
+        lines.append(f"**Started from a picture:** {start} (stored as {request.start_image[:12]}…)")
     lines.append(f"**Model:** {quote(model_id, 100)} · **plan:** {job.plan or 'not run yet'}")
     timing = [f"asked {relative(job.created_at)}"]
     if job.started_at is not None:

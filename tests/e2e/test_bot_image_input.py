@@ -106,6 +106,10 @@ async def test_imagine_with_an_image_then_every_button(world: World, tiny_model:
             child_post = await wait_result(server, world.channel, child_id)
             assert child_post.custom_ids() == [f"cv4:{a}:{child_id}" for a in BUTTONS]  # a varied result: same buttons
         assert varied["subtle"].request.start_image == varied["strong"].request.start_image  # one stored copy
+        info = await ephemeral_reply(
+            await server.send_component_click(world.bob, child_post, f"cv4:info:{varied['strong'].id}")
+        )
+        assert f"from #{job_id}, vary" in info and "Started from a picture:** strength 0.7" in info
 
         # Upscale
         click = await server.send_component_click(world.alice, posted, f"cv4:upscale:{job_id}")
