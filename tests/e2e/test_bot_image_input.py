@@ -116,6 +116,9 @@ async def test_imagine_with_an_image_then_every_button(world: World, tiny_model:
         up_id, _ = await image_job_reply(server, click)
         up = await wait_job(bot, up_id, lambda j: j.state is JobState.DONE)
         assert (up.request.width, up.request.height) == output_size(*image_size(result_png), 2, bot.engine.limits)
+        up_post = await wait_result(server, world.channel, up_id)
+        # the largest size for that shape, at most twice each side (the tiny model's cap is reached at once)
+        assert image_size(up_post.attachments[0].data) == (up.request.width, up.request.height)
         assert (up.kind, up.request.upscale, up.request.strength, up.parent_job_id) == (
             "upscale",
             2,
