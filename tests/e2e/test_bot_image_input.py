@@ -18,15 +18,19 @@ from bot import ImageBot
 from cogs.utils.image_jobs import STRONG_STRENGTH, SUBTLE_STRENGTH
 from cogs.utils.images import normalise
 from db.models import Job, JobState
+from db.sqlite_queue import SqliteJobQueue
 from engine.rules import output_size
-from tests.conftest import World
+from tests.conftest import World, make_world
 from tests.e2e.harness import (
+    BotProcess,
     ephemeral_reply,
     image_size,
+    process_env,
     queued_reply,
     running_bot,
     settings_for,
     wait_job,
+    wait_online,
     wait_result,
 )
 from tests.fakediscord import FakeDiscord, InteractionHandle, StoredMessage, UploadFile
@@ -249,3 +253,39 @@ async def test_vary_and_remix_survive_a_restart(world: World, tiny_model: Path, 
         remix_id, _ = await image_job_reply(server, submit)
         remixed = await wait_job(bot, remix_id, lambda j: j.state is JobState.DONE)
     assert (remixed.kind, remixed.request.prompt, remixed.parent_job_id) == ("remix", "a red barn in snow", job_id)
+
+
+async def test_a_vary_survives_a_kill_of_the_bot_process(tiny_model: Path, tmp_path: Path) -> None:
+    """`python bot.py` killed (SIGKILL) between the Vary click and its result: the restarted bot makes and posts
+    it once, from the start image stored when it was queued."""
+    async with FakeDiscord(heartbeat_interval=0.5) as server:
+        world = make_world(server)
+        base = process_env(server, tiny_model, tmp_path, DEV_GUILD_ID=str(world.guild.id))
+        first = BotProcess({**base, "ENGINE_STEP_DELAY": "3"}, tmp_path / "run1.log", tmp_path)
+        second = BotProcess({**base, "ENGINE_STEP_DELAY": "0"}, tmp_path / "run2.log", tmp_path)
+        try:
+            await first.start()
+            await wait_online(server, first, world.guild)
+            options = {"prompt": "a red barn --steps 1"}
+            job_id, _, _ = await queued_reply(
+                await server.send_slash_command(world.alice, world.channel, "imagine", options), 30
+            )
+            posted = await wait_result(server, world.channel, job_id, timeout=60)
+            click = await server.send_component_click(world.bob, posted, f"cv4:strong:{job_id}")
+            vary_id, _ = await image_job_reply(server, click)
+            await first.kill()
+            assert not [m for m in server.messages(world.channel) if f"**#{vary_id}**" in m.content and m.attachments]
+
+            await second.start()
+            await wait_online(server, second, world.guild)
+            await wait_result(server, world.channel, vary_id, timeout=60)
+            await second.stop()
+        finally:
+            await first.kill()
+            await second.kill()
+    posts = [m for m in server.messages(world.channel) if f"**#{vary_id}**" in m.content and m.attachments]
+    assert len(posts) == 1
+    async with SqliteJobQueue(tmp_path / "queue.sqlite3") as queue:
+        job = await queue.get_job(vary_id)
+        assert job is not None and job.state is JobState.DONE and job.kind == "vary"
+        assert job.request.start_image is not None and await queue.inputs.get(job.request.start_image)
