@@ -26,10 +26,19 @@ def _settings_model_id() -> str:
         return "THUDM/CogView4-6B"
 
 
+def _settings_quality() -> str:
+    try:
+        from settings import load_settings
+
+        return load_settings().quality
+    except Exception:
+        return "balanced"
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from tools.doctor import report
 
-    print(report(args.model or _settings_model_id()))
+    print(report(args.model or _settings_model_id(), quality=_settings_quality()))
     return 0
 
 
