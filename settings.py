@@ -8,7 +8,6 @@ repr, a log line or an error message.
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -148,8 +147,3 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         lines = [_describe(err) for err in exc.errors(include_input=False, include_url=False)]
         raise SettingsError("Invalid settings (check .env or the environment):\n  " + "\n  ".join(lines)) from None
-
-
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    return load_settings()
