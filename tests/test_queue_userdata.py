@@ -12,7 +12,10 @@ import pytest
 
 from db.models import EnqueueLimits, JobState, QuotaExceeded, UserSettings
 from tests.queue_helpers import WORKER, must_claim, what, who
-from tests.test_queue_contract import Backend, Clock, backend, clock, queue, reopen  # noqa: F401  (fixtures)
+from tests import test_queue_contract as contract
+from tests.test_queue_contract import Backend, Clock, reopen
+
+backend, queue, clock = contract.backend, contract.queue, contract.clock  # the contract tests' fixtures
 
 DAY = 86_400.0
 
