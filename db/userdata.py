@@ -74,9 +74,7 @@ class UserData:
     async def used_today(self, user_id: int) -> int:
         """Images the user asked for since the start of this UTC day (what DAILY_QUOTA counts)."""
         async with self._read() as conn:
-            row = await conn.one(
-                f"SELECT ({enqueue.USED_SINCE_SQL}) AS n", (user_id, enqueue.day_start(core.now()))
-            )
+            row = await conn.one(f"SELECT ({enqueue.USED_SINCE_SQL}) AS n", (user_id, enqueue.day_start(core.now())))
         return int(row["n"]) if row else 0
 
     # --- retention ----------------------------------------------------------------------------------------

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from db.models import EnqueueLimits, JobState, QuotaExceeded, UserSettings
-from tests.queue_helpers import WORKER, must_claim, what, who
 from tests import test_queue_contract as contract
+from tests.queue_helpers import WORKER, must_claim, what, who
 from tests.test_queue_contract import Backend, Clock, reopen
 
 backend, queue, clock = contract.backend, contract.queue, contract.clock  # the contract tests' fixtures
