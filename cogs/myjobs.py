@@ -92,6 +92,10 @@ class MyJobs(commands.Cog):
             raise NotAllowed(f"Only the person who asked for #{job} or an admin can post it again.")
         if found.state is not JobState.DONE:
             raise QueueError(f"Job #{job} has no images ({found.state.value}).")
+        if await self.bot.queue.is_pruned(job):
+            days = self.bot.settings.retention_days
+            kept = f" (this bot keeps results for {days:g} days)" if days else ""
+            raise QueueError(f"The images of #{job} were deleted{kept}. Use /imagine to make them again.")
         files = await self._images(found)
         if not files:
             raise QueueError(f"The images of #{job} are no longer on the bot's disk. Use /imagine to make them again.")
