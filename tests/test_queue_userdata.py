@@ -6,6 +6,10 @@ faked only through `db.core.now`.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -113,3 +117,44 @@ async def test_a_pass_killed_between_its_steps_is_finished_by_the_next(queue: An
     assert sorted(await queue.prune_results(clock.t - DAY)) == [first, second]
     for job_id in (first, second):
         assert (await queue.get_job(job_id)).result_paths == [] and await images_of(queue, job_id) is None
+
+
+async def test_a_sigkilled_pass_leaves_no_row_without_files_and_the_next_pass_finishes(
+    queue: Any, backend: Backend
+) -> None:
+    first = await finish(queue, b"a-0", b"a-1")
+    second = await finish(queue, b"b-0")
+    child, gone = start_prune_child(backend)
+    contract.kill_hard(child, backend)
+    kept = second if gone == first else first
+    # Killed between deleting the files and recording it: both are marked, the untouched job's images are whole.
+    assert await queue.is_pruned(first) and await queue.is_pruned(second)
+    assert await images_of(queue, gone) is None and await images_of(queue, kept) is not None
+    assert sorted(await queue.prune_results(time.time() - DAY)) == [first, second], "the next pass finishes both"
+    for job_id in (first, second):
+        assert (await queue.get_job(job_id)).result_paths == [] and await images_of(queue, job_id) is None
+    assert leftover_files(backend) == []
+
+
+def start_prune_child(backend: Backend) -> tuple[subprocess.Popen[str], int]:
+    """A real process running a retention pass that hangs after deleting one job's images; returns that job."""
+    child = subprocess.Popen(
+        [sys.executable, str(contract.CHILD), backend.target, "prune", str(time.time() + 60)],
+        cwd=contract.REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    line = child.stdout.readline().strip()
+    if not line.startswith("deleted "):
+        child.kill()
+        pytest.fail(f"prune child did not get to deleting: {line!r} {child.communicate(timeout=10)[1]}")
+    return child, int(line.split()[1])
+
+
+def leftover_files(backend: Backend) -> list[str]:
+    """Result files left in a SQLite queue's folder (PostgreSQL keeps none on disk)."""
+    if backend.name != "sqlite":
+        return []
+    return sorted(p.name for p in (Path(backend.target).parent / "outputs").iterdir())
