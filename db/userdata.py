@@ -24,6 +24,7 @@ from db.results import ResultStore, UnsafeResult
 log = logging.getLogger(__name__)
 
 PRUNE_BATCH = 200
+SETTINGS_CACHE_SIZE = 50_000  # users; past this the cache starts afresh
 
 
 def settings_to_json(settings: UserSettings) -> str:
@@ -41,6 +42,7 @@ class UserData:
     """Mixed into a queue class after db.core.QueueCore, which provides these three."""
 
     results: ResultStore
+    _user_settings: dict[int, UserSettings]
 
     def _tx(self) -> AbstractAsyncContextManager[core.Conn]:
         raise NotImplementedError
@@ -52,23 +54,40 @@ class UserData:
         raise NotImplementedError
 
     # --- personal settings (/settings) -----------------------------------------------------------------
+    def _settings_cache(self) -> dict[int, UserSettings]:
+        """Settings read or written by this process. Every /imagine reads them before it is answered, and in
+        a burst each database trip waits behind hundreds of writes; only the bot writes settings, so what it
+        read or wrote stays true."""
+        cache: dict[int, UserSettings] | None = getattr(self, "_user_settings", None)
+        if cache is None or len(cache) > SETTINGS_CACHE_SIZE:
+            cache = {}
+            self._user_settings = cache
+        return cache
+
     async def user_settings(self, user_id: int) -> UserSettings:
         """The user's saved settings, or all defaults."""
-        async with self._read() as conn:
-            row = await conn.one("SELECT settings FROM user_settings WHERE user_id = ?", (user_id,))
-        return settings_from_json(row["settings"]) if row else UserSettings()
+        cache = self._settings_cache()
+        if user_id not in cache:
+            async with self._read() as conn:
+                row = await conn.one("SELECT settings FROM user_settings WHERE user_id = ?", (user_id,))
+            cache[user_id] = settings_from_json(row["settings"]) if row else UserSettings()
+        return cache[user_id]
 
     async def set_user_settings(self, user_id: int, settings: UserSettings) -> None:
+        self._settings_cache().pop(user_id, None)  # first: a failed write must not leave the new value cached
         async with self._tx() as conn:
             await conn.run(
                 "INSERT INTO user_settings (user_id, settings, updated_at) VALUES (?, ?, ?) "
                 "ON CONFLICT (user_id) DO UPDATE SET settings = excluded.settings, updated_at = excluded.updated_at",
                 (user_id, settings_to_json(settings), core.now()),
             )
+        self._settings_cache()[user_id] = settings
 
     async def clear_user_settings(self, user_id: int) -> None:
+        self._settings_cache().pop(user_id, None)
         async with self._tx() as conn:
             await conn.run("DELETE FROM user_settings WHERE user_id = ?", (user_id,))
+        self._settings_cache()[user_id] = UserSettings()
 
     # --- the daily quota ----------------------------------------------------------------------------------
     async def used_today(self, user_id: int) -> int:
