@@ -28,6 +28,9 @@ _HINTS: dict[str, str] = {
     "DEVICE": "auto, cuda or cpu",
     "QUALITY": "best, balanced or fastest (what MEMORY_MODE=auto may trade for speed)",
     "QUEUE_BACKEND": "sqlite (one machine) or postgres (several GPU machines)",
+    "ALLOWED_ROLE_IDS": "comma-separated role ids, or leave empty to let everyone generate",
+    "DAILY_QUOTA": "a whole number of images per user per UTC day, or 0 for no limit",
+    "RETENTION_DAYS": "a number of days to keep result images, or 0 to keep them forever",
 }
 
 
@@ -114,6 +117,16 @@ class Settings(BaseSettings):
         if self.discord_token is None:
             raise MissingToken
         return self.discord_token.get_secret_value()
+
+    # Server owner's controls (issue 14): who may generate, how much, and how long results are kept
+    allowed_role_ids: IdList = Field(default_factory=list)
+    daily_quota: int = Field(default=0, ge=0, le=100_000)
+    retention_days: float = Field(default=0, ge=0, le=36_500)
+
+    @field_validator("allowed_role_ids", mode="before")
+    @classmethod
+    def _split_role_ids(cls, value: object) -> object:
+        return cls._split_ids(value)
 
 
 class SettingsError(Exception):
