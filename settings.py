@@ -116,6 +116,15 @@ class Settings(BaseSettings):
             raise MissingToken
         return self.discord_token.get_secret_value()
 
+    # Upscale button (issue 13): a local ESRGAN-family model file (the `upscale` extra loads it); unset: a
+    # "hires" pass, image-to-image at the largest size the model allows for that aspect.
+    upscaler_model: Path | None = None
+
+    @field_validator("upscaler_model", mode="before")
+    @classmethod
+    def _no_upscaler(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
 
 class SettingsError(Exception):
     """Start-up configuration problem, already phrased for the person running the bot."""

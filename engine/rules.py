@@ -165,3 +165,30 @@ def validate_request(request: JobRequest, limits: ModelLimits) -> None:
                 raise InvalidRequest(
                     f"The {label} is too long ({tokens} tokens): keep it under {limits.max_prompt_tokens} tokens."
                 )
+
+
+def fit_size(width: int, height: int, limits: ModelLimits) -> tuple[int, int]:
+    """The size an image of width × height is resized and centre-cropped to for image-to-image: the valid
+    size nearest its own aspect and pixel count (capped at the model's largest area; small images grow to
+    the smallest valid size). An aspect the model cannot make (beyond 4:1 for CogView4) is cropped to the
+    nearest one it can."""
+    if width < 1 or height < 1:
+        raise InvalidRequest(f"The image has no pixels ({width}×{height}).")
+    target_ratio = math.log(width / height)
+    target_area = min(width * height, limits.max_area)
+    sizes = range(limits.min_size, limits.max_size + 1, limits.multiple)
+    candidates = [(w, h) for w in sizes for h in sizes if w * h <= limits.max_area]
+
+    def score(size: tuple[int, int]) -> tuple[float, int, int]:
+        w, h = size
+        # Aspect weighs most (a wrong aspect crops content away); then the pixel count; ties go to the larger.
+        return 4 * abs(math.log(w / h) - target_ratio) + abs(math.log(w * h / target_area)), -w * h, -w
+
+    return min(candidates, key=score)
+
+
+def img2img_steps(steps: int, strength: float) -> int:
+    """How many of `steps` an image-to-image run denoises: the last ⌊steps × strength⌋ of the schedule, at
+    least one (diffusers' Flux/SD3 img2img `get_timesteps`). strength 1 runs them all."""
+    start = int(max(steps - min(steps * strength, steps), 0))
+    return max(1, steps - start)
