@@ -42,27 +42,33 @@ class Upscaler:
         self.scale = int(model.scale)
 
     def upscale(self, image: Image.Image, factor: int, on_tile: Callable[[int, int], None]) -> Image.Image:
-        """`image` made `factor` times larger; the model's own scale, then resized to the factor asked."""
-        import numpy as np
-        import torch
+        """`image` made `factor` times larger: the model's own scale, then resized to the factor asked."""
+        return upscale_tiled(lambda tile: self.model(tile.to(self.device)), self.scale, image, factor, on_tile)
 
-        pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)[None]
-        _, _, height, width = pixels.shape
-        out = torch.zeros(1, 3, height * self.scale, width * self.scale)
-        tiles = [(y, x) for y in range(0, height, TILE) for x in range(0, width, TILE)]
-        with torch.inference_mode():
-            for done, (y, x) in enumerate(tiles, start=1):
-                top, left = max(0, y - MARGIN), max(0, x - MARGIN)
-                bottom, right = min(height, y + TILE + MARGIN), min(width, x + TILE + MARGIN)
-                tile = pixels[:, :, top:bottom, left:right].to(self.device)
-                result = self.model(tile).float().cpu()
-                s = self.scale
-                h, w = min(TILE, height - y), min(TILE, width - x)
-                crop = result[:, :, (y - top) * s : (y - top + h) * s, (x - left) * s : (x - left + w) * s]
-                out[:, :, y * s : (y + h) * s, x * s : (x + w) * s] = crop
-                on_tile(done, len(tiles))
-        array = (out[0].clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-        upscaled = Image.fromarray(array)
-        if self.scale != factor:
-            upscaled = upscaled.resize((width * factor, height * factor), Image.Resampling.LANCZOS)
-        return upscaled
+
+def upscale_tiled(
+    model: Callable[[Any], Any], scale: int, image: Image.Image, factor: int, on_tile: Callable[[int, int], None]
+) -> Image.Image:
+    """Run `model` (an RGB tensor in [0, 1] → the same `scale` times larger) over `image` tile by tile, each
+    with MARGIN pixels of context cut away from its output, then resize to `factor` times the image."""
+    import numpy as np
+    import torch
+
+    pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)[None]
+    _, _, height, width = pixels.shape
+    out = torch.zeros(1, 3, height * scale, width * scale)
+    tiles = [(y, x) for y in range(0, height, TILE) for x in range(0, width, TILE)]
+    with torch.inference_mode():
+        for done, (y, x) in enumerate(tiles, start=1):
+            top, left = max(0, y - MARGIN), max(0, x - MARGIN)
+            bottom, right = min(height, y + TILE + MARGIN), min(width, x + TILE + MARGIN)
+            result = model(pixels[:, :, top:bottom, left:right]).float().cpu()
+            h, w = min(TILE, height - y), min(TILE, width - x)
+            crop = result[:, :, (y - top) * scale : (y - top + h) * scale, (x - left) * scale : (x - left + w) * scale]
+            out[:, :, y * scale : (y + h) * scale, x * scale : (x + w) * scale] = crop
+            on_tile(done, len(tiles))
+    array = (out[0].clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    upscaled = Image.fromarray(array)
+    if scale != factor:
+        upscaled = upscaled.resize((width * factor, height * factor), Image.Resampling.LANCZOS)
+    return upscaled

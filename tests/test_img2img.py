@@ -264,6 +264,27 @@ async def test_dispatcher_runs_img2img_from_the_stored_start_image(engine: Engin
         await queue.close()
 
 
+# --- an upscaler model ---------------------------------------------------------------------------------------
+
+
+def test_tiles_are_stitched_without_seams() -> None:
+    """A local operation (a 3×3 blur, then 4× nearest) gives the same pixels tiled as in one piece."""
+    from engine.upscaler import upscale_tiled
+
+    def model(tile: torch.Tensor) -> torch.Tensor:
+        blurred = torch.nn.functional.avg_pool2d(tile, 3, stride=1, padding=1, count_include_pad=False)
+        return torch.nn.functional.interpolate(blurred, scale_factor=4, mode="nearest")
+
+    image = picture(300, 270)
+    tiles: list[tuple[int, int]] = []
+    tiled = upscale_tiled(model, 4, image, 4, lambda done, total: tiles.append((done, total)))
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)[None]
+    expected = (model(pixels)[0].clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    assert tiled.size == (1200, 1080) and tiles == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert np.array_equal(np.asarray(tiled), expected)
+    assert upscale_tiled(model, 4, image, 2, lambda done, total: None).size == (600, 540)
+
+
 # --- an upscaler model --------------------------------------------------------------------------------------
 
 
@@ -289,3 +310,27 @@ async def test_upscaler_model_upscales_in_tiles(tmp_path: Path, tiny_model: Path
         assert seen[-1].total == 2 == seen[-1].step  # 300×200 in 256-pixel tiles
     finally:
         await engine.stop()
+
+
+# --- the command line ------------------------------------------------------------------------------------
+
+
+def test_cli_generates_from_an_image_and_upscales(tiny_model: Path, tmp_path: Path, capsys) -> None:
+    from engine.png import read_parameters
+    from tools.cli import main
+
+    start, out = tmp_path / "start.png", tmp_path / "out.png"
+    start.write_bytes(png(picture(300, 200)))
+    base = ["generate", "a lighthouse", "--model", str(tiny_model), "--device", "cpu", "--steps", "4", "--out"]
+    assert main([*base, str(out), "--image", str(start), "--strength", "0.5", "--seed", "3"]) == 0
+    with Image.open(out) as made:
+        assert made.size == (96, 64)
+    assert read_parameters(out)["strength"] == 0.5
+    start.write_bytes(png(picture(64, 32)))
+    assert main([*base, str(out), "--image", str(start), "--upscale", "2"]) == 0  # hires: no UPSCALER_MODEL
+    with Image.open(out) as made:
+        assert made.size == (128, 64)
+    assert main([*base, str(out), "--strength", "0.5"]) == 2
+    assert "need --image" in capsys.readouterr().err
+    assert main([*base, str(out), "--image", str(tmp_path / "nope.png")]) == 2
+    assert "Could not read" in capsys.readouterr().err
