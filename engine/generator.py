@@ -56,7 +56,7 @@ class Generator:
         if step_s is None:
             step_s = 1.0
         limits = self.plans.limits
-        area = min(request.width * request.height * max(1, request.upscale) ** 2, limits.max_area)
+        area = request.width * request.height  # for image input, the size made (engine.rules.output_size)
         strength = HIRES_STRENGTH if request.upscale else request.strength
         steps = img2img_steps(request.steps, strength) if request.start_image is not None else request.steps
         return request.count * (steps * step_s * area / limits.native_size**2 + encode_decode)

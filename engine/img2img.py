@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from db.models import JobRequest
-from engine.rules import InvalidRequest, ModelLimits, fit_size
+from engine.rules import InvalidRequest, ModelLimits, output_size
 
 # The hires pass (Upscale without an upscaler model) re-runs the last 35% of the schedule at the larger
 # size: enough for the model to draw real detail at the new resolution, little enough that composition,
@@ -59,8 +59,5 @@ def start_image(request: JobRequest, data: bytes, limits: ModelLimits) -> StartI
     """The start of an image-to-image job (made at the fitted size of the image, whatever the request's
     width and height say), or of a hires upscale (the largest size for its aspect, at HIRES_STRENGTH)."""
     image = open_image(data)
-    if request.upscale:
-        width, height = fit_size(image.width * request.upscale, image.height * request.upscale, limits)
-        return StartImage(fit_image(image, width, height), HIRES_STRENGTH)
-    width, height = fit_size(image.width, image.height, limits)
-    return StartImage(fit_image(image, width, height), request.strength)
+    width, height = output_size(image.width, image.height, request.upscale, limits)
+    return StartImage(fit_image(image, width, height), HIRES_STRENGTH if request.upscale else request.strength)

@@ -187,6 +187,14 @@ def fit_size(width: int, height: int, limits: ModelLimits) -> tuple[int, int]:
     return min(candidates, key=score)
 
 
+def output_size(width: int, height: int, upscale: int, limits: ModelLimits) -> tuple[int, int]:
+    """The size an image-to-image job (upscale 0) or a hires upscale (2 or 4: the largest size the model
+    allows for that aspect, at most `upscale` times the image) is made at from a width × height start image.
+    The cogs put it in the request's width and height, so the size class and the ETA are the job's own."""
+    factor = max(1, upscale)
+    return fit_size(width * factor, height * factor, limits)
+
+
 def img2img_steps(steps: int, strength: float) -> int:
     """How many of `steps` an image-to-image run denoises: the last ⌊steps × strength⌋ of the schedule, at
     least one (diffusers' Flux/SD3 img2img `get_timesteps`). strength 1 runs them all."""

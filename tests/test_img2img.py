@@ -27,7 +27,7 @@ from dispatch.dispatcher import Dispatcher
 from engine.attention import install
 from engine.img2img import HIRES_STRENGTH, fit_image, open_image
 from engine.plans import CPU_PLANS, Measurement
-from engine.rules import COGVIEW4_LIMITS, InvalidRequest, ModelLimits, check_size, fit_size, img2img_steps
+from engine.rules import COGVIEW4_LIMITS, InvalidRequest, ModelLimits, check_size, fit_size, img2img_steps, output_size
 from engine.runner import Runner, RunnerOptions
 from engine.service import Engine, EngineConfig
 from engine.types import Progress
@@ -87,6 +87,13 @@ def test_every_fitted_size_is_valid_and_keeps_a_makeable_aspect(width: int, heig
     widest = limits.max_size / limits.min_size
     ratio = min(max(width / height, 1 / widest), widest)  # the aspect the model can make closest to the image's
     assert abs(math.log(w / h) - math.log(ratio)) <= math.log(1 + 2 * limits.multiple / limits.min_size)
+
+
+def test_output_size_of_an_upscale_is_the_largest_for_its_aspect() -> None:
+    assert output_size(1024, 1024, 2, COGVIEW4_LIMITS) == (1440, 1440)  # 2× would be 4 MP: capped at 2^21 pixels
+    assert output_size(512, 512, 2, COGVIEW4_LIMITS) == (1024, 1024)  # 2× fits
+    assert output_size(768, 1344, 4, COGVIEW4_LIMITS) == fit_size(768 * 4, 1344 * 4, COGVIEW4_LIMITS)
+    assert output_size(1000, 750, 0, COGVIEW4_LIMITS) == (1024, 768)  # image-to-image: the fit itself
 
 
 def test_fit_size_refuses_an_empty_image() -> None:

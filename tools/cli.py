@@ -59,11 +59,10 @@ def _settings_upscaler() -> Path | None:
 def _start_size(image_data: bytes, upscale: int, limits: ModelLimits) -> tuple[int, int]:
     """The size an image-to-image or upscale job is made at (what the engine will pick from the image)."""
     from engine.img2img import open_image
-    from engine.rules import fit_size
+    from engine.rules import output_size
 
     image = open_image(image_data)
-    factor = max(1, upscale)
-    return fit_size(image.width * factor, image.height * factor, limits)
+    return output_size(image.width, image.height, upscale, limits)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
