@@ -12,6 +12,7 @@ import io
 import math
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -27,6 +28,7 @@ from dispatch.dispatcher import Dispatcher
 from engine.attention import install
 from engine.img2img import HIRES_STRENGTH, fit_image, open_image
 from engine.plans import CPU_PLANS, Measurement
+from engine.png import read_parameters
 from engine.rules import COGVIEW4_LIMITS, InvalidRequest, ModelLimits, check_size, fit_size, img2img_steps, output_size
 from engine.runner import Runner, RunnerOptions
 from engine.service import Engine, EngineConfig
@@ -247,24 +249,42 @@ class MemoryInputs:
         self.stored.pop(digest, None)
 
 
-async def test_dispatcher_runs_img2img_from_the_stored_start_image(engine: Engine, tmp_path: Path) -> None:
-    queue = SqliteJobQueue(tmp_path / "queue.sqlite3", results=FolderResults(tmp_path / "out"))
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest) -> str | None:
+    """None: SQLite in the test's folder; else a fresh PostgreSQL database (the cluster's queue)."""
+    return request.getfixturevalue("pg_url") if request.param == "postgres" else None
+
+
+async def test_dispatcher_runs_img2img_from_the_stored_start_image(
+    engine: Engine, tmp_path: Path, database_url: str | None
+) -> None:
+    """As the bot's dispatcher and a cluster worker's (PostgreSQL) run it: the start image comes from the
+    queue's input store by its digest; one that is gone fails the job with a message, not a crash."""
+    if database_url is None:
+        queue: Any = SqliteJobQueue(tmp_path / "queue.sqlite3", results=FolderResults(tmp_path / "out"))
+    else:
+        from db.postgres import PostgresJobQueue
+
+        queue = PostgresJobQueue(database_url, apply_schema=False)
     await queue.open()
-    inputs = MemoryInputs()
-    queue.inputs = inputs  # type: ignore[attr-defined]
+    inputs = MemoryInputs()  # db.inputs' stores are another branch's; the dispatcher needs only the Protocol
+    queue.inputs = inputs
     digest = await inputs.put(png(picture(200, 100)))
     dispatcher = Dispatcher(queue, engine, worker_id="w", model_id="tiny", heartbeat_s=0.05, idle_poll_s=0.1)
     try:
-        good = await queue.enqueue(ALICE, job(start_image=digest, strength=0.6))
+        good = await queue.enqueue(ALICE, job(start_image=digest, strength=0.6, width=128, height=64))
         gone = await queue.enqueue(ALICE, job(start_image="ab" * 32, strength=0.6))
         for queued in (good, gone):
             claimed = await queue.claim_next("w", 60)
             assert claimed is not None and claimed.id == queued.job_id
+            assert claimed.request.start_image is not None and claimed.request.strength == 0.6
             await dispatcher.process(claimed)
         done, failed = await queue.get_job(good.job_id), await queue.get_job(gone.job_id)
         assert done is not None and done.state is JobState.DONE
-        with Image.open(done.result_paths[0]) as made:
-            assert made.size == (128, 64)
+        [made] = await queue.results.read(done)
+        with Image.open(io.BytesIO(made.data)) as image:
+            assert image.size == (128, 64)
+        assert read_parameters(made.data)["strength"] == 0.6
         assert failed is not None and failed.state is JobState.FAILED
         assert failed.error is not None and "no longer stored" in failed.error
     finally:
@@ -323,7 +343,6 @@ async def test_upscaler_model_upscales_in_tiles(tmp_path: Path, tiny_model: Path
 
 
 def test_cli_generates_from_an_image_and_upscales(tiny_model: Path, tmp_path: Path, capsys) -> None:
-    from engine.png import read_parameters
     from tools.cli import main
 
     start, out = tmp_path / "start.png", tmp_path / "out.png"
