@@ -16,8 +16,9 @@ from db.models import JobRequest
 from engine.rules import InvalidRequest, ModelLimits, output_size
 
 # The hires pass (Upscale without an upscaler model) re-runs the last 35% of the schedule at the larger
-# size: enough for the model to draw real detail at the new resolution, little enough that composition,
-# faces and colours stay those of the picture being upscaled (from about 0.5 on, it starts to repaint).
+# size: the low end of the usual "hires fix" range (0.3–0.5), so the model adds detail at the new
+# resolution while composition, faces and colours stay those of the picture being upscaled; higher values
+# start to repaint it. Not yet tuned on the real CogView4 weights (the tests run a random tiny model).
 HIRES_STRENGTH = 0.35
 
 
@@ -40,8 +41,9 @@ def open_image(data: bytes) -> Image.Image:
             opened.seek(0)
             image = ImageOps.exif_transpose(opened)
             if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+                rgba = image.convert("RGBA")  # transparent parts become white, as a viewer shows them
                 background = Image.new("RGB", image.size, (255, 255, 255))
-                background.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
+                background.paste(rgba, mask=rgba.getchannel("A"))
                 return background
             return image.convert("RGB")
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:

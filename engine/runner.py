@@ -155,12 +155,14 @@ class Runner:
         _sync(device)
         timings.encode_s = time.perf_counter() - t0
 
-        t1 = time.perf_counter()
         step_events: list[Any] = []
         with torch.inference_mode(), self._attention_backend():
             start = None
-            if init_image is not None:
+            if init_image is not None:  # the start image's encoding counts as encoding time
                 start = self._phase("vae", int(1.5 * GIB), lambda: (self._encode_image(init_image), strength))
+                _sync(device)
+                timings.encode_s = time.perf_counter() - t0
+            t1 = time.perf_counter()
             batched = cfg and self.options.batched_cfg and self.batch_fits(width * height)
             working = self._pass_bytes(width * height) * (2 if batched else 1)
             latents = self._phase(
