@@ -15,9 +15,9 @@ from dataclasses import replace
 from typing import Any
 
 from db.models import MAX_SEED, JobRequest
-from engine.img2img import HIRES_STRENGTH, StartImage, open_image, start_image
+from engine.img2img import StartImage, open_image, start_image
 from engine.plan_manager import PlanManager
-from engine.rules import InvalidRequest, check_size, img2img_steps
+from engine.rules import InvalidRequest, check_size, img2img_steps, steps_run
 from engine.types import GenerationResult, JobCancelled, OutOfMemory, Prefetch, Progress
 
 log = logging.getLogger(__name__)
@@ -55,11 +55,9 @@ class Generator:
             encode_decode = measured.encode_s + measured.decode_s
         if step_s is None:
             step_s = 1.0
-        limits = self.plans.limits
-        area = request.width * request.height  # for image input, the size made (engine.rules.output_size)
-        strength = HIRES_STRENGTH if request.upscale else request.strength
-        steps = img2img_steps(request.steps, strength) if request.start_image is not None else request.steps
-        return request.count * (steps * step_s * area / limits.native_size**2 + encode_decode)
+        # For image input, width × height is the size made (engine.rules.output_size), set where it came in.
+        area = request.width * request.height / (self.plans.limits.native_size**2)
+        return request.count * (steps_run(request) * step_s * area + encode_decode)
 
     # --- GPU thread ------------------------------------------------------------------------------
     def generate(

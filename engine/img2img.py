@@ -13,13 +13,7 @@ from dataclasses import dataclass
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from db.models import JobRequest
-from engine.rules import InvalidRequest, ModelLimits, output_size
-
-# The hires pass (Upscale without an upscaler model) re-runs the last 35% of the schedule at the larger
-# size: the low end of the usual "hires fix" range (0.3–0.5), so the model adds detail at the new
-# resolution while composition, faces and colours stay those of the picture being upscaled; higher values
-# start to repaint it. Not yet tuned on the real CogView4 weights (the tests run a random tiny model).
-HIRES_STRENGTH = 0.35
+from engine.rules import HIRES_STRENGTH, InvalidRequest, ModelLimits, output_size
 
 
 @dataclass(frozen=True)

@@ -26,10 +26,20 @@ from db.results import FolderResults
 from db.sqlite_queue import SqliteJobQueue
 from dispatch.dispatcher import Dispatcher
 from engine.attention import install
-from engine.img2img import HIRES_STRENGTH, fit_image, open_image
+from engine.img2img import fit_image, open_image
 from engine.plans import CPU_PLANS, Measurement
 from engine.png import read_parameters
-from engine.rules import COGVIEW4_LIMITS, InvalidRequest, ModelLimits, check_size, fit_size, img2img_steps, output_size
+from engine.rules import (
+    COGVIEW4_LIMITS,
+    HIRES_STRENGTH,
+    InvalidRequest,
+    ModelLimits,
+    check_size,
+    fit_size,
+    img2img_steps,
+    output_size,
+    steps_run,
+)
 from engine.runner import Runner, RunnerOptions
 from engine.service import Engine, EngineConfig
 from engine.types import Progress
@@ -110,6 +120,12 @@ def test_img2img_runs_the_last_part_of_the_schedule(steps: int, strength: float,
 
 def test_img2img_runs_at_least_one_step() -> None:
     assert img2img_steps(50, 0.001) == 1 and img2img_steps(1, 0.3) == 1
+
+
+def test_the_eta_counts_the_steps_a_job_runs() -> None:
+    assert steps_run(job(steps=10)) == 10
+    assert steps_run(job(steps=10, start_image=DIGEST, strength=0.5)) == 5
+    assert steps_run(job(steps=10, start_image=DIGEST, upscale=4)) == img2img_steps(10, HIRES_STRENGTH)
 
 
 # --- decoding the start image ------------------------------------------------------------------------
@@ -213,7 +229,6 @@ async def test_upscale_without_a_model_is_a_hires_pass(engine: Engine) -> None:
     await asyncio.sleep(0.05)
     assert result.images[0].size == (128, 64)  # 2× within the tiny model's largest area
     assert seen[-1].total == img2img_steps(10, HIRES_STRENGTH) == 4  # the last 3.5 of 10 steps
-    assert 0 < engine.estimate_seconds(request)
 
 
 async def test_missing_or_broken_start_image_fails_clearly(engine: Engine) -> None:
