@@ -128,6 +128,15 @@ class Settings(BaseSettings):
     def _split_role_ids(cls, value: object) -> object:
         return cls._split_ids(value)
 
+    # Upscale button (issue 13): a local ESRGAN-family model file (the `upscale` extra loads it); unset: a
+    # "hires" pass, image-to-image at the largest size the model allows for that aspect.
+    upscaler_model: Path | None = None
+
+    @field_validator("upscaler_model", mode="before")
+    @classmethod
+    def _no_upscaler(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
 
 class SettingsError(Exception):
     """Start-up configuration problem, already phrased for the person running the bot."""

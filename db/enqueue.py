@@ -138,5 +138,8 @@ def insert_values(
         "count": request.count,
         "created_at": at,
         "fair_round": fair_round,
+        "start_image": request.start_image,
+        "strength": float(request.strength),
+        "upscale": request.upscale,
     }
     return tuple(values[name] for name in INSERT_COLUMNS)
