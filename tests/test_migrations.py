@@ -246,20 +246,17 @@ def test_processes_opening_a_new_file_at_once_migrate_it_once(tmp_path: Path) ->
 
 
 def _write_db_before_image_input(path: Path, migrations_dir: Path) -> None:
-    """A queue file as the bot before issue 13 left it: one job, no image-input columns."""
-    image_input = migrations_dir / "004_start_images.sql"
-    script = image_input.read_text(encoding="utf-8")
-    image_input.unlink()
+    """A queue file as the bot before issue 13 left it: one job, the migrations before 004 only."""
+    earlier = [m for m in sorted(migrations_dir.glob("*.sql")) if int(m.name.split("_")[0]) < 4]
     with closing(sqlite3.connect(path)) as conn:
-        for migration in sorted(migrations_dir.glob("*.sql")):
+        for migration in earlier:
             conn.executescript(migration.read_text(encoding="utf-8"))
         conn.execute(
             "INSERT INTO jobs (kind, user_id, user_name, channel_id, prompt, width, height, steps, guidance, count, "
             "created_at) VALUES ('imagine', 1, 'ana', 2, 'a lighthouse', 512, 512, 4, 2.0, 1, 0)"
         )
-        conn.execute(f"PRAGMA user_version = {len(list(migrations_dir.glob('*.sql')))}")
+        conn.execute(f"PRAGMA user_version = {len(earlier)}")
         conn.commit()
-    image_input.write_text(script, encoding="utf-8")
 
 
 async def test_jobs_queued_before_image_input_read_as_text_to_image(tmp_path: Path, migrations_dir: Path) -> None:
