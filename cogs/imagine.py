@@ -73,7 +73,8 @@ async def imagine_from_image(bot: Host, interaction: discord.Interaction, ask: A
     parsed = parse_flags(ask.prompt)
     if parsed.aspect is not None or ask.aspect is not None:
         raise Refused("With an image the picture's own shape is used: leave out the aspect.")
-    request = build_request(dataclasses.replace(ask, strength=None), bot.engine.limits, bot.settings)
+    mine = await bot.queue.user_settings(interaction.user.id)
+    request = build_request(dataclasses.replace(ask, strength=None), bot.engine.limits, bot.settings, mine)
     strength = parsed.strength if parsed.strength is not None else ask.strength
 
     async def load() -> bytes:

@@ -214,6 +214,7 @@ class EnqueueLimits:
     max_per_user: int | None = None
     max_total: int | None = None
     cooldown_s: float = 0.0
+    daily_quota: int = 0  # images a user may ask for per UTC day; 0 = unlimited
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,3 +260,25 @@ class AuditEntry:
     action: str
     detail: str
     guild_id: int | None = None
+
+
+class QuotaExceeded(QueueError):
+    """The user's daily quota (DAILY_QUOTA images per UTC day) would be exceeded; nothing was written."""
+
+    def __init__(self, used: int, quota: int, resets_at: float) -> None:
+        super().__init__(
+            f"You have used {used} of your {quota} images for today (UTC). More from <t:{int(resets_at)}:R>."
+        )
+        self.used = used
+        self.quota = quota
+
+
+@dataclass(frozen=True, slots=True)
+class UserSettings:
+    """A user's own defaults for /imagine (None = the bot's default) and whether results come by DM."""
+
+    aspect: str | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    negative_prompt: str | None = None
+    private: bool = False

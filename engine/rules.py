@@ -167,6 +167,13 @@ def validate_request(request: JobRequest, limits: ModelLimits) -> None:
                 )
 
 
+# The hires pass (Upscale without an upscaler model) re-runs the last 35% of the schedule at the larger
+# size: the low end of the usual "hires fix" range (0.3–0.5), so the model adds detail at the new
+# resolution while composition, faces and colours stay those of the picture being upscaled; higher values
+# start to repaint it. Not yet tuned on the real CogView4 weights (the tests run a random tiny model).
+HIRES_STRENGTH = 0.35
+
+
 def fit_size(width: int, height: int, limits: ModelLimits) -> tuple[int, int]:
     """The size an image of width × height is resized and centre-cropped to for image-to-image: the valid
     size nearest its own aspect and pixel count (capped at the model's largest area; small images grow to
@@ -200,3 +207,10 @@ def img2img_steps(steps: int, strength: float) -> int:
     least one (diffusers' Flux/SD3 img2img `get_timesteps`). strength 1 runs them all."""
     start = int(max(steps - min(steps * strength, steps), 0))
     return max(1, steps - start)
+
+
+def steps_run(request: JobRequest) -> int:
+    """Denoising steps a job runs (for the ETA): all of them, or the image-to-image share of them."""
+    if request.start_image is None:
+        return request.steps
+    return img2img_steps(request.steps, HIRES_STRENGTH if request.upscale else request.strength)

@@ -104,6 +104,7 @@ class EngineConfig:
     memory_cap_gib: float | None = None  # benchmarks: behave like a smaller card
     quality: str = "balanced"  # QUALITY: how much fidelity `auto` may trade for speed (engine.plans)
     quantized_cache_dir: Path | None = None  # quantized weights kept between starts; None: quantize each start
+    upscaler_model: Path | None = None  # UPSCALER_MODEL: an ESRGAN-family file; None: Upscale is a hires pass
 
     @classmethod
     def from_settings(cls, settings: Any) -> EngineConfig:
@@ -115,6 +116,7 @@ class EngineConfig:
             step_delay_s=settings.engine_step_delay,
             quality=settings.quality,
             quantized_cache_dir=settings.quantized_cache_dir,
+            upscaler_model=settings.upscaler_model,
         )
 
 

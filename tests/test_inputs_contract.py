@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 from typing import Any
 
@@ -125,3 +126,16 @@ async def test_folder_inputs_write_atomically_inside_their_folder(tmp_path: Path
     (tmp_path / "secret.png").write_bytes(b"secret")
     with pytest.raises(InvalidJob):
         await store.get("../secret")
+
+
+async def test_the_retention_days_pass_removes_start_images_too(queue: JobQueue) -> None:
+    shared, own = await queue.inputs.put(PNG_A), await queue.inputs.put(PNG_B)
+    old = await finish(queue, what(start_image=own, strength=0.5))
+    also_old = await finish(queue, what(start_image=shared, strength=0.5))
+    waiting = await queue.enqueue(who(2), what(start_image=shared, strength=0.5))
+    pruned = await queue.prune_results(time.time() + 60)
+    assert set(pruned) == {old, also_old}
+    with pytest.raises(FileNotFoundError):
+        await queue.inputs.get(own)
+    assert await queue.inputs.get(shared) == PNG_A  # the queued job still needs it
+    assert waiting.job_id not in pruned

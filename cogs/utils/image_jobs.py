@@ -26,7 +26,7 @@ from typing import Any
 import aiohttp
 import discord
 
-from cogs.utils.checks import Refused, require_allowed_channel
+from cogs.utils.checks import Refused, require_allowed_channel, require_allowed_role
 from cogs.utils.host import Host
 from cogs.utils.images import fetch_attachment, store_start_image
 from cogs.utils.submit import check_request, enqueue_limits, queued_status, requester_of
@@ -72,6 +72,7 @@ async def submit_image_job(
     class and the ETA are the job's own."""
     settings, limits = bot.settings, bot.engine.limits
     require_allowed_channel(interaction, settings)
+    require_allowed_role(interaction, settings)
     check_request(request, limits, settings)  # every text and number rule before anything is downloaded
     strength = check_strength(strength)
     await interaction.response.defer(ephemeral=True, thinking=True)
@@ -209,6 +210,7 @@ async def open_remix(bot: Host, interaction: discord.Interaction, job_id: int) -
     """The Remix button: the modal is the first response (no defer: Discord allows a modal only then)."""
     parent = await finished_job(bot, job_id)
     require_allowed_channel(interaction, bot.settings)
+    require_allowed_role(interaction, bot.settings)
     await interaction.response.send_modal(RemixModal(parent))
 
 

@@ -3,5 +3,3 @@
 ALTER TABLE jobs ADD COLUMN start_image TEXT;
 ALTER TABLE jobs ADD COLUMN strength REAL NOT NULL DEFAULT 1.0 CHECK (strength > 0 AND strength <= 1);
 ALTER TABLE jobs ADD COLUMN upscale INTEGER NOT NULL DEFAULT 0 CHECK (upscale IN (0, 2, 4));
--- Retention asks whether any other job still needs a start image (db/retention.py).
-CREATE INDEX jobs_by_start_image ON jobs (start_image) WHERE start_image IS NOT NULL;
