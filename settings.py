@@ -76,6 +76,9 @@ class Settings(BaseSettings):
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    # Live previews (issue 14): the status message shows the image forming; off = no preview work at all
+    previews: bool = True
+
     @field_validator("admin_user_ids", "admin_role_ids", "allowed_channel_ids", mode="before")
     @classmethod
     def _split_ids(cls, value: object) -> object:

@@ -15,6 +15,7 @@ from typing import Any
 
 from db.models import MAX_SEED, JobRequest
 from engine.plan_manager import PlanManager
+from engine.preview import Previewer
 from engine.rules import check_size
 from engine.types import GenerationResult, JobCancelled, OutOfMemory, Prefetch, Progress
 
@@ -132,6 +133,7 @@ class Generator:
         encode_s = time.perf_counter() - started
         total = request.steps * request.count
         images, timings = [], []
+        previewer = self._previewer(runner)
         for index in range(request.count):
 
             def on_step(step: int, steps: int, index: int = index) -> None:
@@ -140,7 +142,10 @@ class Generator:
                 done = index * steps + step
                 elapsed = time.perf_counter() - started
                 eta = elapsed / done * (total - done) if done else None
-                report(Progress(done, total, index + 1, request.count, elapsed, eta))
+                preview = None
+                if previewer is not None and previewer.latest is not None:
+                    preview, previewer.latest = previewer.latest, None
+                report(Progress(done, total, index + 1, request.count, elapsed, eta, preview))
 
             if should_cancel is not None and should_cancel():
                 raise Cancelled
@@ -153,6 +158,7 @@ class Generator:
                 guidance=request.guidance,
                 seed=(seed + index) % (MAX_SEED + 1),
                 on_step=on_step,
+                preview=previewer,
             )
             images.append(image)
             timings.append(timing)
@@ -167,6 +173,17 @@ class Generator:
             "total_s": time.perf_counter() - started,
         }
         return GenerationResult(images=images, seed=seed, plan=runner.plan.name, timings=summary)
+
+    def _previewer(self, runner: Any) -> Previewer | None:
+        """A previewer for one job, or None with PREVIEWS=off (or if the colour map could not be made)."""
+        config = self.plans.config
+        if not config.previews:
+            return None
+        try:
+            return Previewer(runner.preview_map(config.preview_cache_dir))
+        except Exception:
+            log.warning("No live previews: the preview colour map could not be made", exc_info=True)
+            return None
 
     def _record_speed(self, request: JobRequest, timings: list[Any]) -> None:
         """Smooth the measured seconds per step (scaled to the native size) into the ETA's rate."""

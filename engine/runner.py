@@ -10,10 +10,12 @@ checks that it produces the very same pixels as the stock pipeline.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -92,6 +94,7 @@ class Runner:
         self.encoder_visits = 0  # times the encoder was brought in for a batch of texts
         self.batch_oom_area: int | None = None  # smallest image area at which a CFG batch of 2 ran out of memory
         self.unbatched_steps = 0  # CFG steps run as two passes although batching was on (tests, benchmarks)
+        self._preview_map: Any = None  # engine.preview.LatentRGB of this pipeline's VAE, once asked for
 
     # --- text encoder ---------------------------------------------------------------------
     def encode(self, texts: list[str]) -> None:
@@ -121,6 +124,15 @@ class Runner:
         self.embeddings.drop_unheld()
         self.encoder_calls = self.encoder_visits = 0
 
+    def preview_map(self, cache_dir: Path | None) -> Any:
+        """The latent → RGB map of this pipeline's VAE (engine.preview), read or fitted once per runner."""
+        if self._preview_map is None:
+            from engine.preview import load_or_fit
+
+            fit = functools.partial(load_or_fit, self.pipe.vae, self.device, cache_dir)
+            self._preview_map = self._phase("vae", int(0.5 * GIB), fit)
+        return self._preview_map
+
     def _phase(self, component: str, working_bytes: int, fn: Callable[[], T]) -> T:
         """Run one phase; under a swap plan the component is brought in first (evicting others if needed)."""
         if self.residency is None:
@@ -139,8 +151,10 @@ class Runner:
         guidance: float,
         seed: int,
         on_step: StepHook | None = None,
+        preview: Any = None,
     ) -> tuple[Any, Timings]:
-        """One image; the text embeddings must already be in the cache (see encode)."""
+        """One image; the text embeddings must already be in the cache (see encode). `preview`: an
+        engine.preview.Previewer that renders the current guess of the image when it is due."""
         timings = Timings()
         device = self.device
         t0 = time.perf_counter()
@@ -160,7 +174,17 @@ class Runner:
                 "transformer",
                 working,
                 lambda: self._denoise(
-                    prompt_embeds, negative_embeds, width, height, steps, guidance, seed, on_step, batched, step_events
+                    prompt_embeds,
+                    negative_embeds,
+                    width,
+                    height,
+                    steps,
+                    guidance,
+                    seed,
+                    on_step,
+                    batched,
+                    step_events,
+                    preview,
                 ),
             )
             _sync(device)
@@ -187,6 +211,7 @@ class Runner:
         on_step: StepHook | None,
         batched: bool,
         step_events: list[Any],
+        preview: Any = None,
     ) -> torch.Tensor:
         # Adapted from diffusers.pipelines.cogview4.pipeline_cogview4.CogView4Pipeline.__call__ (prepare
         # latents, timesteps and the denoising loop), with these differences: one image per call; the
@@ -287,6 +312,7 @@ class Runner:
                             return_dict=False,
                         )[0]
                     noise_pred = noise_uncond + guidance * (noise_pred - noise_uncond)
+            previous = latents
             latents = scheduler.step(noise_pred, t, latents, return_dict=False)[0]
             if device.type == "cuda":
                 event = torch.cuda.Event(enable_timing=True)
@@ -294,6 +320,10 @@ class Runner:
                 step_events.append(event)
             if self.options.step_delay_s:
                 time.sleep(self.options.step_delay_s)
+            if preview is not None and preview.due(i + 1, steps):
+                # Flow matching: the transformer predicts v = noise − x0, so x0 = x_t − σ·v.
+                sigma = scheduler.sigmas[scheduler.step_index - 1]
+                preview.push(previous - sigma * noise_pred.float())
             if on_step is not None:
                 on_step(i + 1, steps)
         return latents

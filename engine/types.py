@@ -51,6 +51,7 @@ class Progress:
     images: int
     elapsed_s: float
     eta_s: float | None
+    preview: bytes | None = None  # a small JPEG of the image forming (engine.preview), when one is new
 
 
 @dataclass
@@ -104,6 +105,8 @@ class EngineConfig:
     memory_cap_gib: float | None = None  # benchmarks: behave like a smaller card
     quality: str = "balanced"  # QUALITY: how much fidelity `auto` may trade for speed (engine.plans)
     quantized_cache_dir: Path | None = None  # quantized weights kept between starts; None: quantize each start
+    previews: bool = True  # PREVIEWS: render a small preview of the image forming now and then
+    preview_cache_dir: Path | None = None  # the fitted latent → RGB maps (engine.preview); None: fit each start
 
     @classmethod
     def from_settings(cls, settings: Any) -> EngineConfig:
@@ -115,6 +118,8 @@ class EngineConfig:
             step_delay_s=settings.engine_step_delay,
             quality=settings.quality,
             quantized_cache_dir=settings.quantized_cache_dir,
+            previews=settings.previews,
+            preview_cache_dir=settings.quantized_cache_dir / "latent_rgb",
         )
 
 
