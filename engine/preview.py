@@ -13,6 +13,7 @@ weights: the next start with the same VAE reads it instead of fitting again.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 MAX_SIDE = 256  # a preview is at most this many pixels a side
 JPEG_QUALITY = 70
 FIT_IMAGES = 8
-FIT_SIDE = 256  # pixels a side of each fitting image
+FIT_SIDE = 64  # pixels a side of each fitting image: 8² latent pixels each at CogView4's 8× VAE
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,8 @@ def fit_latent_rgb(vae: Any, device: Any) -> LatentRGB:
 
     generator = torch.Generator(device="cpu").manual_seed(0)
     images = _fitting_images(FIT_IMAGES, FIT_SIDE, generator)
+    if torch.device(device).type == "cpu" and vae.dtype in (torch.bfloat16, torch.float16):
+        vae = copy.deepcopy(vae).float()  # half-precision convolutions are many times slower on a CPU
     with torch.inference_mode():
         pixels = (images * 2 - 1).to(device=device, dtype=vae.dtype)
         latents = vae.encode(pixels).latent_dist.mean.float() * vae.config.scaling_factor

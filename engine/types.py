@@ -105,7 +105,7 @@ class EngineConfig:
     memory_cap_gib: float | None = None  # benchmarks: behave like a smaller card
     quality: str = "balanced"  # QUALITY: how much fidelity `auto` may trade for speed (engine.plans)
     quantized_cache_dir: Path | None = None  # quantized weights kept between starts; None: quantize each start
-    previews: bool = True  # PREVIEWS: render a small preview of the image forming now and then
+    previews: bool = False  # PREVIEWS (on in the bot): render a small preview of the image forming now and then
     preview_cache_dir: Path | None = None  # the fitted latent → RGB maps (engine.preview); None: fit each start
 
     @classmethod

@@ -84,7 +84,7 @@ def test_the_fit_recovers_the_colours_a_linear_vae_encodes() -> None:
 
 
 async def test_a_slow_job_reports_small_jpeg_previews_but_not_at_its_last_step(tiny_model: Path) -> None:
-    engine = await started_engine(tiny_model, step_delay_s=0.25)
+    engine = await started_engine(tiny_model, step_delay_s=0.25, previews=True)
     events: list[Progress] = []
     try:
         await engine.generate(request(), on_progress=events.append)
