@@ -1,14 +1,18 @@
-"""Live previews end to end (issue 14): the bot in this process, the tiny model slowed down, the fake Discord."""
+"""Live previews end to end (issue 14), and two small polish points: no voice warnings, /queue ETAs per job."""
 
 from __future__ import annotations
 
 import io
 import itertools
 import json
+import logging
 from pathlib import Path
 
+import discord
+import pytest
 from PIL import Image
 
+from bot import ImageBot
 from cogs.progress import EDIT_INTERVAL_S, PREVIEW_NAME
 from tests.conftest import World
 from tests.e2e.harness import queued_reply, running_bot, settings_for, wait_result
@@ -111,3 +115,14 @@ async def test_a_rate_limited_edit_slows_the_previews_down(world: World, tiny_mo
     later_previews = [r for r in edits[hit + 2 :] if r.files]
     assert later_previews, "previews went on after the rate limit"
     assert later_previews[0].received_at - retried.received_at >= 2 * EDIT_INTERVAL_S - TOLERANCE_S
+
+
+def test_no_voice_warnings_at_start_up(
+    tiny_model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, world: World
+) -> None:
+    """discord.py warns once per process that voice is unsupported; the bot has no voice (issue 14)."""
+    monkeypatch.setattr(discord.VoiceClient, "warn_nacl", True)  # as in a fresh process
+    monkeypatch.setattr(discord.VoiceClient, "warn_dave", True)
+    with caplog.at_level(logging.WARNING, logger="discord"):
+        ImageBot(settings_for(world.server, tiny_model, tmp_path))
+    assert "voice" not in caplog.text
