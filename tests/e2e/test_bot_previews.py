@@ -6,6 +6,7 @@ import io
 import itertools
 import json
 import logging
+import re
 from pathlib import Path
 
 import discord
@@ -14,8 +15,9 @@ from PIL import Image
 
 from bot import ImageBot
 from cogs.progress import EDIT_INTERVAL_S, PREVIEW_NAME
+from db.models import JobState
 from tests.conftest import World
-from tests.e2e.harness import queued_reply, running_bot, settings_for, wait_result
+from tests.e2e.harness import ephemeral_reply, queued_reply, running_bot, settings_for, wait_job, wait_result
 from tests.fakediscord import FakeDiscord, RecordedRequest
 
 TOLERANCE_S = 0.1  # the fake stamps requests on arrival; the bot measures from its own clock
@@ -126,3 +128,23 @@ def test_no_voice_warnings_at_start_up(
     with caplog.at_level(logging.WARNING, logger="discord"):
         ImageBot(settings_for(world.server, tiny_model, tmp_path))
     assert "voice" not in caplog.text
+
+
+async def test_queue_lists_an_eta_for_each_of_your_jobs(world: World, tiny_model: Path, tmp_path: Path) -> None:
+    server = world.server
+    settings = settings_for(server, tiny_model, tmp_path, dev_guild_id=world.guild.id, engine_step_delay=0.3)
+    async with running_bot(server, settings) as bot:
+        jobs = []
+        for prompt in ("a cat --steps 30", "a dog", "a fox"):
+            handle = await server.send_slash_command(world.alice, world.channel, "imagine", {"prompt": prompt})
+            jobs.append((await queued_reply(handle))[0])
+        first = jobs[0]
+        await wait_job(bot, first, lambda job: job.state is JobState.RUNNING)
+        listing = await ephemeral_reply(await server.send_slash_command(world.alice, world.channel, "queue"))
+        await bot.queue.purge()
+        await bot.queue.cancel(first, by_user_id=world.alice.id)
+    lines = {int(m.group(1)): m.group(0) for m in re.finditer(r"#(\d+) — .*", listing)}
+    assert sorted(lines) == sorted(jobs), listing
+    assert "running, step" in lines[first]
+    for line in lines.values():
+        assert re.search(r"about \d+ min \(<t:\d+:R>\)", line), line
