@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 MAX_SIDE = 256  # a preview is at most this many pixels a side
 JPEG_QUALITY = 70
+INTERVAL_S = 1.0  # at most one preview a second: the heartbeat carries one a second, Discord shows one per 3 s
 FIT_IMAGES = 8
 FIT_SIDE = 64  # pixels a side of each fitting image: 8² latent pixels each at CogView4's 8× VAE
 
@@ -120,7 +121,7 @@ def load_or_fit(vae: Any, device: Any, cache_dir: Path | None) -> LatentRGB:
 class Previewer:
     """Renders the latents of one running job into small JPEGs, at most once every `interval_s`."""
 
-    def __init__(self, rgb: LatentRGB, *, interval_s: float = 1.0) -> None:
+    def __init__(self, rgb: LatentRGB, *, interval_s: float = INTERVAL_S) -> None:
         self.rgb = rgb
         self.interval_s = interval_s
         self._last_at = time.monotonic()  # the first preview comes one interval in: step 1 is noise
