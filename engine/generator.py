@@ -142,9 +142,7 @@ class Generator:
                 done = index * steps + step
                 elapsed = time.perf_counter() - started
                 eta = elapsed / done * (total - done) if done else None
-                preview = None
-                if previewer is not None and previewer.latest is not None:
-                    preview, previewer.latest = previewer.latest, None
+                preview = previewer.take() if previewer is not None else None
                 report(Progress(done, total, index + 1, request.count, elapsed, eta, preview))
 
             if should_cancel is not None and should_cancel():

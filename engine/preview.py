@@ -119,27 +119,56 @@ def load_or_fit(vae: Any, device: Any, cache_dir: Path | None) -> LatentRGB:
 
 
 class Previewer:
-    """Renders the latents of one running job into small JPEGs, at most once every `interval_s`."""
+    """Renders the latents of one running job into small JPEGs, at most once every `interval_s`.
+
+    On a GPU nothing waits for it: the colours are copied to pinned memory without blocking, and the
+    JPEG is made at a later step once that copy has landed (`take`), so the queue of GPU work never
+    drains for a preview.
+    """
 
     def __init__(self, rgb: LatentRGB, *, interval_s: float = INTERVAL_S) -> None:
         self.rgb = rgb
         self.interval_s = interval_s
         self._last_at = time.monotonic()  # the first preview comes one interval in: step 1 is noise
         self._tensors: dict[Any, tuple[Any, Any]] = {}
-        self.latest: bytes | None = None
+        self._pending: tuple[Any, Any] | None = None  # (pinned host pixels, CUDA event of their copy)
+        self._latest: bytes | None = None
 
     def due(self, step: int, steps: int) -> bool:
         """Whether to render after this step: not the last one (the result replaces the preview)."""
         return step < steps and time.monotonic() - self._last_at >= self.interval_s
 
     def push(self, latents: Any) -> None:
-        """Render [1, C, h, w] latents (the current guess of the clean image) into `latest`."""
-        self.latest = self.render(latents)
+        """Start rendering [1, C, h, w] latents (the current guess of the clean image); `take` returns it."""
+        import torch
+
+        pixels = self._pixels(latents)
+        if pixels.device.type == "cuda":
+            host = torch.empty(pixels.shape, dtype=torch.uint8, pin_memory=True)
+            host.copy_(pixels, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            self._pending = (host, event)
+        else:
+            self._latest = _jpeg(pixels.numpy())
         self._last_at = time.monotonic()
 
+    def take(self) -> bytes | None:
+        """The newest finished preview, once (None if there is none new or its copy is still under way)."""
+        if self._pending is not None and self._pending[1].query():
+            host, _ = self._pending
+            self._pending = None
+            self._latest = _jpeg(host.numpy())
+        latest, self._latest = self._latest, None
+        return latest
+
     def render(self, latents: Any) -> bytes:
+        """One preview now, waiting for the GPU (benchmarks and tests)."""
+        return _jpeg(self._pixels(latents).cpu().numpy())
+
+    def _pixels(self, latents: Any) -> Any:
+        """[h, w, 3] uint8 colours on the latents' device."""
         import torch
-        from PIL import Image
 
         key = (latents.device, latents.dtype)
         if key not in self._tensors:
@@ -150,11 +179,17 @@ class Previewer:
         weights, bias = self._tensors[key]
         with torch.inference_mode():
             rgb = torch.einsum("chw,cr->hwr", latents[0].float(), weights) + bias
-            pixels = (rgb.clamp(0, 1) * 255).to(torch.uint8).cpu().numpy()
-        image = Image.fromarray(pixels, "RGB")
-        height, width = pixels.shape[:2]
-        scale = MAX_SIDE / max(width, height)
-        image = image.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.Resampling.BILINEAR)
-        out = io.BytesIO()
-        image.save(out, format="JPEG", quality=JPEG_QUALITY)
-        return out.getvalue()
+            return (rgb.clamp(0, 1) * 255).to(torch.uint8)
+
+
+def _jpeg(pixels: Any) -> bytes:
+    """A JPEG of [h, w, 3] uint8 pixels, scaled to MAX_SIDE on its longer side."""
+    from PIL import Image
+
+    image = Image.fromarray(pixels, "RGB")
+    height, width = pixels.shape[:2]
+    scale = MAX_SIDE / max(width, height)
+    image = image.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.Resampling.BILINEAR)
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=JPEG_QUALITY)
+    return out.getvalue()

@@ -106,6 +106,7 @@ async def test_previews_off_does_no_preview_work(tiny_model: Path, monkeypatch: 
         raise AssertionError("no preview work with PREVIEWS=off")
 
     monkeypatch.setattr(preview_module, "load_or_fit", refuse)
+    monkeypatch.setattr(Previewer, "push", refuse)
     monkeypatch.setattr(Previewer, "render", refuse)
     engine = await started_engine(tiny_model, step_delay_s=0.25, previews=False)
     events: list[Progress] = []
