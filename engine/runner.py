@@ -322,7 +322,7 @@ class Runner:
                 time.sleep(self.options.step_delay_s)
             if preview is not None and preview.due(i + 1, steps):
                 # Flow matching: the transformer predicts v = noise − x0, so x0 = x_t − σ·v.
-                sigma = scheduler.sigmas[scheduler.step_index - 1]
+                sigma = float(scheduler.sigmas[scheduler.step_index - 1])  # the scheduler keeps them on the CPU
                 preview.push(previous - sigma * noise_pred.float())
             if on_step is not None:
                 on_step(i + 1, steps)
