@@ -263,9 +263,11 @@ async def test_a_remote_worker_sends_live_previews_through_the_heartbeat(cluster
     await cluster.wait_ready("gpu_a")
     job = await cluster.queue.enqueue(requester(1), request("a preview from afar", steps=30))
     await cluster.wait_jobs([job.job_id], lambda j: j.state is JobState.RUNNING, timeout=60)
+    preview = None
     deadline = time.monotonic() + 20
-    while (preview := await cluster.queue.preview(job.job_id)) is None and time.monotonic() < deadline:
-        await asyncio.sleep(0.2)
+    while preview is None and time.monotonic() < deadline:
+        await cluster.queue.wait_for_change(0.5)  # each heartbeat announces the job's progress
+        preview = await cluster.queue.preview(job.job_id)
     assert preview is not None, cluster.log_of("gpu_a")
     with Image.open(io.BytesIO(preview)) as image:
         assert image.format == "JPEG" and max(image.size) <= 256
