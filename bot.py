@@ -28,6 +28,8 @@ EXTENSIONS = (
     "cogs.progress",
     "cogs.delivery",
     "cogs.buttons",
+    "cogs.personal",
+    "cogs.retention",
 )
 SHUTDOWN_GRACE_S = 8.0
 # What the bot needs in a channel: see docs/discord.md.

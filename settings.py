@@ -8,7 +8,6 @@ repr, a log line or an error message.
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -29,6 +28,9 @@ _HINTS: dict[str, str] = {
     "DEVICE": "auto, cuda or cpu",
     "QUALITY": "best, balanced or fastest (what MEMORY_MODE=auto may trade for speed)",
     "QUEUE_BACKEND": "sqlite (one machine) or postgres (several GPU machines)",
+    "ALLOWED_ROLE_IDS": "comma-separated role ids, or leave empty to let everyone generate",
+    "DAILY_QUOTA": "a whole number of images per user per UTC day, or 0 for no limit",
+    "RETENTION_DAYS": "a number of days to keep result images, or 0 to keep them forever",
 }
 
 
@@ -119,6 +121,25 @@ class Settings(BaseSettings):
             raise MissingToken
         return self.discord_token.get_secret_value()
 
+    # Server owner's controls (issue 14): who may generate, how much, and how long results are kept
+    allowed_role_ids: IdList = Field(default_factory=list)
+    daily_quota: int = Field(default=0, ge=0, le=100_000)
+    retention_days: float = Field(default=0, ge=0, le=36_500)
+
+    @field_validator("allowed_role_ids", mode="before")
+    @classmethod
+    def _split_role_ids(cls, value: object) -> object:
+        return cls._split_ids(value)
+
+    # Upscale button (issue 13): a local ESRGAN-family model file (the `upscale` extra loads it); unset: a
+    # "hires" pass, image-to-image at the largest size the model allows for that aspect.
+    upscaler_model: Path | None = None
+
+    @field_validator("upscaler_model", mode="before")
+    @classmethod
+    def _no_upscaler(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
 
 class SettingsError(Exception):
     """Start-up configuration problem, already phrased for the person running the bot."""
@@ -151,8 +172,3 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         lines = [_describe(err) for err in exc.errors(include_input=False, include_url=False)]
         raise SettingsError("Invalid settings (check .env or the environment):\n  " + "\n  ".join(lines)) from None
-
-
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    return load_settings()

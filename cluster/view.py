@@ -21,7 +21,7 @@ from dataclasses import replace
 from db.models import JobRequest
 from db.workers import WorkerInfo
 from engine import plans as plan_catalog
-from engine.rules import COGVIEW4_LIMITS, ModelLimits, limits_for_model
+from engine.rules import COGVIEW4_LIMITS, ModelLimits, limits_for_model, steps_run
 from engine.types import EngineState, EngineStatus, PlanRow, PlanSwitchFailed
 
 log = logging.getLogger(__name__)
@@ -165,7 +165,7 @@ class ClusterView:
             else:
                 step_s = 1.0
         area = request.width * request.height / (self.limits.native_size**2)
-        one = request.count * (request.steps * step_s * area + encode_decode)
+        one = request.count * (steps_run(request) * step_s * area + encode_decode)
         return one / max(1, len(serving))
 
     def plan_rows(self) -> list[PlanRow]:

@@ -1,4 +1,4 @@
-"""Admin commands: /memory, /pause, /resume, /purge, /status.
+"""Admin commands: /memory, /pause, /resume, /purge, /status, /spoilers.
 
 Every command is checked in code (``admin_only``): Manage Server, ADMIN_USER_IDS or
 ADMIN_ROLE_IDS, never in DMs. Every change is written to the audit table.
@@ -17,7 +17,7 @@ from discord.ext import commands
 
 from cogs.utils.checks import admin_only
 from cogs.utils.errors import reply_private
-from cogs.utils.host import MEMORY_KEY, Host
+from cogs.utils.host import MEMORY_KEY, Host, spoilers_key
 from cogs.utils.reports import memory_report, status_report, workers_report
 from cogs.utils.text import clip
 from db.models import JobState, QueueError
@@ -115,6 +115,20 @@ class Admin(commands.Cog):
         if bot.settings.queue_backend == "postgres":  # GPU machines run the jobs: one line each, or how to add one
             report = clip(f"{report}\n{workers_report(bot.engine.workers(), now=time.time())}")
         await reply_private(interaction, report)
+
+    @app_commands.command(name="spoilers", description="Post this server's results as spoilers, or not (admins)")
+    @app_commands.describe(enabled="On: images are hidden until clicked; off: shown at once")
+    @admin_only()
+    async def spoilers(self, interaction: discord.Interaction, enabled: bool | None = None) -> None:
+        assert interaction.guild_id is not None  # admin_only refuses DMs
+        key = spoilers_key(interaction.guild_id)
+        if enabled is None:
+            state = "on" if await self.bot.queue.kv_get(key) == "1" else "off"
+            await reply_private(interaction, f"Spoilers are {state} for this server's results.")
+            return
+        await self.bot.queue.kv_set(key, "1" if enabled else "0")
+        await self._audit(interaction, "spoilers", "on" if enabled else "off")
+        await reply_private(interaction, f"Spoilers {'on' if enabled else 'off'}: applies to results posted from now.")
 
 
 async def setup(bot: commands.Bot) -> None:

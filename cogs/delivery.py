@@ -2,11 +2,12 @@
 
 The queue writes a notice in the same transaction that finishes a job; this loop posts
 it with ``channel.send`` (interaction tokens die after 15 minutes) and then records the
-message id. Each notice has its own nonce with ``enforce_nonce``, so if the bot dies
-between posting and recording, the retry returns the message already posted instead of
-a duplicate. A failed post is retried later with exponential backoff and jitter, without
-holding up the other notices; only errors that can never succeed (channel gone, no
-access) give up, after logging.
+message id (a result goes by DM when the user's /settings ask for private results, and as
+spoilers where a server's admins turned /spoilers on). Each notice has its own nonce with
+``enforce_nonce``, so if the bot dies between posting and recording, the retry returns the
+message already posted instead of a duplicate. A failed post is retried later with exponential
+backoff and jitter, without holding up the other notices; only errors that can never succeed
+(channel gone, no access) give up, after logging.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import io
 import logging
 import random
 from collections.abc import Callable
+from dataclasses import replace
 from typing import cast
 
 import aiohttp
@@ -24,8 +26,8 @@ import discord
 from discord.ext import commands
 
 from cogs.progress import Progress
-from cogs.utils.host import Host
-from cogs.utils.notices import compose
+from cogs.utils.host import Host, spoilers_key
+from cogs.utils.notices import Post, compose
 from cogs.utils.text import only_user
 from cogs.utils.views import result_view
 from db.models import Notice, NoticeKind
@@ -37,11 +39,12 @@ POLL_S = 1.0
 PARALLEL_POSTS = 3
 MAX_UPLOAD_BYTES = 8 * 1024 * 1024  # stay under Discord's smallest per-message upload limit
 # Discord error codes after which a retry can never succeed.
+CANNOT_MESSAGE_USER = 50007
 PERMANENT_CODES = {
     10003,  # Unknown Channel
     10013,  # Unknown User
     50001,  # Missing Access
-    50007,  # Cannot send messages to this user (DMs closed)
+    CANNOT_MESSAGE_USER,  # DMs closed
     40005,  # Request entity too large
     50035,  # Invalid form body
 }
@@ -163,6 +166,31 @@ class Delivery(commands.Cog):
         post = await compose(notice, self.bot.queue.results)
         job = notice.job
         channel = self.bot.get_partial_messageable(job.requester.channel_id, guild_id=job.requester.guild_id)
+        if post.files and (await self.bot.queue.user_settings(post.user_id)).private:
+            return await self._post_private(notice, post, channel)
+        guild_id = job.requester.guild_id
+        if post.files and guild_id and await self.bot.queue.kv_get(spoilers_key(guild_id)) == "1":
+            post = replace(post, files=[ResultFile(f"SPOILER_{f.name}", f.data) for f in post.files])
+        return await self._send(channel, notice, post)
+
+    async def _post_private(self, notice: Notice, post: Post, channel: discord.PartialMessageable) -> int:
+        """The user chose private results: by DM; if their DMs are closed, a short notice in the channel
+        (no image, mentioning only them) says so. An ephemeral reply is impossible: the interaction expired."""
+        dm = await self.bot.create_dm(discord.Object(post.user_id))
+        try:
+            return await self._send(dm, notice, post)
+        except discord.Forbidden as exc:
+            if exc.code != CANNOT_MESSAGE_USER:
+                raise
+        job_id = notice.job.id
+        text = (
+            f"<@{post.user_id}> #{job_id} is ready, but I can't send you direct messages (your /settings ask for "
+            f"private results). Allow DMs from this server's members, then use /show {job_id}."
+        )
+        sent = await channel.send(text, allowed_mentions=only_user(post.user_id), nonce=f"{nonce_for(notice)}d")
+        return sent.id
+
+    async def _send(self, channel: discord.abc.Messageable, notice: Notice, post: Post) -> int:
         groups = _upload_groups(post.files)
         first = await channel.send(
             post.content,

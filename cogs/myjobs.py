@@ -13,7 +13,7 @@ from discord.ext import commands
 from cogs.utils.checks import is_admin, is_admin_for, require_allowed_channel
 from cogs.utils.errors import reply_private
 from cogs.utils.eta import finish_times, queue_positions
-from cogs.utils.host import Host
+from cogs.utils.host import Host, spoilers_key
 from cogs.utils.text import NO_MENTIONS, clip, minutes, now, params_line, quote, relative
 from cogs.utils.views import result_view
 from db.models import Job, JobNotFound, JobState, NotAllowed, QueueError
@@ -93,9 +93,15 @@ class MyJobs(commands.Cog):
             raise NotAllowed(f"Only the person who asked for #{job} or an admin can post it again.")
         if found.state is not JobState.DONE:
             raise QueueError(f"Job #{job} has no images ({found.state.value}).")
+        if await self.bot.queue.is_pruned(job):
+            days = self.bot.settings.retention_days
+            kept = f" (this bot keeps results for {days:g} days)" if days else ""
+            raise QueueError(f"The images of #{job} were deleted{kept}. Use /imagine to make them again.")
         files = await self._images(found)
         if not files:
             raise QueueError(f"The images of #{job} are no longer on the bot's disk. Use /imagine to make them again.")
+        if interaction.guild_id and await self.bot.queue.kv_get(spoilers_key(interaction.guild_id)) == "1":
+            files = [ResultFile(f"SPOILER_{image.name}", image.data) for image in files]
         await interaction.response.defer(thinking=True)
         content = clip(
             f"**#{job}** by <@{found.requester.user_id}>\n> {quote(found.request.prompt, 900)}\n"

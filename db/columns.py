@@ -54,6 +54,9 @@ JOB_COLUMNS: tuple[Column, ...] = (
     Column("result_message_id", "int"),
     Column("delivered_at", "real"),
     Column("result_deleted", "bool", False),
+    Column("start_image", "text"),
+    Column("strength", "real", False),
+    Column("upscale", "int", False),
 )
 
 # Where a backend keeps a fact elsewhere (PostgreSQL: progress in job_progress, written at every
@@ -84,4 +87,7 @@ INSERT_COLUMNS: tuple[str, ...] = (
     "count",
     "created_at",
     "fair_round",
+    "start_image",
+    "strength",
+    "upscale",
 )

@@ -1,4 +1,4 @@
-"""Enqueue's rules for every backend: the queue's own invariant check, caps, cooldown, fair round.
+"""Enqueue's rules for every backend: the queue's own invariant check, caps, cooldown, daily quota, fair round.
 
 A backend runs ENQUEUE_FACTS_SQL, `plan_enqueue`, INSERT_JOB_SQL and then gives the job its turn,
 all in one transaction (SQLite in one trip to its thread, PostgreSQL under an advisory lock).
@@ -16,6 +16,7 @@ from db.models import (
     InvalidJob,
     JobRequest,
     QueueFull,
+    QuotaExceeded,
     Requester,
     UserQueueFull,
 )
@@ -44,6 +45,14 @@ def check_enqueue(
     return limits
 
 
+# Images a user asked for since a time (the daily quota's count); cancelled and failed jobs do not count.
+# Parameters: user id, start of the UTC day (`day_start`).
+USED_SINCE_SQL = (
+    "SELECT coalesce(sum(count), 0) FROM jobs WHERE user_id = ? AND created_at >= ?"
+    " AND state NOT IN ('cancelled', 'failed')"
+)
+DAY_S = 86_400
+
 # Everything enqueue decides on, read in one statement inside its transaction.
 # Parameters: enqueue_facts_params().
 ENQUEUE_FACTS_SQL = (
@@ -53,14 +62,22 @@ ENQUEUE_FACTS_SQL = (
     " CASE WHEN ? THEN (SELECT max(created_at) FROM jobs WHERE user_id = ?) END AS last_at,"
     " (SELECT fair_round FROM jobs WHERE served_seq IS NOT NULL ORDER BY served_seq DESC LIMIT 1) AS served_round,"
     " (SELECT max(fair_round) FROM jobs WHERE user_id = ? AND state IN ('queued', 'running')) AS user_round,"
-    " (SELECT count(*) FROM kv WHERE key = 'paused' AND value = '1') AS paused"
+    " (SELECT count(*) FROM kv WHERE key = 'paused' AND value = '1') AS paused,"
+    f" CASE WHEN ? THEN ({USED_SINCE_SQL}) END AS used_today"
 )
 INSERT_JOB_SQL = (
     f"INSERT INTO jobs ({', '.join(INSERT_COLUMNS)}) VALUES ({', '.join('?' for _ in INSERT_COLUMNS)}) RETURNING id"
 )
 
 
-def enqueue_facts_params(requester: Requester, parent_job_id: int | None, limits: EnqueueLimits) -> tuple[Any, ...]:
+def day_start(at: float) -> float:
+    """The start of the UTC day holding `at`: the daily quota counts the images asked for since then."""
+    return at - at % DAY_S
+
+
+def enqueue_facts_params(
+    requester: Requester, parent_job_id: int | None, limits: EnqueueLimits, at: float
+) -> tuple[Any, ...]:
     """Counts a limit does not need are not read (they cost a scan on every enqueue)."""
     user = requester.user_id
     return (
@@ -71,11 +88,15 @@ def enqueue_facts_params(requester: Requester, parent_job_id: int | None, limits
         limits.cooldown_s > 0,
         user,
         user,
+        limits.daily_quota > 0,
+        user,
+        day_start(at),
     )
 
 
-def plan_enqueue(facts: Any, limits: EnqueueLimits, parent_job_id: int | None, at: float) -> int:
-    """Refuse what the caps, the cooldown or a missing parent forbid; returns the new job's fair round."""
+def plan_enqueue(facts: Any, limits: EnqueueLimits, parent_job_id: int | None, at: float, count: int = 1) -> int:
+    """Refuse what the caps, the cooldown, the daily quota (of `count` more images) or a missing parent
+    forbid; returns the new job's fair round."""
     if parent_job_id is not None and not facts["parent_found"]:
         raise InvalidJob(f"There is no job #{parent_job_id} to start from.")
     if limits.max_total is not None and facts["queued"] >= limits.max_total:
@@ -90,6 +111,8 @@ def plan_enqueue(facts: Any, limits: EnqueueLimits, parent_job_id: int | None, a
         wait = facts["last_at"] + limits.cooldown_s - at
         if wait > 0:
             raise CooldownActive(wait)
+    if limits.daily_quota > 0 and facts["used_today"] + count > limits.daily_quota:
+        raise QuotaExceeded(int(facts["used_today"]), limits.daily_quota, day_start(at) + DAY_S)
     return fairness.next_round(facts["served_round"], facts["user_round"])
 
 
@@ -115,5 +138,8 @@ def insert_values(
         "count": request.count,
         "created_at": at,
         "fair_round": fair_round,
+        "start_image": request.start_image,
+        "strength": float(request.strength),
+        "upscale": request.upscale,
     }
     return tuple(values[name] for name in INSERT_COLUMNS)

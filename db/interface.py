@@ -22,6 +22,7 @@ from db.models import (
     Notice,
     QueueStats,
     Requester,
+    UserSettings,
 )
 from db.results import ResultStore
 from db.workers import WorkerInfo
@@ -164,3 +165,20 @@ class JobQueue(JobSource, Protocol):
     # --- GPU workers (several machines) ------------------------------------------------
     async def list_workers(self) -> list[WorkerInfo]:
         """The GPU workers serving this queue as they last reported; none on a single machine."""
+
+    # --- personal settings, the daily quota, retention (db.userdata) -------------------------------------
+    async def user_settings(self, user_id: int) -> UserSettings:
+        """The user's saved /settings, or all defaults."""
+
+    async def set_user_settings(self, user_id: int, settings: UserSettings) -> None: ...
+
+    async def clear_user_settings(self, user_id: int) -> None: ...
+
+    async def used_today(self, user_id: int) -> int:
+        """Images the user asked for since the start of this UTC day (what DAILY_QUOTA counts)."""
+
+    async def prune_results(self, before: float, *, limit: int = 200) -> list[int]:
+        """Delete the images of jobs finished before `before`, store and rows together; returns their ids."""
+
+    async def is_pruned(self, job_id: int) -> bool:
+        """True once retention has started deleting the job's images."""

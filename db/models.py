@@ -11,6 +11,7 @@ from enum import StrEnum
 
 MAX_SEED = 2**32 - 1
 MAX_PROMPT_CHARS = 4000
+UPSCALE_FACTORS = (0, 2, 4)  # 0: not an upscale job
 
 
 class JobState(StrEnum):
@@ -116,12 +117,38 @@ class JobRequest:
     negative_prompt: str = ""
     seed: int | None = None
     count: int = 1
+    start_image: str | None = None  # sha256 hex of the stored start image (PNG bytes): image-to-image
+    strength: float = 1.0  # image-to-image: how much of the schedule is re-run (1.0 = text-to-image)
+    upscale: int = 0  # 2 or 4: an upscale job of the start image
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
         """Raise InvalidJob if a field is unusable (also run by the queue, in case a caller bypassed __init__)."""
+        self._validate_text()
+        self._validate_image_input()
+
+    def _validate_image_input(self) -> None:
+        if self.start_image is not None and (
+            not isinstance(self.start_image, str)
+            or len(self.start_image) != 64
+            or any(c not in "0123456789abcdef" for c in self.start_image)
+        ):
+            raise InvalidJob("start_image must be the sha256 hex digest of a stored image.")
+        if (
+            not isinstance(self.strength, int | float)
+            or isinstance(self.strength, bool)
+            or not math.isfinite(self.strength)
+            or not 0 < self.strength <= 1
+        ):
+            raise InvalidJob(f"strength must be a number above 0 and at most 1 (got {self.strength!r}).")
+        if not isinstance(self.upscale, int) or isinstance(self.upscale, bool) or self.upscale not in UPSCALE_FACTORS:
+            raise InvalidJob(f"upscale must be 0, 2 or 4 (got {self.upscale!r}).")
+        if self.start_image is None and (self.strength != 1 or self.upscale):
+            raise InvalidJob("strength and upscale need a start image.")
+
+    def _validate_text(self) -> None:
         if not isinstance(self.prompt, str) or not self.prompt.strip():
             raise InvalidJob("The prompt is empty: describe the image you want.")
         if not isinstance(self.negative_prompt, str):
@@ -187,6 +214,7 @@ class EnqueueLimits:
     max_per_user: int | None = None
     max_total: int | None = None
     cooldown_s: float = 0.0
+    daily_quota: int = 0  # images a user may ask for per UTC day; 0 = unlimited
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,3 +260,25 @@ class AuditEntry:
     action: str
     detail: str
     guild_id: int | None = None
+
+
+class QuotaExceeded(QueueError):
+    """The user's daily quota (DAILY_QUOTA images per UTC day) would be exceeded; nothing was written."""
+
+    def __init__(self, used: int, quota: int, resets_at: float) -> None:
+        super().__init__(
+            f"You have used {used} of your {quota} images for today (UTC). More from <t:{int(resets_at)}:R>."
+        )
+        self.used = used
+        self.quota = quota
+
+
+@dataclass(frozen=True, slots=True)
+class UserSettings:
+    """A user's own defaults for /imagine (None = the bot's default) and whether results come by DM."""
+
+    aspect: str | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    negative_prompt: str | None = None
+    private: bool = False

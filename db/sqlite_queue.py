@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from db import core, enqueue, fairness
+from db import core, enqueue, fairness, userdata
 from db.migrate import migrate
 from db.models import (
     RESUMED_RESTART,
@@ -79,7 +79,7 @@ class _Conn:
         return (await self.conn.execute(sql, params)).rowcount
 
 
-class SqliteJobQueue(core.QueueCore):
+class SqliteJobQueue(core.QueueCore, userdata.UserData):
     """`db.interface.JobQueue` on a local SQLite file.
 
     `results`: where result images are kept (default: an `outputs` folder next to the file)."""
@@ -265,9 +265,9 @@ class SqliteJobQueue(core.QueueCore):
 
         def insert(db: sqlite3.Connection) -> Enqueued:
             facts = db.execute(
-                enqueue.ENQUEUE_FACTS_SQL, enqueue.enqueue_facts_params(requester, parent_job_id, checked)
+                enqueue.ENQUEUE_FACTS_SQL, enqueue.enqueue_facts_params(requester, parent_job_id, checked, at)
             ).fetchone()
-            fair_round = enqueue.plan_enqueue(facts, checked, parent_job_id, at)
+            fair_round = enqueue.plan_enqueue(facts, checked, parent_job_id, at, request.count)
             values = enqueue.insert_values(requester, request, kind, parent_job_id, at, fair_round)
             (job_id,) = db.execute(enqueue.INSERT_JOB_SQL, values).fetchone()
             db.execute(_ENTER_QUEUE, (job_id,))

@@ -155,6 +155,7 @@ class Dispatcher:
                     should_cancel=running.cancel.is_set,
                     holder=job.id,
                     prefetch=prefetch,
+                    start_image=await self._start_image(job),
                 )
             except JobCancelled:
                 if running.handing_back:
@@ -186,6 +187,19 @@ class Dispatcher:
             self._running = None
             self._prefetched.discard(job.id)
 
+    async def _start_image(self, job: Job) -> bytes | None:
+        """The stored bytes of the job's start image (None for text-to-image); a missing one fails the job."""
+        digest = job.request.start_image
+        if digest is None:
+            return None
+        try:
+            return await self.source.inputs.get(digest)
+        except FileNotFoundError:
+            log.warning("Job #%s: start image %s is not stored", job.id, digest)
+            raise InvalidRequest(
+                "The picture this job starts from is no longer stored (it may have been purged); send it again."
+            ) from None
+
     @staticmethod
     def _on_progress(running: _Running, progress: Progress) -> None:
         if running.first_step_at is None:
@@ -202,12 +216,14 @@ class Dispatcher:
             "seed": result.seed,
             "steps": request.steps,
             "guidance": request.guidance,
-            "width": request.width,
-            "height": request.height,
+            "width": result.images[0].width if result.images else request.width,  # img2img: the image's fit
+            "height": result.images[0].height if result.images else request.height,
             "model": self.model_id,
             "plan": result.plan,
             "job_id": job.id,
         }
+        if request.start_image is not None:
+            parameters.update(start_image=request.start_image, strength=request.strength, upscale=request.upscale)
         try:
             pngs = await asyncio.to_thread(encode_job_pngs, result.images, parameters)
             paths = await self.source.results.save(job.id, pngs)

@@ -11,12 +11,14 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any
 
 from db.models import MAX_SEED, JobRequest
+from engine.img2img import StartImage, open_image, start_image
 from engine.plan_manager import PlanManager
 from engine.preview import Previewer
-from engine.rules import check_size
+from engine.rules import InvalidRequest, check_size, img2img_steps, steps_run
 from engine.types import GenerationResult, JobCancelled, OutOfMemory, Prefetch, Progress
 
 log = logging.getLogger(__name__)
@@ -32,6 +34,7 @@ class Generator:
         self.jobs_failed = 0
         self._step_s: float | None = None
         self._step_s_load = 0  # the plan placement (PlanManager.model_loads) the step rate was measured under
+        self._upscaler: Any = None  # engine.upscaler.Upscaler, loaded at the first upscale job
 
     # --- read from any thread ------------------------------------------------------------------
     @property
@@ -53,8 +56,9 @@ class Generator:
             encode_decode = measured.encode_s + measured.decode_s
         if step_s is None:
             step_s = 1.0
+        # For image input, width × height is the size made (engine.rules.output_size), set where it came in.
         area = request.width * request.height / (self.plans.limits.native_size**2)
-        return request.count * (request.steps * step_s * area + encode_decode)
+        return request.count * (steps_run(request) * step_s * area + encode_decode)
 
     # --- GPU thread ------------------------------------------------------------------------------
     def generate(
@@ -64,18 +68,29 @@ class Generator:
         should_cancel: CancelCheck | None,
         holder: object,
         lookahead: list[Prefetch],
+        start_image: bytes | None = None,
     ) -> GenerationResult:
-        """Make the images of one job; retry once under a leaner plan if the GPU runs out of memory."""
+        """Make the images of one job; retry once under a leaner plan if the GPU runs out of memory.
+        `start_image` (the stored bytes of request.start_image) makes it image-to-image or an upscale."""
         import torch
 
         from engine.runner import Cancelled
 
         self.plans.require_runner()
         seed = request.seed if request.seed is not None else random.randint(0, MAX_SEED)
+        if request.upscale and start_image is not None and self.plans.config.upscaler_model is not None:
+            return self._upscale(request, start_image, seed, report, should_cancel, holder)
+        try:
+            start = self._start(request, start_image)
+        except Exception:
+            self._failed(holder)
+            raise
+        if start is not None:
+            request = replace(request, width=start.size[0], height=start.size[1])  # what is made: sizes, ETA
         notes = [note] if (note := self.plans.step_down_if_tight(request)) else []
         for attempt in (1, 2):
             try:
-                result = self._make_images(request, seed, report, should_cancel, holder, lookahead)
+                result = self._make_images(request, seed, report, should_cancel, holder, lookahead, start)
             except Cancelled:
                 self.release([holder])
                 raise JobCancelled() from None
@@ -98,6 +113,50 @@ class Generator:
                 return result
         raise AssertionError("unreachable")
 
+    def _start(self, request: JobRequest, data: bytes | None) -> StartImage | None:
+        if data is None:
+            if request.start_image is not None:
+                raise InvalidRequest("The start image of this job is missing.")
+            return None
+        return start_image(request, data, self.plans.limits)
+
+    def _upscale(
+        self,
+        request: JobRequest,
+        data: bytes,
+        seed: int,
+        report: ProgressCallback,
+        should_cancel: CancelCheck | None,
+        holder: object,
+    ) -> GenerationResult:
+        """An upscale job with the configured upscaler model (loaded at the first such job, then kept)."""
+        from engine.runner import Cancelled
+        from engine.upscaler import Upscaler
+
+        path = self.plans.config.upscaler_model
+        started = time.perf_counter()
+
+        def on_tile(done: int, total: int) -> None:
+            if should_cancel is not None and should_cancel():
+                raise Cancelled
+            elapsed = time.perf_counter() - started
+            report(Progress(done, total, 1, 1, elapsed, elapsed / done * (total - done)))
+
+        try:
+            if self._upscaler is None:
+                self._upscaler = Upscaler(path, self.plans.device)
+            image = self._upscaler.upscale(open_image(data), request.upscale, on_tile)
+        except Cancelled:
+            self.release([holder])
+            raise JobCancelled() from None
+        except Exception:
+            self._failed(holder)
+            raise
+        self.jobs_done += 1
+        self.release([holder])
+        timings = {"upscale_s": time.perf_counter() - started, "total_s": time.perf_counter() - started}
+        return GenerationResult(images=[image], seed=seed, plan=f"upscaler {path.name}", timings=timings)
+
     def release(self, holders: Iterable[object]) -> None:
         """Drop the embeddings these jobs held (finished, cancelled, purged)."""
         runner = self.plans.runner
@@ -117,6 +176,7 @@ class Generator:
         should_cancel: CancelCheck | None,
         holder: object,
         lookahead: list[Prefetch],
+        start: StartImage | None,
     ) -> GenerationResult:
         from engine.runner import Cancelled
 
@@ -131,7 +191,8 @@ class Generator:
             # One encoder visit for this job and the queued ones behind it; later jobs find theirs ready.
             runner.encode(texts + [t for item in lookahead for t in item.texts])
         encode_s = time.perf_counter() - started
-        total = request.steps * request.count
+        strength = 1.0 if start is None else start.strength
+        total = img2img_steps(request.steps, strength) * request.count
         images, timings = [], []
         previewer = self._previewer(runner)
         for index in range(request.count):
@@ -156,6 +217,8 @@ class Generator:
                 guidance=request.guidance,
                 seed=(seed + index) % (MAX_SEED + 1),
                 on_step=on_step,
+                init_image=None if start is None else start.image,
+                strength=strength,
                 preview=previewer,
             )
             images.append(image)

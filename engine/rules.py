@@ -165,3 +165,52 @@ def validate_request(request: JobRequest, limits: ModelLimits) -> None:
                 raise InvalidRequest(
                     f"The {label} is too long ({tokens} tokens): keep it under {limits.max_prompt_tokens} tokens."
                 )
+
+
+# The hires pass (Upscale without an upscaler model) re-runs the last 35% of the schedule at the larger
+# size: the low end of the usual "hires fix" range (0.3–0.5), so the model adds detail at the new
+# resolution while composition, faces and colours stay those of the picture being upscaled; higher values
+# start to repaint it. Not yet tuned on the real CogView4 weights (the tests run a random tiny model).
+HIRES_STRENGTH = 0.35
+
+
+def fit_size(width: int, height: int, limits: ModelLimits) -> tuple[int, int]:
+    """The size an image of width × height is resized and centre-cropped to for image-to-image: the valid
+    size nearest its own aspect and pixel count (capped at the model's largest area; small images grow to
+    the smallest valid size). An aspect the model cannot make (beyond 4:1 for CogView4) is cropped to the
+    nearest one it can."""
+    if width < 1 or height < 1:
+        raise InvalidRequest(f"The image has no pixels ({width}×{height}).")
+    target_ratio = math.log(width / height)
+    target_area = min(width * height, limits.max_area)
+    sizes = range(limits.min_size, limits.max_size + 1, limits.multiple)
+    candidates = [(w, h) for w in sizes for h in sizes if w * h <= limits.max_area]
+
+    def score(size: tuple[int, int]) -> tuple[float, int, int]:
+        w, h = size
+        # Aspect weighs most (a wrong aspect crops content away); then the pixel count; ties go to the larger.
+        return 4 * abs(math.log(w / h) - target_ratio) + abs(math.log(w * h / target_area)), -w * h, -w
+
+    return min(candidates, key=score)
+
+
+def output_size(width: int, height: int, upscale: int, limits: ModelLimits) -> tuple[int, int]:
+    """The size an image-to-image job (upscale 0) or a hires upscale (2 or 4: the largest size the model
+    allows for that aspect, at most `upscale` times the image) is made at from a width × height start image.
+    The cogs put it in the request's width and height, so the size class and the ETA are the job's own."""
+    factor = max(1, upscale)
+    return fit_size(width * factor, height * factor, limits)
+
+
+def img2img_steps(steps: int, strength: float) -> int:
+    """How many of `steps` an image-to-image run denoises: the last ⌊steps × strength⌋ of the schedule, at
+    least one (diffusers' Flux/SD3 img2img `get_timesteps`). strength 1 runs them all."""
+    start = int(max(steps - min(steps * strength, steps), 0))
+    return max(1, steps - start)
+
+
+def steps_run(request: JobRequest) -> int:
+    """Denoising steps a job runs (for the ETA): all of them, or the image-to-image share of them."""
+    if request.start_image is None:
+        return request.steps
+    return img2img_steps(request.steps, HIRES_STRENGTH if request.upscale else request.strength)

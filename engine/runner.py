@@ -23,6 +23,7 @@ import torch
 
 from engine.embeddings import EmbeddingCache
 from engine.plans import Plan
+from engine.rules import img2img_steps
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -151,10 +152,13 @@ class Runner:
         guidance: float,
         seed: int,
         on_step: StepHook | None = None,
+        init_image: Any = None,
+        strength: float = 1.0,
         preview: Any = None,
     ) -> tuple[Any, Timings]:
-        """One image; the text embeddings must already be in the cache (see encode). `preview`: an
-        engine.preview.Previewer that renders the current guess of the image when it is due."""
+        """One image; the text embeddings must already be in the cache (see encode). With `init_image` (a PIL
+        image of exactly width × height) the denoising starts from it: image-to-image at `strength`. `preview`:
+        an engine.preview.Previewer that renders the current guess of the image when it is due."""
         timings = Timings()
         device = self.device
         t0 = time.perf_counter()
@@ -165,9 +169,14 @@ class Runner:
         _sync(device)
         timings.encode_s = time.perf_counter() - t0
 
-        t1 = time.perf_counter()
         step_events: list[Any] = []
         with torch.inference_mode(), self._attention_backend():
+            start = None
+            if init_image is not None:  # the start image's encoding counts as encoding time
+                start = self._phase("vae", int(1.5 * GIB), lambda: (self._encode_image(init_image), strength))
+                _sync(device)
+                timings.encode_s = time.perf_counter() - t0
+            t1 = time.perf_counter()
             batched = cfg and self.options.batched_cfg and self.batch_fits(width * height)
             working = self._pass_bytes(width * height) * (2 if batched else 1)
             latents = self._phase(
@@ -184,6 +193,7 @@ class Runner:
                     on_step,
                     batched,
                     step_events,
+                    start,
                     preview,
                 ),
             )
@@ -192,7 +202,7 @@ class Runner:
             if len(step_events) >= 3:
                 gpu_s = step_events[1].elapsed_time(step_events[-1]) / 1000
                 timings.steady_step_s = gpu_s / (len(step_events) - 2)
-            timings.steps = steps
+            timings.steps = steps if start is None else img2img_steps(steps, strength)
             t2 = time.perf_counter()
             image = self._phase("vae", int(1.5 * GIB), lambda: self._decode(latents))
             _sync(device)
@@ -211,6 +221,7 @@ class Runner:
         on_step: StepHook | None,
         batched: bool,
         step_events: list[Any],
+        start: tuple[torch.Tensor, float] | None = None,
         preview: Any = None,
     ) -> torch.Tensor:
         # Adapted from diffusers.pipelines.cogview4.pipeline_cogview4.CogView4Pipeline.__call__ (prepare
@@ -219,7 +230,9 @@ class Runner:
         # conditional and unconditional passes (two passes again where that batch runs out of memory) and
         # pads the text to buckets (engine.attention); no attention_kwargs, callbacks or interrupt flag
         # (`on_step` may raise Cancelled instead); each step is timed with CUDA events; `step_delay_s`
-        # slows steps down for tests.
+        # slows steps down for tests. With `start` (the start image's latent and the strength), the loop begins
+        # part-way through the same schedule as diffusers' Flux/SD3 img2img pipelines do (get_timesteps and
+        # scheduler.scale_noise: x = σ·ε + (1−σ)·x0, ε the very noise text-to-image would start from).
         from diffusers.pipelines.cogview4.pipeline_cogview4 import calculate_shift, retrieve_timesteps
 
         pipe = self.pipe
@@ -248,6 +261,14 @@ class Runner:
             scheduler.config.get("max_shift", 0.75),
         )
         timesteps, _ = retrieve_timesteps(scheduler, steps, device, timesteps, sigmas, mu=mu)
+        total = steps
+        if start is not None:
+            image_latents, strength = start
+            total = img2img_steps(steps, strength)
+            first = steps - total
+            timesteps = timesteps[first:]
+            scheduler.set_begin_index(first)
+            latents = scheduler.scale_noise(image_latents.to(device, torch.float32), timesteps[:1], latents)
         transformer_dtype = transformer.dtype
         cfg = negative_embeds is not None
         batched = batched and cfg
@@ -320,12 +341,12 @@ class Runner:
                 step_events.append(event)
             if self.options.step_delay_s:
                 time.sleep(self.options.step_delay_s)
-            if preview is not None and preview.due(i + 1, steps):
+            if preview is not None and preview.due(i + 1, total):
                 # Flow matching: the transformer predicts v = noise − x0, so x0 = x_t − σ·v.
                 sigma = float(scheduler.sigmas[scheduler.step_index - 1])  # the scheduler keeps them on the CPU
                 preview.push(previous - sigma * noise_pred.float())
             if on_step is not None:
-                on_step(i + 1, steps)
+                on_step(i + 1, total)
         return latents
 
     def _pass_bytes(self, area: int) -> int:
@@ -356,6 +377,16 @@ class Runner:
 
         backends = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
         return sdpa_kernel(backends, set_priority=True)
+
+    def _encode_image(self, image: Any) -> torch.Tensor:
+        """The start image's latent, scaled exactly as `_decode` unscales it. The distribution's mode, not a
+        sample: the same image always gives the same latent, whatever the seed (the seed picks the noise).
+        AutoencoderKL encodes in tiles above its tile size (tiling is enabled at placement)."""
+        pipe = self.pipe
+        pixels = pipe.image_processor.preprocess(image, height=image.height, width=image.width)
+        pixels = pixels.to(self.device, pipe.vae.dtype)
+        latents = pipe.vae.encode(pixels).latent_dist.mode()
+        return latents.float() * pipe.vae.config.scaling_factor
 
     def _decode(self, latents: torch.Tensor) -> Any:
         # Adapted from diffusers.pipelines.cogview4.pipeline_cogview4.CogView4Pipeline.__call__ (its end):

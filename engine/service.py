@@ -128,10 +128,14 @@ class Engine:
         should_cancel: CancelCheck | None = None,
         holder: object | None = None,
         prefetch: Iterable[Prefetch] = (),
+        start_image: bytes | None = None,
     ) -> GenerationResult:
         """Make the images of one job. The request was validated where it came in; raises EngineError
-        subclasses with user-facing messages (InvalidRequest if this model cannot make that size)."""
-        self.generator.check_fits(request)
+        subclasses with user-facing messages (InvalidRequest if this model cannot make that size).
+        With `start_image` (the bytes of request.start_image) the job is image-to-image, made at the
+        fitted size of that image (engine.rules.fit_size), or an upscale of it."""
+        if start_image is None:
+            self.generator.check_fits(request)
         if self.plan_manager.state is EngineState.FAILED:
             raise EngineUnavailable(f"The image engine is not available: {self.plan_manager.error}")
         loop = asyncio.get_running_loop()
@@ -146,7 +150,7 @@ class Engine:
         self._current_job = job
         try:
             return await self._thread.call(
-                lambda: self.generator.generate(request, report, should_cancel, holder, lookahead)
+                lambda: self.generator.generate(request, report, should_cancel, holder, lookahead, start_image)
             )
         finally:
             if self._current_job == job:

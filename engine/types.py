@@ -105,6 +105,7 @@ class EngineConfig:
     memory_cap_gib: float | None = None  # benchmarks: behave like a smaller card
     quality: str = "balanced"  # QUALITY: how much fidelity `auto` may trade for speed (engine.plans)
     quantized_cache_dir: Path | None = None  # quantized weights kept between starts; None: quantize each start
+    upscaler_model: Path | None = None  # UPSCALER_MODEL: an ESRGAN-family file; None: Upscale is a hires pass
     previews: bool = False  # PREVIEWS (on in the bot): render a small preview of the image forming now and then
     preview_cache_dir: Path | None = None  # the fitted latent → RGB maps (engine.preview); None: fit each start
 
@@ -118,6 +119,7 @@ class EngineConfig:
             step_delay_s=settings.engine_step_delay,
             quality=settings.quality,
             quantized_cache_dir=settings.quantized_cache_dir,
+            upscaler_model=settings.upscaler_model,
             previews=settings.previews,
             preview_cache_dir=settings.quantized_cache_dir / "latent_rgb",
         )

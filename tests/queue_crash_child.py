@@ -9,6 +9,10 @@
         Open the queue and run TASKS concurrent coroutines, coroutine i enqueuing JOBS jobs as user
         FIRST_USER + i; print one JSON line: [[job_id, position], ...].
 
+    python tests/queue_crash_child.py DB prune BEFORE
+        Open the queue and run a retention pass (prune_results) for jobs finished before BEFORE; after
+        the first job's images are deleted, print "deleted <id>" and hang (the test SIGKILLs it there).
+
 If QUEUE_CHILD_START_AT (a time.time() value) is set, wait until then after the imports, so that
 several children hit the database at the same moment.
 """
@@ -83,6 +87,21 @@ async def enqueue_many(db: Path, tasks: int, jobs: int, first_user: int) -> int:
     return 0
 
 
+async def prune_and_hang(db: Path, before: float) -> int:
+    queue = open_target(db)
+    await queue.open()
+    real_delete = queue.results.delete
+
+    async def delete_then_hang(job: Any) -> None:
+        await real_delete(job)
+        print(f"deleted {job.id}", flush=True)
+        await asyncio.sleep(3600)  # killed long before this ends
+
+    queue.results.delete = delete_then_hang
+    await queue.prune_results(before)
+    return 0
+
+
 def main(argv: list[str]) -> int:
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # a hung child can be asked where it is
     db: Any = argv[1] if argv[1].startswith("postgresql:") else Path(argv[1])  # Path() would eat the "//"
@@ -91,6 +110,8 @@ def main(argv: list[str]) -> int:
         return asyncio.run(claim_and_hang(db))
     if argv[2] == "enqueue" and len(argv) == 6:
         return asyncio.run(enqueue_many(db, int(argv[3]), int(argv[4]), int(argv[5])))
+    if argv[2] == "prune" and len(argv) == 4:
+        return asyncio.run(prune_and_hang(db, float(argv[3])))
     print(__doc__, file=sys.stderr)
     return 2
 

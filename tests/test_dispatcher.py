@@ -143,8 +143,12 @@ async def test_cancelled_queued_job_releases_its_precomputed_embeddings(rig: Rig
     doomed = await rig.queue.enqueue(BOB, job_request(prompt="never runs", steps=3))
     rig.dispatcher.start()
     await rig.wait_state(running.job_id, JobState.RUNNING)
-    await asyncio.sleep(0.2)
-    assert rig.engine.plan_manager.runner.embeddings.has("never runs"), "the look-ahead encoded the queued prompt"
+    # The look-ahead encodes the queued prompt in the running job's encoder visit (slower on a busy CPU).
+    async with asyncio.timeout(20):
+        while True:  # "the look-ahead encoded the queued prompt" (a timeout here means it never did)
+            if rig.engine.plan_manager.runner.embeddings.has("never runs"):
+                break
+            await asyncio.sleep(0.05)
     await rig.queue.cancel(doomed.job_id, by_user_id=BOB.user_id)
     nxt = await rig.queue.enqueue(ALICE, job_request(prompt="after", steps=2))
     await rig.wait_state(nxt.job_id, JobState.DONE)

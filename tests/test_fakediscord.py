@@ -454,6 +454,20 @@ async def test_rest_lookups(server: FakeDiscord, guild: FakeGuild, alice: FakeUs
     assert server.unknown_requests == []
 
 
+async def test_dm_to_a_user_with_closed_dms_is_50007(
+    server: FakeDiscord, guild: FakeGuild, alice: FakeUser, bot: TinyBot
+) -> None:
+    """Discord opens the DM channel (type 1) but refuses the message: 403, code 50007."""
+    alice.accepts_dms = False
+    with point_discord_py_at(server):
+        dm = await bot.create_dm(discord.Object(alice.id))
+        with pytest.raises(discord.Forbidden) as refused:
+            await dm.send("psst")
+    assert isinstance(dm, discord.DMChannel) and dm.id == server.dm_channel(alice).id
+    assert (refused.value.status, refused.value.code) == (403, 50007)
+    assert server.messages(dm.id) == []
+
+
 async def test_guild_sync_and_user_messages(server: FakeDiscord, guild: FakeGuild, alice: FakeUser) -> None:
     bot = TinyBot()
     heard: list[tuple[str, int]] = []

@@ -243,3 +243,26 @@ def test_processes_opening_a_new_file_at_once_migrate_it_once(tmp_path: Path) ->
     assert len(ids) == len(set(ids)) == 12
     assert _user_version(path) == len(available_migrations())
     assert _job_count(path) == 12
+
+
+def _write_db_before_image_input(path: Path, migrations_dir: Path) -> None:
+    """A queue file as the bot before issue 13 left it: one job, the migrations before 004 only."""
+    earlier = [m for m in sorted(migrations_dir.glob("*.sql")) if int(m.name.split("_")[0]) < 4]
+    with closing(sqlite3.connect(path)) as conn:
+        for migration in earlier:
+            conn.executescript(migration.read_text(encoding="utf-8"))
+        conn.execute(
+            "INSERT INTO jobs (kind, user_id, user_name, channel_id, prompt, width, height, steps, guidance, count, "
+            "created_at) VALUES ('imagine', 1, 'ana', 2, 'a lighthouse', 512, 512, 4, 2.0, 1, 0)"
+        )
+        conn.execute(f"PRAGMA user_version = {len(earlier)}")
+        conn.commit()
+
+
+async def test_jobs_queued_before_image_input_read_as_text_to_image(tmp_path: Path, migrations_dir: Path) -> None:
+    path = tmp_path / "queue.db"
+    _write_db_before_image_input(path, migrations_dir)
+    async with SqliteJobQueue(path) as queue:
+        job = await queue.get_job(1)
+    assert job is not None
+    assert (job.request.start_image, job.request.strength, job.request.upscale) == (None, 1.0, 0)

@@ -606,6 +606,13 @@ BAD_FIELDS = [
     pytest.param("guidance", -1.0, "guidance must be a number", id="negative guidance"),
     pytest.param("guidance", True, "guidance must be a number", id="bool guidance"),
     pytest.param("width", 0, "width must be a positive whole number", id="width 0"),
+    pytest.param("start_image", "ABC", "start_image must be the sha256", id="start image not a digest"),
+    pytest.param("strength", 0.0, "strength must be a number above 0", id="strength 0"),
+    pytest.param("strength", 1.5, "strength must be a number above 0", id="strength above 1"),
+    pytest.param("strength", math.nan, "strength must be a number above 0", id="NaN strength"),
+    pytest.param("strength", 0.5, "need a start image", id="strength without an image"),
+    pytest.param("upscale", 3, "upscale must be 0, 2 or 4", id="upscale 3"),
+    pytest.param("upscale", 2, "need a start image", id="upscale without an image"),
 ]
 
 
@@ -688,6 +695,19 @@ async def test_enqueue_stores_every_field(queue: JobQueue) -> None:
     assert job.request == replace(request, seed=0)
     assert (job.kind, job.parent_job_id, job.state, job.attempts) == ("reroll", parent.job_id, JobState.QUEUED, 0)
     assert await queue.get_job(999) is None
+
+
+async def test_image_input_fields_round_trip(queue: JobQueue) -> None:
+    digest = "ab" * 32
+    img2img = what("from my picture", start_image=digest, strength=0.35)
+    upscale = what("bigger", start_image=digest, upscale=4)
+    first = await queue.enqueue(who(1), img2img)
+    second = await queue.enqueue(who(1), upscale, kind="upscale", parent_job_id=first.job_id)
+    assert (await must_get(queue, first.job_id)).request == img2img
+    assert (await must_get(queue, second.job_id)).request == upscale
+    plain = await queue.enqueue(who(2), what("text only"))
+    request = (await must_get(queue, plain.job_id)).request
+    assert (request.start_image, request.strength, request.upscale) == (None, 1.0, 0)
 
 
 # --- limits ----------------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 python -m engine doctor
 python -m engine generate "a lighthouse at dusk" --plan auto --steps 30 --size 1024x1024 --seed 1 --out out.png
+python -m engine generate "the same, at dawn" --image photo.jpg --strength 0.6   (image-to-image)
+python -m engine generate "a lighthouse at dusk" --image out.png --upscale 2       (upscale)
 python -m engine tiny-model DIR
 python -m engine worker [--gpu N] [--name NAME]   (a GPU machine of a multi-machine setup; README)
 """
@@ -15,6 +17,10 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from engine.rules import ModelLimits
 
 
 def _settings_model_id() -> str:
@@ -26,10 +32,19 @@ def _settings_model_id() -> str:
         return "THUDM/CogView4-6B"
 
 
+def _settings_quality() -> str:
+    try:
+        from settings import load_settings
+
+        return load_settings().quality
+    except Exception:
+        return "balanced"
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from tools.doctor import report
 
-    print(report(args.model or _settings_model_id()))
+    print(report(args.model or _settings_model_id(), quality=_settings_quality()))
     return 0
 
 
@@ -41,14 +56,47 @@ def _size(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError("use WIDTHxHEIGHT, e.g. 1024x1024") from None
 
 
+def _settings_upscaler() -> Path | None:
+    try:
+        from settings import load_settings
+
+        return load_settings().upscaler_model
+    except Exception:
+        return None
+
+
+def _start_size(image_data: bytes, upscale: int, limits: ModelLimits) -> tuple[int, int]:
+    """The size an image-to-image or upscale job is made at (what the engine will pick from the image)."""
+    from engine.img2img import open_image
+    from engine.rules import output_size
+
+    image = open_image(image_data)
+    return output_size(image.width, image.height, upscale, limits)
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
+    import hashlib
+
     from db.models import InvalidJob, JobRequest
     from engine.png import encode_job_pngs
     from engine.rules import InvalidRequest, validate_request
     from engine.service import Engine, EngineConfig
     from engine.types import EngineError, Progress
 
-    config = EngineConfig(model_id=args.model or _settings_model_id(), memory_mode=args.plan, device=args.device)
+    if (args.strength is not None or args.upscale) and args.image is None:
+        print("--strength and --upscale need --image PATH (the picture to start from).", file=sys.stderr)
+        return 2
+    try:
+        image_data = None if args.image is None else Path(args.image).read_bytes()
+    except OSError as exc:
+        print(f"Could not read {args.image}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    config = EngineConfig(
+        model_id=args.model or _settings_model_id(),
+        memory_mode=args.plan,
+        device=args.device,
+        upscaler_model=args.upscaler or _settings_upscaler(),
+    )
     engine = Engine(config)
 
     async def run() -> int:
@@ -69,7 +117,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
             + (f" ({status.plan_note})" if status.plan_note else "")
         )
         width, height = args.size or (engine.limits.native_size, engine.limits.native_size)
+        image: dict[str, Any] = {}
         try:
+            if image_data is not None:
+                width, height = _start_size(image_data, args.upscale, engine.limits)
+                strength = 0.6 if args.strength is None else args.strength
+                image = {"start_image": hashlib.sha256(image_data).hexdigest(), "strength": strength}
+                image["upscale"] = args.upscale
             request = JobRequest(
                 prompt=args.prompt,
                 negative_prompt=args.negative,
@@ -78,13 +132,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 steps=args.steps,
                 guidance=args.guidance,
                 seed=args.seed,
+                **image,
             )
             validate_request(request, engine.limits)  # this command is an edge: the engine checks only sizes
 
             def show(p: Progress) -> None:
                 print(f"\r  step {p.step}/{p.total}  {p.elapsed_s:5.1f} s", end="", flush=True)
 
-            result = await engine.generate(request, on_progress=show)
+            result = await engine.generate(request, on_progress=show, start_image=image_data)
         except (InvalidJob, InvalidRequest, EngineError) as exc:
             print(f"\n{exc}", file=sys.stderr)
             return 2
@@ -92,7 +147,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             await engine.stop()
         print()
         out = Path(args.out)
-        parameters = {"prompt": args.prompt, "seed": result.seed, "plan": result.plan, "steps": args.steps}
+        parameters = {"prompt": args.prompt, "seed": result.seed, "plan": result.plan, "steps": args.steps, **image}
         partial = out.with_name(f".{out.name}.tmp")  # a crash never leaves a truncated PNG at --out
         partial.write_bytes(encode_job_pngs(result.images, parameters)[0])
         os.replace(partial, out)
@@ -169,6 +224,10 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--out", default="out.png")
     g.add_argument("--model", help="model id or folder (default: MODEL_ID from .env)")
     g.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
+    g.add_argument("--image", help="start from this picture (image-to-image); made at its fitted size, not --size")
+    g.add_argument("--strength", type=float, default=None, help="with --image: 0 < S ≤ 1, how much to redo (0.6)")
+    g.add_argument("--upscale", type=int, default=0, choices=(2, 4), help="with --image: upscale it 2× or 4×")
+    g.add_argument("--upscaler", type=Path, help="ESRGAN-family model file (default: UPSCALER_MODEL; none: hires)")
     t = sub.add_parser("tiny-model", help="write a tiny random CogView4 pipeline folder (tests, smoke runs)")
     t.add_argument("dir")
     w = sub.add_parser("worker", help="serve jobs from PostgreSQL on this machine's GPU (QUEUE_BACKEND=postgres)")

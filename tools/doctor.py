@@ -55,12 +55,13 @@ def known_problems(versions: dict[str, str | None], has_gpu: bool) -> list[str]:
     return problems
 
 
-def report(model_id: str | None = None) -> str:
+def report(model_id: str | None = None, quality: str = "balanced") -> str:
     lines = [f"Python {platform.python_version()} on {platform.system()} {platform.release()} ({platform.machine()})"]
     versions = {name: _version(name) for name in PACKAGES}
     lines.append("Packages: " + ", ".join(f"{k} {v or 'missing'}" for k, v in versions.items()))
     has_gpu = False
     free = None
+    capability: tuple[int, int] | None = None
     try:
         import torch
 
@@ -72,6 +73,7 @@ def report(model_id: str | None = None) -> str:
             info = gpu_info()
             assert info is not None
             free = info.free_gib
+            capability = info.capability
             lines.append(
                 f"GPU: {info.name}, {info.total_gib:.1f} GiB total, {info.free_gib:.1f} GiB free, "
                 f"compute capability {info.capability[0]}.{info.capability[1]}"
@@ -97,17 +99,39 @@ def report(model_id: str | None = None) -> str:
     table = plan_catalog.load_table()
     meta = plan_catalog.table_meta()
     lines.append(f"Plan table: {meta.get('source', '?')}")
-    choice = plan_catalog.choose_auto(free if has_gpu else None, table)
-    lines.append(
-        f"auto would use: {choice.plan.name} — {choice.plan.summary}" + (f" ({choice.note})" if choice.note else "")
-    )
-    lines.append("Plans (peak GPU memory at 1024², seconds per 50-step image, measured):")
+    ram = _ram_gib()
+    lines.append(f"Host RAM: {ram:.1f} GiB" if ram is not None else "Host RAM: unknown (psutil missing)")
+    try:
+        choice = plan_catalog.choose_auto(
+            free if has_gpu else None, table, quality=quality, ram_gib=ram, capability=capability
+        )
+    except plan_catalog.PlanError as exc:
+        choice = None
+        lines.append(f"auto cannot choose: {exc}")
+    if choice is not None:
+        lines.append(
+            f"auto (QUALITY={quality}) would use: {choice.plan.name} — {choice.plan.summary}"
+            + (f" ({choice.note})" if choice.note else "")
+        )
+    lines.append("Plans (peak GPU memory at 1024², seconds per 50-step image, fidelity vs bf16; measured):")
     for name, plan in plan_catalog.PLANS.items():
         m = table.get(name)
-        measured = f"{m.peak_gib:5.1f} GiB  {m.image_s():6.1f} s" if m and m.ok else "   not measured      "
+        db = plan_catalog.fidelity_db(name, table)
+        fidelity = "reference" if db is None else f"{db:4.1f} dB"
+        measured = "   not measured      "
+        if m and m.ok:
+            measured = f"{m.peak_gib:5.1f} GiB  {m.image_s():6.1f} s  {fidelity:>9}"
         if name in plan_catalog.REMAPS:
             measured = f"→ {plan_catalog.REMAPS[name][0]} (known crash)"
         lines.append(f"  {name:20} {measured}  {plan.summary}")
     if model_id:
         lines.append(f"MODEL_ID: {model_id}")
     return "\n".join(lines)
+
+
+def _ram_gib() -> float | None:
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return psutil.virtual_memory().total / plan_catalog.GIB

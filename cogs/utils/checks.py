@@ -1,4 +1,4 @@
-"""Who may do what, and where: admin rights, allowed channels, the prompt ban list.
+"""Who may do what, and where: admin rights, allowed channels and roles, the prompt ban list.
 
 Admin rights are checked here in code on every call: Discord's default_permissions
 only hides commands in the client and a server admin can override it. Each refusal
@@ -33,6 +33,10 @@ class ChannelNotAllowed(Refused):
 
 
 class BannedWord(Refused):
+    pass
+
+
+class RoleNotAllowed(Refused):
     pass
 
 
@@ -112,3 +116,18 @@ def require_no_banned_words(texts: Iterable[str], settings: Settings) -> None:
     word = banned_word(texts, settings.banned_words)
     if word is not None:
         raise BannedWord(f"Your prompt contains “{quote(word, 60)}”, which this server doesn't allow. Rephrase it.")
+
+
+def require_allowed_role(interaction: discord.Interaction, settings: Settings) -> None:
+    """ALLOWED_ROLE_IDS, when set, limits making images to members holding one of those roles (admins always may;
+    in DMs there are no roles, so only the bot's owners may)."""
+    allowed = set(settings.allowed_role_ids)
+    if not allowed or is_admin(interaction, settings) or interaction.user.id in settings.admin_user_ids:
+        return
+    roles: Iterable[Any] = getattr(interaction.user, "roles", ())
+    if any(role.id in allowed for role in roles):
+        return
+    if interaction.guild_id is None:
+        raise RoleNotAllowed("Images are made in the server, by members with an allowed role.")
+    names = ", ".join(f"<@&{rid}>" for rid in sorted(allowed)[:10])
+    raise RoleNotAllowed(f"Making images here needs one of these roles: {names}. Ask a server admin.")

@@ -16,6 +16,11 @@ from settings import Settings
 MEMORY_KEY = "memory_mode"
 
 
+def spoilers_key(guild_id: int) -> str:
+    """The kv key under which /spoilers remembers that a server's results are posted as spoilers."""
+    return f"spoilers:{guild_id}"
+
+
 class Host(Protocol):
     """The bot as the cogs see it: its services, plus the few discord.py calls they make on it."""
 
@@ -32,3 +37,5 @@ class Host(Protocol):
     def get_cog(self, name: str, /) -> commands.Cog | None: ...
 
     def dispatch(self, event_name: str, /, *args: Any, **kwargs: Any) -> None: ...
+
+    async def create_dm(self, user: discord.abc.Snowflake) -> discord.DMChannel: ...

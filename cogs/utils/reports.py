@@ -69,7 +69,7 @@ def memory_report(engine: EngineStatus, rows: Sequence[PlanRow]) -> str:
     lines = [f"**Plan now:** {plan} (asked: {engine.requested_mode}) on {engine.device_name}{free}"]
     if engine.step_s:
         lines.append(f"Measured here: {engine.step_s:.2f} s/step at the native size.")
-    lines.append("Measured on a reference GPU (peak memory · per step · per image):")
+    lines.append("Measured on a reference GPU (peak memory · per step · per image · fidelity vs bf16):")
     for row in rows:
         if row.available:
             numbers = " · ".join(
@@ -77,6 +77,7 @@ def memory_report(engine: EngineStatus, rows: Sequence[PlanRow]) -> str:
                     f"{row.peak_gib:.1f} GiB" if row.peak_gib else "? GiB",
                     f"{row.step_s:.2f} s/step" if row.step_s else "? s/step",
                     f"{row.image_s:.0f} s/image" if row.image_s else "? s/image",
+                    "reference" if row.fidelity_db is None else f"{row.fidelity_db:.0f} dB",
                 ]
             )
             lines.append(f"✅ `{row.name}` — {numbers} — {row.summary}")

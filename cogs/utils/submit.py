@@ -1,8 +1,8 @@
 """Turn what a user asked for into a queued job, and answer with its status message.
 
 /imagine and the Re-roll / Variations buttons all go through ``submit``, so every job
-meets the same checks, each once (channel, ban list, model limits; then the queue's
-per-user and global caps and cooldown) and gets the same kind of reply within
+meets the same checks, each once (channel, role, ban list, model limits; then the queue's
+per-user and global caps, cooldown and daily quota) and gets the same kind of reply within
 Discord's 3-second window.
 """
 
@@ -16,12 +16,12 @@ from typing import TypeVar
 import aiohttp
 import discord
 
-from cogs.utils.checks import require_allowed_channel, require_no_banned_words
+from cogs.utils.checks import require_allowed_channel, require_allowed_role, require_no_banned_words
 from cogs.utils.flags import parse_flags
 from cogs.utils.host import Host
 from cogs.utils.status import engine_note, snapshot, status_text
 from cogs.utils.text import NO_MENTIONS, now
-from db.models import EnqueueLimits, InvalidJob, Job, JobRequest, JobState, QueueError, Requester
+from db.models import EnqueueLimits, InvalidJob, Job, JobRequest, JobState, QueueError, Requester, UserSettings
 from engine.rules import ModelLimits, validate_request
 from settings import Settings
 
@@ -42,21 +42,22 @@ class Ask:
     count: int | None = None
 
 
-def build_request(ask: Ask, limits: ModelLimits, settings: Settings) -> JobRequest:
+def build_request(ask: Ask, limits: ModelLimits, settings: Settings, mine: UserSettings | None = None) -> JobRequest:
     """Parse flags, apply defaults and check every rule (``check_request``); raise a user-facing error for any
-    problem."""
+    problem. Inline flags beat the options, which beat the user's own /settings, which beat the bot's defaults."""
+    mine = mine or UserSettings()
     parsed = parse_flags(ask.prompt)
     if not parsed.prompt:
         raise InvalidJob("The prompt is empty: describe the image you want (flags like --ar go after the text).")
-    aspect = parsed.aspect or ask.aspect
+    aspect = parsed.aspect or ask.aspect or mine.aspect
     width, height = limits.size_for_aspect(aspect) if aspect else (limits.native_size, limits.native_size)
     request = JobRequest(
         prompt=parsed.prompt,
-        negative_prompt=(parsed.negative if parsed.negative is not None else ask.negative_prompt or "").strip(),
+        negative_prompt=_first(parsed.negative, ask.negative_prompt, mine.negative_prompt, "").strip(),
         width=width,
         height=height,
-        steps=_first(parsed.steps, ask.steps, settings.default_steps),
-        guidance=float(_first(parsed.guidance, ask.guidance, settings.default_guidance)),
+        steps=_first(parsed.steps, ask.steps, mine.steps, settings.default_steps),
+        guidance=float(_first(parsed.guidance, ask.guidance, mine.guidance, settings.default_guidance)),
         seed=parsed.seed if parsed.seed is not None else ask.seed,
         count=_first(parsed.count, ask.count, 1),
     )
@@ -76,6 +77,7 @@ def enqueue_limits(settings: Settings) -> EnqueueLimits:
         max_per_user=settings.max_jobs_per_user,
         max_total=settings.max_queue_length,
         cooldown_s=settings.user_cooldown_seconds,
+        daily_quota=settings.daily_quota,
     )
 
 
@@ -90,9 +92,10 @@ async def submit(
     """Check where and what was asked (an /imagine's options, or a button's request made from a finished job),
     queue the job and reply with its status message (which the progress loop keeps editing)."""
     require_allowed_channel(interaction, bot.settings)
+    require_allowed_role(interaction, bot.settings)
     limits = bot.engine.limits
     if isinstance(asked, Ask):
-        request = build_request(asked, limits, bot.settings)
+        request = build_request(asked, limits, bot.settings, await bot.queue.user_settings(interaction.user.id))
     else:
         request = check_request(asked, limits, bot.settings)
     assert interaction.channel_id is not None

@@ -28,7 +28,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from db import core, enqueue
+from db import core, enqueue, userdata
 from db.models import RESUMED_WORKER_LOST, Enqueued, EnqueueLimits, Heartbeat, Job, JobRequest, QueueError, Requester
 from db.postgres import dispatch
 from db.postgres.results import DatabaseResults
@@ -100,7 +100,7 @@ def _raw(conn: core.Conn) -> psycopg.AsyncConnection:
     return conn.conn
 
 
-class PostgresJobQueue(core.QueueCore):
+class PostgresJobQueue(core.QueueCore, userdata.UserData):
     """`db.interface.JobQueue` on PostgreSQL, plus what GPU workers and /status need."""
 
     JOB_COLUMNS = "j.*, p.step AS progress_step, p.total AS progress_total"
@@ -330,10 +330,10 @@ class PostgresJobQueue(core.QueueCore):
         async with self._tx() as conn:
             await conn.run("SELECT pg_advisory_xact_lock(?)", (ENQUEUE_LOCK,))
             facts = await conn.one(
-                enqueue.ENQUEUE_FACTS_SQL, enqueue.enqueue_facts_params(requester, parent_job_id, checked)
+                enqueue.ENQUEUE_FACTS_SQL, enqueue.enqueue_facts_params(requester, parent_job_id, checked, at)
             )
             assert facts is not None
-            fair_round = enqueue.plan_enqueue(facts, checked, parent_job_id, at)
+            fair_round = enqueue.plan_enqueue(facts, checked, parent_job_id, at, request.count)
             inserted = await conn.one(
                 enqueue.INSERT_JOB_SQL, enqueue.insert_values(requester, request, kind, parent_job_id, at, fair_round)
             )

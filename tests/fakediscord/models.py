@@ -28,6 +28,7 @@ class FakeUser:
     bot: bool = False
     avatar: str | None = None
     discriminator: str = "0"
+    accepts_dms: bool = True  # False: "Allow direct messages from server members" is off; a bot's DM gets 50007
 
     @property
     def mention(self) -> str:

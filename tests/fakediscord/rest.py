@@ -258,6 +258,8 @@ class RestApi:
     async def create_message(self, request: web.Request) -> web.Response:
         self._check_auth(request)
         channel = self._channel(request)
+        if channel.is_dm and not all(self.state.users[uid].accepts_dms for uid in channel.recipient_ids):
+            raise errors.ApiError(403, "Cannot send messages to this user", errors.CANNOT_MESSAGE_USER)
         record = _record(request)
         self._check_size(record.files)
         message, _created = messages.create_message(

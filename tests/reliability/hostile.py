@@ -119,10 +119,10 @@ EXCEPTION_NAMES = sorted(
 
 
 def leaks(text: str, typed: str = "") -> list[str]:
-    """What a message shown to a user must never contain: a traceback, an exception's class name (unless
-    the user typed it), or anything that could ping."""
+    """What a message shown to a user must never contain: a traceback or an exception's class name (unless
+    the user typed it: their own words may be echoed, quoted), or anything that could ping."""
     found = []
-    if "Traceback" in text or 'File "' in text:
+    if any(marker in text and marker not in typed for marker in ("Traceback", 'File "')):
         found.append("traceback")
     found += [name for name in EXCEPTION_NAMES if re.search(rf"\b{name}\b", text) and name not in typed]
     found += [f"mention {m!r}" for m in MENTION.findall(text)]

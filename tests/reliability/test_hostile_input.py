@@ -44,6 +44,7 @@ T = TypeVar("T")
 @example("a cat --ar @everyone")
 @example("a cat --steps <@&1> --seed 1")
 @example("a cat --ar **bold** --no x")
+@example('--ar:File "')  # the user's own words echoed back are not a traceback
 @settings(max_examples=1500, suppress_health_check=[HealthCheck.too_slow])
 def test_flag_parser_answers_everything_safely(text: str) -> None:
     try:

@@ -1,0 +1,111 @@
+"""/settings and /quota: a user's own /imagine defaults and private results, and what is left of today's quota.
+
+Settings are stored in the queue's database (they survive restarts) and are checked by the same rules as an
+/imagine (`cogs.utils.submit.build_request`) before they are saved, so a saved setting never makes a later
+/imagine fail. Inline flags and /imagine options still beat them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import cast
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from cogs.utils.errors import reply_private
+from cogs.utils.host import Host
+from cogs.utils.submit import Ask, build_request
+from cogs.utils.text import quote
+from db.models import MAX_PROMPT_CHARS, UserSettings
+from engine.rules import ASPECTS, MAX_GUIDANCE, MAX_STEPS, MIN_GUIDANCE, MIN_STEPS
+from settings import Settings
+
+# The prompt used to check saved settings against the model's limits and the ban list (it is never queued).
+_PROBE = Ask(prompt="settings check")
+DAY_S = 86_400
+
+
+def describe(mine: UserSettings, settings: Settings) -> str:
+    """One user's settings, with the bot's default where they set nothing."""
+
+    def value(own: object, default: object) -> str:
+        return f"{own}" if own is not None else f"{default} (default)"
+
+    lines = [
+        f"aspect {value(mine.aspect, '1:1')} · steps {value(mine.steps, settings.default_steps)}"
+        f" · guidance {value(mine.guidance, f'{settings.default_guidance:g}')}",
+        f"without: {quote(mine.negative_prompt, 300)}" if mine.negative_prompt else "without: (nothing)",
+        "results: by direct message" if mine.private else "results: in the channel",
+    ]
+    return "\n".join(lines)
+
+
+class PersonalSettings(commands.Cog):
+    def __init__(self, bot: Host) -> None:
+        self.bot = bot
+
+    @app_commands.command(name="settings", description="Your defaults for /imagine, and private results")
+    @app_commands.describe(
+        aspect="Default shape of your images",
+        steps="Default denoising steps",
+        guidance="Default guidance (how closely to follow the prompt)",
+        negative_prompt="What to keep out of every image you make",
+        private="Send your results by direct message instead of in the channel",
+        reset="Forget all your settings first (then apply any given here)",
+    )
+    @app_commands.choices(aspect=[app_commands.Choice(name=a, value=a) for a in ASPECTS])
+    async def settings_command(
+        self,
+        interaction: discord.Interaction,
+        aspect: str | None = None,
+        steps: app_commands.Range[int, MIN_STEPS, MAX_STEPS] | None = None,
+        guidance: app_commands.Range[float, MIN_GUIDANCE, MAX_GUIDANCE] | None = None,
+        negative_prompt: app_commands.Range[str, 1, MAX_PROMPT_CHARS] | None = None,
+        private: bool | None = None,
+        reset: bool = False,
+    ) -> None:
+        queue, user = self.bot.queue, interaction.user.id
+        given = {
+            name: value
+            for name, value in (
+                ("aspect", aspect),
+                ("steps", steps),
+                ("guidance", guidance),
+                ("negative_prompt", negative_prompt.strip() if negative_prompt else None),
+                ("private", private),
+            )
+            if value is not None
+        }
+        if not given and not reset:
+            mine = await queue.user_settings(user)
+            await reply_private(interaction, f"Your settings:\n{describe(mine, self.bot.settings)}")
+            return
+        mine = replace(UserSettings() if reset else await queue.user_settings(user), **given)
+        build_request(_PROBE, self.bot.engine.limits, self.bot.settings, mine)  # the /imagine rules; raises if not
+        if mine == UserSettings():
+            await queue.clear_user_settings(user)
+        else:
+            await queue.set_user_settings(user, mine)
+        head = "Settings reset." if reset and not given else "Saved."
+        await reply_private(interaction, f"{head} Your settings:\n{describe(mine, self.bot.settings)}")
+
+    @app_commands.command(name="quota", description="How many images you can still make today")
+    async def quota(self, interaction: discord.Interaction) -> None:
+        quota = self.bot.settings.daily_quota
+        if quota <= 0:
+            await reply_private(interaction, "There is no daily limit on this bot.")
+            return
+        used = await self.bot.queue.used_today(interaction.user.id)
+        resets = (int(time.time()) // DAY_S + 1) * DAY_S  # the queue counts per UTC day
+        await reply_private(
+            interaction,
+            f"Today (UTC) you have used {used} of your {quota} images: {max(0, quota - used)} left. "
+            f"The count starts again <t:{resets}:R>.",
+        )
+
+
+async def setup(bot: commands.Bot) -> None:
+    await bot.add_cog(PersonalSettings(cast(Host, bot)))

@@ -1,0 +1,59 @@
+"""The start image of an image-to-image or upscale job: decoded, then resized and cropped to a size the
+model accepts (engine.rules.fit_size).
+
+The bytes were checked where they came in (the stored PNG of db.inputs); this decodes them again on the
+GPU thread and refuses, with a user-facing message, anything Pillow cannot read.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from db.models import JobRequest
+from engine.rules import HIRES_STRENGTH, InvalidRequest, ModelLimits, output_size
+
+
+@dataclass(frozen=True)
+class StartImage:
+    """What the runner starts from: the image at exactly the size it is made at, and how much to redo."""
+
+    image: Image.Image
+    strength: float
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.image.size
+
+
+def open_image(data: bytes) -> Image.Image:
+    """RGB pixels of the first frame, upright (EXIF orientation applied); InvalidRequest if unreadable."""
+    try:
+        with Image.open(io.BytesIO(data)) as opened:
+            opened.seek(0)
+            image = ImageOps.exif_transpose(opened)
+            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+                rgba = image.convert("RGBA")  # transparent parts become white, as a viewer shows them
+                background = Image.new("RGB", image.size, (255, 255, 255))
+                background.paste(rgba, mask=rgba.getchannel("A"))
+                return background
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise InvalidRequest("The start image could not be read as a picture.") from exc
+
+
+def fit_image(image: Image.Image, width: int, height: int) -> Image.Image:
+    """Scale to cover width × height, aspect kept, and crop the overflow evenly from both sides."""
+    if image.size == (width, height):
+        return image
+    return ImageOps.fit(image, (width, height), method=Image.Resampling.LANCZOS, centering=(0.5, 0.5))
+
+
+def start_image(request: JobRequest, data: bytes, limits: ModelLimits) -> StartImage:
+    """The start of an image-to-image job (made at the fitted size of the image, whatever the request's
+    width and height say), or of a hires upscale (the largest size for its aspect, at HIRES_STRENGTH)."""
+    image = open_image(data)
+    width, height = output_size(image.width, image.height, request.upscale, limits)
+    return StartImage(fit_image(image, width, height), HIRES_STRENGTH if request.upscale else request.strength)
