@@ -60,6 +60,8 @@ class ImageBot(commands.Bot):
     def __init__(self, settings: Settings, **options: object) -> None:
         intents = discord.Intents.none()
         intents.guilds = True  # slash commands and buttons need no more (no privileged intents)
+        # The bot has no voice: discord.py's start-up warnings about voice libraries (PyNaCl, davey) only confuse.
+        discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
         super().__init__(
             command_prefix=commands.when_mentioned,
             intents=intents,

@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     max_input_pixels: int = Field(default=40_000_000, ge=1_000_000, le=250_000_000)
     discord_upload_limit_mb: float = Field(default=10, ge=1, le=500)
 
+    # Live previews (issue 14): the status message shows the image forming; off = no preview work at all
+    previews: bool = True
+
     @field_validator("admin_user_ids", "admin_role_ids", "allowed_channel_ids", mode="before")
     @classmethod
     def _split_ids(cls, value: object) -> object:

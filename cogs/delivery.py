@@ -117,6 +117,9 @@ class Delivery(commands.Cog):
     async def _deliver_one(self, notice: Notice) -> None:
         queue = self.bot.queue
         job = notice.job
+        previews = self.bot.get_cog("Progress")
+        if isinstance(previews, Progress):
+            await previews.finish_previews(job.id)  # no live preview edit lands after the result
         try:
             message_id = await self._post(notice)
         except discord.HTTPException as exc:

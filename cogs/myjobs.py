@@ -39,7 +39,8 @@ class MyJobs(commands.Cog):
             prompt = quote(job.request.prompt, 60)
             if job.state is JobState.RUNNING:
                 step, total = job.progress_step or 0, job.progress_total or job.request.steps
-                lines.append(f"#{job.id} — running, step {step}/{total}, ready {relative(t + ends[job.id])} · {prompt}")
+                eta = f"{minutes(ends[job.id])} ({relative(t + ends[job.id])})"
+                lines.append(f"#{job.id} — running, step {step}/{total}, ready in {eta} · {prompt}")
             else:
                 where = positions.get(job.id, 0)
                 lines.append(

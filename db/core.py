@@ -149,6 +149,7 @@ class QueueCore(Retention):
             "attempts = CASE WHEN ? AND attempts > 0 THEN attempts - 1 ELSE attempts END WHERE id = ?",
             (error, uncount, job_id),
         )
+        await conn.run("DELETE FROM job_previews WHERE job_id = ?", (job_id,))  # previews are for running jobs
         await self._enter_queue(conn, job_id)
 
     # --- producers -----------------------------------------------------------------------------------
@@ -299,11 +300,30 @@ class QueueCore(Retention):
                 if changed != 1:
                     return False
                 await self._progress_done(conn, job_id)
+                await conn.run("DELETE FROM job_previews WHERE job_id = ?", (job_id,))
                 await self._add_notice(conn, job_id, NoticeKind.RESULT, "")
                 await self._announce(conn, f"done {job_id}")
                 return True
 
         return await self._retrying(done)
+
+    async def _save_preview(self, conn: Conn, job_id: int, preview: bytes) -> None:
+        """Keep the newest preview of a running job (its heartbeat checked that it is still running)."""
+        await conn.run(
+            "INSERT INTO job_previews (job_id, image, updated_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (job_id) DO UPDATE SET image = excluded.image, updated_at = excluded.updated_at",
+            (job_id, preview, now()),
+        )
+
+    async def preview(self, job_id: int) -> bytes | None:
+        """The newest preview of a running job; None when there is none or the job is no longer running."""
+        async with self._read() as conn:
+            row = await conn.one(
+                "SELECT p.image FROM job_previews p JOIN jobs j ON j.id = p.job_id "
+                "WHERE p.job_id = ? AND j.state = 'running'",
+                (job_id,),
+            )
+        return bytes(row["image"]) if row is not None else None
 
     async def _running_row(self, conn: Conn, job_id: int, worker_id: str) -> Row | None:
         return await conn.one(
@@ -369,6 +389,7 @@ class QueueCore(Retention):
             "lease_until = NULL WHERE id = ?",
             (state.value, now(), error, job_id),
         )
+        await conn.run("DELETE FROM job_previews WHERE job_id = ?", (job_id,))  # previews are for running jobs
 
     # --- outbox --------------------------------------------------------------------------------------
     async def _add_notice(self, conn: Conn, job_id: int, kind: NoticeKind, body: str) -> None:

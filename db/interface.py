@@ -43,8 +43,16 @@ class JobSource(Protocol):
         """The next n queued jobs in the order claim_next would take them (for look-ahead work)."""
 
     async def heartbeat(
-        self, job_id: int, worker_id: str, lease_s: float, *, step: int | None = None, total: int | None = None
-    ) -> Heartbeat: ...
+        self,
+        job_id: int,
+        worker_id: str,
+        lease_s: float,
+        *,
+        step: int | None = None,
+        total: int | None = None,
+        preview: bytes | None = None,
+    ) -> Heartbeat:
+        """Renew the lease, record progress (and the newest live preview, if any); brings back a cancel."""
 
     async def complete(
         self,
@@ -124,6 +132,9 @@ class JobQueue(JobSource, Protocol):
         self, user_id: int, *, states: Iterable[JobState | str] | None = None, limit: int = 20
     ) -> list[Job]:
         """A user's jobs, newest first; states defaults to queued and running."""
+
+    async def preview(self, job_id: int) -> bytes | None:
+        """The newest live preview of a running job (engine.preview), or None."""
 
     async def position(self, job_id: int) -> int | None:
         """1-based place among queued jobs in claim order, or None if not queued."""

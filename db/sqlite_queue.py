@@ -287,7 +287,14 @@ class SqliteJobQueue(core.QueueCore, userdata.UserData):
             return job_from_row(row) if row else None
 
     async def heartbeat(
-        self, job_id: int, worker_id: str, lease_s: float, *, step: int | None = None, total: int | None = None
+        self,
+        job_id: int,
+        worker_id: str,
+        lease_s: float,
+        *,
+        step: int | None = None,
+        total: int | None = None,
+        preview: bytes | None = None,
     ) -> Heartbeat:
         async with self._tx() as conn:
             row = await conn.one(
@@ -296,6 +303,8 @@ class SqliteJobQueue(core.QueueCore, userdata.UserData):
                 "WHERE id = ? AND state = 'running' AND worker_id = ? RETURNING cancel_requested",
                 (core.now() + lease_s, step, total, job_id, worker_id),
             )
+            if row is not None and preview is not None:
+                await self._save_preview(conn, job_id, preview)
         if row is None:
             return Heartbeat(alive=False, cancel_requested=False)
         return Heartbeat(alive=True, cancel_requested=bool(row["cancel_requested"]))

@@ -44,6 +44,7 @@ class _Running:
     progress: Progress | None = None
     handing_back: bool = False
     first_step_at: float | None = None
+    preview: bytes | None = None  # the newest live preview not yet sent with a heartbeat
 
 
 class Dispatcher:
@@ -204,6 +205,8 @@ class Dispatcher:
         if running.first_step_at is None:
             running.first_step_at = time.time()
         running.progress = progress
+        if progress.preview is not None:
+            running.preview = progress.preview
 
     async def _store(self, job: Job, result: GenerationResult) -> None:
         request = job.request
@@ -293,7 +296,7 @@ class Dispatcher:
         job = running.job
         while True:
             await asyncio.sleep(self.heartbeat_s)
-            progress = running.progress
+            progress, preview, running.preview = running.progress, running.preview, None
             try:
                 beat = await self.source.heartbeat(
                     job.id,
@@ -301,6 +304,7 @@ class Dispatcher:
                     self.lease_s,
                     step=progress.step if progress else None,
                     total=progress.total if progress else None,
+                    preview=preview,
                 )
             except Exception:
                 log.warning("Heartbeat for job #%s failed", job.id, exc_info=True)

@@ -17,6 +17,7 @@ from typing import Any
 from db.models import MAX_SEED, JobRequest
 from engine.img2img import StartImage, open_image, start_image
 from engine.plan_manager import PlanManager
+from engine.preview import Previewer
 from engine.rules import InvalidRequest, check_size, img2img_steps, steps_run
 from engine.types import GenerationResult, JobCancelled, OutOfMemory, Prefetch, Progress
 
@@ -193,6 +194,7 @@ class Generator:
         strength = 1.0 if start is None else start.strength
         total = img2img_steps(request.steps, strength) * request.count
         images, timings = [], []
+        previewer = self._previewer(runner)
         for index in range(request.count):
 
             def on_step(step: int, steps: int, index: int = index) -> None:
@@ -201,7 +203,8 @@ class Generator:
                 done = index * steps + step
                 elapsed = time.perf_counter() - started
                 eta = elapsed / done * (total - done) if done else None
-                report(Progress(done, total, index + 1, request.count, elapsed, eta))
+                preview = previewer.take() if previewer is not None else None
+                report(Progress(done, total, index + 1, request.count, elapsed, eta, preview))
 
             if should_cancel is not None and should_cancel():
                 raise Cancelled
@@ -216,6 +219,7 @@ class Generator:
                 on_step=on_step,
                 init_image=None if start is None else start.image,
                 strength=strength,
+                preview=previewer,
             )
             images.append(image)
             timings.append(timing)
@@ -230,6 +234,17 @@ class Generator:
             "total_s": time.perf_counter() - started,
         }
         return GenerationResult(images=images, seed=seed, plan=runner.plan.name, timings=summary)
+
+    def _previewer(self, runner: Any) -> Previewer | None:
+        """A previewer for one job, or None with PREVIEWS=off (or if the colour map could not be made)."""
+        config = self.plans.config
+        if not config.previews:
+            return None
+        try:
+            return Previewer(runner.preview_map(config.preview_cache_dir))
+        except Exception:
+            log.warning("No live previews: the preview colour map could not be made", exc_info=True)
+            return None
 
     def _record_speed(self, request: JobRequest, timings: list[Any]) -> None:
         """Smooth the measured seconds per step (scaled to the native size) into the ETA's rate."""

@@ -10,10 +10,12 @@ checks that it produces the very same pixels as the stock pipeline.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -93,6 +95,7 @@ class Runner:
         self.encoder_visits = 0  # times the encoder was brought in for a batch of texts
         self.batch_oom_area: int | None = None  # smallest image area at which a CFG batch of 2 ran out of memory
         self.unbatched_steps = 0  # CFG steps run as two passes although batching was on (tests, benchmarks)
+        self._preview_map: Any = None  # engine.preview.LatentRGB of this pipeline's VAE, once asked for
 
     # --- text encoder ---------------------------------------------------------------------
     def encode(self, texts: list[str]) -> None:
@@ -122,6 +125,15 @@ class Runner:
         self.embeddings.drop_unheld()
         self.encoder_calls = self.encoder_visits = 0
 
+    def preview_map(self, cache_dir: Path | None) -> Any:
+        """The latent → RGB map of this pipeline's VAE (engine.preview), read or fitted once per runner."""
+        if self._preview_map is None:
+            from engine.preview import load_or_fit
+
+            fit = functools.partial(load_or_fit, self.pipe.vae, self.device, cache_dir)
+            self._preview_map = self._phase("vae", int(0.5 * GIB), fit)
+        return self._preview_map
+
     def _phase(self, component: str, working_bytes: int, fn: Callable[[], T]) -> T:
         """Run one phase; under a swap plan the component is brought in first (evicting others if needed)."""
         if self.residency is None:
@@ -142,9 +154,11 @@ class Runner:
         on_step: StepHook | None = None,
         init_image: Any = None,
         strength: float = 1.0,
+        preview: Any = None,
     ) -> tuple[Any, Timings]:
         """One image; the text embeddings must already be in the cache (see encode). With `init_image` (a PIL
-        image of exactly width × height) the denoising starts from it: image-to-image at `strength`."""
+        image of exactly width × height) the denoising starts from it: image-to-image at `strength`. `preview`:
+        an engine.preview.Previewer that renders the current guess of the image when it is due."""
         timings = Timings()
         device = self.device
         t0 = time.perf_counter()
@@ -180,6 +194,7 @@ class Runner:
                     batched,
                     step_events,
                     start,
+                    preview,
                 ),
             )
             _sync(device)
@@ -207,6 +222,7 @@ class Runner:
         batched: bool,
         step_events: list[Any],
         start: tuple[torch.Tensor, float] | None = None,
+        preview: Any = None,
     ) -> torch.Tensor:
         # Adapted from diffusers.pipelines.cogview4.pipeline_cogview4.CogView4Pipeline.__call__ (prepare
         # latents, timesteps and the denoising loop), with these differences: one image per call; the
@@ -317,6 +333,7 @@ class Runner:
                             return_dict=False,
                         )[0]
                     noise_pred = noise_uncond + guidance * (noise_pred - noise_uncond)
+            previous = latents
             latents = scheduler.step(noise_pred, t, latents, return_dict=False)[0]
             if device.type == "cuda":
                 event = torch.cuda.Event(enable_timing=True)
@@ -324,6 +341,10 @@ class Runner:
                 step_events.append(event)
             if self.options.step_delay_s:
                 time.sleep(self.options.step_delay_s)
+            if preview is not None and preview.due(i + 1, total):
+                # Flow matching: the transformer predicts v = noise − x0, so x0 = x_t − σ·v.
+                sigma = float(scheduler.sigmas[scheduler.step_index - 1])  # the scheduler keeps them on the CPU
+                preview.push(previous - sigma * noise_pred.float())
             if on_step is not None:
                 on_step(i + 1, total)
         return latents

@@ -51,6 +51,7 @@ class Progress:
     images: int
     elapsed_s: float
     eta_s: float | None
+    preview: bytes | None = None  # a small JPEG of the image forming (engine.preview), when one is new
 
 
 @dataclass
@@ -105,6 +106,8 @@ class EngineConfig:
     quality: str = "balanced"  # QUALITY: how much fidelity `auto` may trade for speed (engine.plans)
     quantized_cache_dir: Path | None = None  # quantized weights kept between starts; None: quantize each start
     upscaler_model: Path | None = None  # UPSCALER_MODEL: an ESRGAN-family file; None: Upscale is a hires pass
+    previews: bool = False  # PREVIEWS (on in the bot): render a small preview of the image forming now and then
+    preview_cache_dir: Path | None = None  # the fitted latent → RGB maps (engine.preview); None: fit each start
 
     @classmethod
     def from_settings(cls, settings: Any) -> EngineConfig:
@@ -117,6 +120,8 @@ class EngineConfig:
             quality=settings.quality,
             quantized_cache_dir=settings.quantized_cache_dir,
             upscaler_model=settings.upscaler_model,
+            previews=settings.previews,
+            preview_cache_dir=settings.quantized_cache_dir / "latent_rgb",
         )
 
 

@@ -254,3 +254,22 @@ async def test_a_worker_only_fetches_sizes_its_plan_can_make(pg_url: str) -> Non
         assert await manager.fetch_job(queues=["cogview-1mp"], worker_id=worker) is None
         token = await manager.fetch_job(queues=["cogview-1mp", "cogview-2mp", "cogview-3mp"], worker_id=worker)
         assert token is not None and token.task_kwargs == {"job_id": big.job_id}
+
+
+async def test_a_remote_worker_sends_live_previews_through_the_heartbeat(cluster: Cluster) -> None:
+    """Issue 14: a cluster worker's previews reach the bot's queue the way its progress does."""
+    cluster.step_delay = 0.25
+    cluster.start_worker("gpu_a", progress_every=0.5, extra_env={"PREVIEWS": "on"})
+    await cluster.wait_ready("gpu_a")
+    job = await cluster.queue.enqueue(requester(1), request("a preview from afar", steps=30))
+    await cluster.wait_jobs([job.job_id], lambda j: j.state is JobState.RUNNING, timeout=60)
+    preview = None
+    deadline = time.monotonic() + 20
+    while preview is None and time.monotonic() < deadline:
+        await cluster.queue.wait_for_change(0.5)  # each heartbeat announces the job's progress
+        preview = await cluster.queue.preview(job.job_id)
+    assert preview is not None, cluster.log_of("gpu_a")
+    with Image.open(io.BytesIO(preview)) as image:
+        assert image.format == "JPEG" and max(image.size) <= 256
+    (done,) = await cluster.wait_jobs([job.job_id], timeout=60)
+    assert done.state is JobState.DONE and await cluster.queue.preview(job.job_id) is None

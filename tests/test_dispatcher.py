@@ -56,11 +56,12 @@ class Rig:
 
 @pytest.fixture
 async def rig(tiny_model: Path, tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Rig]:
-    step_delay, timed = getattr(request, "param", (0.0, False))
+    step_delay, timed, *previews = getattr(request, "param", (0.0, False))
     outputs = tmp_path / "outputs"
     queue = SqliteJobQueue(tmp_path / "queue.sqlite3", results=FolderResults(outputs))
     await queue.open()
-    engine = Engine(EngineConfig(model_id=str(tiny_model), device="cpu", step_delay_s=step_delay), table=dict(TABLE))
+    config = EngineConfig(model_id=str(tiny_model), device="cpu", step_delay_s=step_delay, previews=bool(previews))
+    engine = Engine(config, table=dict(TABLE))
     engine.start()
     assert await engine.wait_ready(60)
     dispatcher = Dispatcher(
@@ -179,3 +180,19 @@ async def test_disk_full_requeues_the_job_instead_of_losing_it(rig: Rig, monkeyp
     assert await rig.queue.pending_notices() == []
     assert json.dumps(after.result_paths) == "[]"
     assert rig.dispatcher._hold_claims_until > time.monotonic() + DISK_FULL_HOLD_S - 5, "no claims meanwhile"
+
+
+@pytest.mark.parametrize("rig", [(0.25, False, True)], indirect=True)
+async def test_the_heartbeat_carries_live_previews_to_the_queue_until_the_result(rig: Rig) -> None:
+    """Issue 14: the newest preview of the running job is in the queue (queue.preview), gone once it is done."""
+    queued = await rig.queue.enqueue(ALICE, job_request(steps=12))
+    rig.dispatcher.start()
+    seen: list[bytes] = []
+    while (job := await rig.queue.get_job(queued.job_id)) is not None and not job.state.finished:
+        preview = await rig.queue.preview(queued.job_id)
+        if preview is not None and preview not in seen:
+            seen.append(preview)
+        await asyncio.sleep(0.05)
+    assert job is not None and job.state is JobState.DONE
+    assert len(seen) >= 2 and all(p.startswith(b"\xff\xd8") for p in seen)  # JPEGs, a newer one replacing the last
+    assert await rig.queue.preview(queued.job_id) is None

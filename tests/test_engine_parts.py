@@ -112,6 +112,7 @@ class FakePlans:
         self.limits = LIMITS
         self.model_loads = 1
         self.oom_recoveries: list[bool] = []
+        self.config = EngineConfig(model_id="fake")  # previews off, as in every engine not started by the bot
 
     @property
     def plan_name(self) -> str:

@@ -466,6 +466,33 @@ async def test_heartbeat_by_another_worker_is_not_alive(queue: JobQueue) -> None
     assert unchanged.progress_step == 0 and unchanged.worker_id == WORKER
 
 
+async def test_the_heartbeat_keeps_the_newest_preview_of_a_running_job_only(queue: JobQueue) -> None:
+    """Live previews (issue 14): the newest one wins; another worker's or a finished job's is not kept."""
+    first = await queue.enqueue(who(1), what())
+    second = await queue.enqueue(who(2), what())
+    job = await must_claim(queue)
+    assert job.id == first.job_id and await queue.preview(job.id) is None
+    await queue.heartbeat(job.id, WORKER, 60, step=1)
+    assert await queue.preview(job.id) is None  # a beat without a preview stores none
+    await queue.heartbeat(job.id, WORKER, 60, step=2, preview=b"\xff\xd8 first")
+    await queue.heartbeat(job.id, WORKER, 60, step=3)
+    assert await queue.preview(job.id) == b"\xff\xd8 first"  # kept until a newer one comes
+    await queue.heartbeat(job.id, WORKER, 60, step=4, preview=b"\xff\xd8 second")
+    assert await queue.preview(job.id) == b"\xff\xd8 second"
+    await queue.heartbeat(job.id, "intruder", 60, preview=b"\xff\xd8 intruder")
+    assert await queue.preview(job.id) == b"\xff\xd8 second"
+    assert await queue.preview(second.job_id) is None
+    # Finished: the result replaces the preview, which is gone from the database.
+    assert await queue.complete(job.id, WORKER, result_paths=[], seed_used=1, plan="p")
+    assert await queue.preview(job.id) is None
+    # Handed back to the queue: its old preview is gone too, not shown again on the next run.
+    other = await must_claim(queue)
+    await queue.heartbeat(other.id, WORKER, 60, preview=b"\xff\xd8 other")
+    assert await queue.release(other.id, WORKER)
+    again = await must_claim(queue)
+    assert again.id == other.id and await queue.preview(other.id) is None
+
+
 # --- cancel ------------------------------------------------------------------------------------------
 
 

@@ -403,7 +403,14 @@ class PostgresJobQueue(core.QueueCore, userdata.UserData):
         return await self._retrying(claim)
 
     async def heartbeat(
-        self, job_id: int, worker_id: str, lease_s: float, *, step: int | None = None, total: int | None = None
+        self,
+        job_id: int,
+        worker_id: str,
+        lease_s: float,
+        *,
+        step: int | None = None,
+        total: int | None = None,
+        preview: bytes | None = None,
     ) -> Heartbeat:
         async def beat() -> Heartbeat:
             at = core.now()
@@ -420,6 +427,8 @@ class PostgresJobQueue(core.QueueCore, userdata.UserData):
                     "WHERE job_id = ?",
                     (step, total, at, job_id),
                 )
+                if preview is not None:
+                    await self._save_preview(conn, job_id, preview)
                 # The job's heartbeat vouches for its procrastinate worker too (claim_next has no other).
                 await conn.run(
                     "SELECT procrastinate_update_heartbeat_v1(worker_id) FROM procrastinate_jobs "

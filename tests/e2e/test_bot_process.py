@@ -123,5 +123,6 @@ async def test_real_process_job_crash_restart_and_reroll(tiny_model: Path, tmp_p
     invite = f"https://discord.com/oauth2/authorize?client_id={server.application_id}&scope=bot+applications.commands"
     assert invite in logs
     assert "Stopped cleanly" in second.output()
+    assert "voice will NOT be supported" not in logs  # the bot has no voice: no warning about it (issue 14)
     results = [m for m in server.messages(world.channel) if m.attachments]
     assert sorted(int(m.content.split("**#")[1].split("**")[0]) for m in results) == [job1, job2, job3]

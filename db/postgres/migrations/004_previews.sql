@@ -1,3 +1,7 @@
--- Placeholder so the numbering has no gap on the i14-settings branch: the helper that owns this
--- number (start images / previews) ships the real file, which replaces this one at merge.
-SELECT 1;
+-- Live previews (issue 14): the newest preview of each running job, written by its heartbeat and read by
+-- the status message's editor (queue.preview). One row per job, dropped when the job leaves 'running'.
+CREATE TABLE job_previews (
+    job_id     BIGINT           PRIMARY KEY REFERENCES jobs(id) ON DELETE CASCADE,
+    image      BYTEA            NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL
+);
