@@ -20,7 +20,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import Any, ClassVar, Protocol, Self, TypeVar
 
 from db import fairness
 from db.models import (
@@ -38,7 +38,7 @@ from db.models import (
 )
 from db.results import ResultStore
 from db.retention import Retention
-from db.rows import job_from_row, parse_states
+from db.rows import audit_from_row, job_from_row, parse_states
 
 CRASH_ERROR = "crashed the worker {n} times"
 ADMIN_CANCEL = "cancelled by an admin"
@@ -81,7 +81,20 @@ class QueueCore(Retention):
     def __init__(self) -> None:
         self._changed_event = asyncio.Event()
 
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
     # --- what a backend provides ---------------------------------------------------------------------
+    async def open(self) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
     def _tx(self) -> AbstractAsyncContextManager[Conn]:
         """One write transaction; local waiters are woken after it committed."""
         raise NotImplementedError
@@ -483,13 +496,4 @@ class QueueCore(Retention):
     async def audit_log(self, limit: int = 50) -> list[AuditEntry]:
         async with self._read() as conn:
             rows = await conn.all("SELECT * FROM audit ORDER BY id DESC LIMIT ?", (int(limit),))
-        return [
-            AuditEntry(
-                at=row["at"],
-                actor_id=row["actor_id"],
-                action=row["action"],
-                detail=row["detail"],
-                guild_id=row["guild_id"],
-            )
-            for row in rows
-        ]
+        return [audit_from_row(row) for row in rows]

@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from db.models import InvalidJob, Job, JobRequest, JobState, Requester
+from db.models import AuditEntry, InvalidJob, Job, JobRequest, JobState, Requester
 
 ACTIVE_STATES = (JobState.QUEUED, JobState.RUNNING)
 
@@ -69,4 +69,10 @@ def job_from_row(row: Mapping[str, Any]) -> Job:
         status_message_id=row["status_message_id"],
         result_message_id=None if row["result_deleted"] else row["result_message_id"],
         delivered_at=row["delivered_at"],
+    )
+
+
+def audit_from_row(row: Mapping[str, Any]) -> AuditEntry:
+    return AuditEntry(
+        at=row["at"], actor_id=row["actor_id"], action=row["action"], detail=row["detail"], guild_id=row["guild_id"]
     )

@@ -151,13 +151,6 @@ class SqliteJobQueue(core.QueueCore, userdata.UserData):
         """One machine: the bot's own engine does the work, so there are no remote workers."""
         return []
 
-    async def __aenter__(self) -> SqliteJobQueue:
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
     @property
     def _db(self) -> aiosqlite.Connection:
         if self._conn is None:

@@ -167,13 +167,6 @@ class PostgresJobQueue(core.QueueCore, userdata.UserData):
             await self._app.close_async()  # the pool was lent to procrastinate: it does not close it
             await pool.close()
 
-    async def __aenter__(self) -> PostgresJobQueue:
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
     @property
     def pool(self) -> psycopg_pool.AsyncConnectionPool:
         if self._pool is None:
