@@ -14,6 +14,7 @@ from cogs.utils.checks import is_admin, is_admin_for, require_allowed_channel
 from cogs.utils.errors import reply_private
 from cogs.utils.eta import finish_times, queue_positions
 from cogs.utils.host import Host, spoilers_key
+from cogs.utils.i18n import t
 from cogs.utils.text import NO_MENTIONS, clip, minutes, now, params_line, quote, relative
 from cogs.utils.views import result_view
 from db.models import Job, JobNotFound, JobState, NotAllowed, QueueError
@@ -77,9 +78,9 @@ class MyJobs(commands.Cog):
                 guild_id=interaction.guild_id,
             )
         if outcome.immediate:
-            await reply_private(interaction, f"Cancelled #{job}.")
+            await reply_private(interaction, t("cancel.cancelled", interaction.locale, job=job))
         else:
-            await reply_private(interaction, f"Stopping #{job} at its next step.")
+            await reply_private(interaction, t("cancel.stopping", interaction.locale, job=job))
 
     @app_commands.command(name="show", description="Post a finished job's images here again")
     @app_commands.describe(job="Job number")

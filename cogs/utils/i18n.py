@@ -1,0 +1,162 @@
+"""The bot's words in English and Simplified Chinese, from one catalogue.
+
+``CATALOGUE`` maps a key to its English and zh-CN text. Keys under ``cmd.`` are the slash commands' names,
+descriptions and option texts: ``Translator`` (an ``app_commands.Translator``, registered in bot.py before the
+sync) finds them by their English text and sends the zh-CN one as Discord's ``*_localizations``. The other keys
+are replies: ``t(key, locale, **fields)`` gives the text for an interaction's locale (English for any locale
+other than zh-CN), and ``msg(key, **fields)`` gives the English text still carrying its key, so an error raised
+deep in a helper can be shown in the user's language by ``cogs.utils.errors.report``.
+
+Public posts in a channel (status messages, results, notices) stay English: a job does not store who asked in
+which language, and a channel is shared.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+
+import discord
+from discord import app_commands
+
+EN = "en"
+ZH = "zh-CN"
+LANGUAGES = (EN, ZH)
+
+CATALOGUE: dict[str, dict[str, str]] = {
+    # Slash commands (names must stay valid Discord names: lowercase, no spaces, 1–32 characters).
+    "cmd.imagine": {EN: "imagine", ZH: "画图"},
+    "cmd.imagine.description": {EN: "Make an image from a text prompt", ZH: "根据文字描述生成图片"},
+    "cmd.prompt": {EN: "prompt", ZH: "提示词"},
+    "cmd.prompt.description": {
+        EN: "What to draw. Inline flags work too: --ar 16:9 --seed 42 --no text --steps 30 --guidance 4 --count 2",
+        ZH: "要画什么（中文或英文）。也可写参数：--ar 16:9 --seed 42 --no text --steps 30 --guidance 4 --count 2",
+    },
+    "cmd.negative_prompt": {EN: "negative_prompt", ZH: "反向提示词"},
+    "cmd.negative_prompt.description": {EN: "What to keep out of the image", ZH: "不希望出现在图片中的内容"},
+    "cmd.aspect": {EN: "aspect", ZH: "比例"},
+    "cmd.aspect.description": {EN: "Shape of the image (default square)", ZH: "图片比例（默认正方形）"},
+    "cmd.steps": {EN: "steps", ZH: "步数"},
+    "cmd.steps.description": {
+        EN: "Denoising steps: more is slower and often finer",
+        ZH: "去噪步数：越多越慢，通常越精细",
+    },
+    "cmd.guidance": {EN: "guidance", ZH: "引导强度"},
+    "cmd.guidance.description": {EN: "How closely to follow the prompt", ZH: "遵循提示词的程度"},
+    "cmd.seed": {EN: "seed", ZH: "种子"},
+    "cmd.seed.description": {EN: "Same seed + same prompt = same image", ZH: "相同种子 + 相同提示词 = 相同图片"},
+    "cmd.count": {EN: "count", ZH: "数量"},
+    "cmd.count.description": {EN: "How many images (1–4)", ZH: "生成几张图片（1–4）"},
+    "cmd.image": {EN: "image", ZH: "图片"},
+    "cmd.image.description": {
+        EN: "Start from this picture (PNG, JPEG or WebP)",
+        ZH: "以这张图片为起点（PNG、JPEG 或 WebP）",
+    },
+    "cmd.strength": {EN: "strength", ZH: "强度"},
+    "cmd.strength.description": {
+        EN: "With an image: how much may change, 0.05 (little) to 1 (everything); default 0.7",
+        ZH: "有图片时：可改变的程度，0.05（很少）到 1（全部）；默认 0.7",
+    },
+    "cmd.queue": {EN: "queue", ZH: "队列"},
+    "cmd.queue.description": {EN: "Your jobs and their place in line", ZH: "你的任务及其排队位置"},
+    "cmd.cancel": {EN: "cancel", ZH: "取消"},
+    "cmd.cancel.description": {
+        EN: "Cancel your latest job, or a job by number",
+        ZH: "取消你最近的任务，或指定编号的任务",
+    },
+    "cmd.job": {EN: "job", ZH: "任务"},
+    "cmd.cancel.job.description": {
+        EN: "Job number (default: your latest waiting or running job)",
+        ZH: "任务编号（默认：你最近排队中或运行中的任务）",
+    },
+    "cmd.show": {EN: "show", ZH: "查看"},
+    "cmd.show.description": {EN: "Post a finished job's images here again", ZH: "在这里重新发布已完成任务的图片"},
+    "cmd.show.job.description": {EN: "Job number", ZH: "任务编号"},
+    # Replies.
+    "imagine.strength_needs_image": {
+        EN: "Strength needs an image: attach one with the image option.",
+        ZH: "强度参数需要图片：请用 image（图片）选项附上一张。",
+    },
+    "imagine.image_no_aspect": {
+        EN: "With an image the picture's own shape is used: leave out the aspect.",
+        ZH: "使用图片时按图片本身的比例生成：请不要指定比例。",
+    },
+    "imagine.empty_prompt": {
+        EN: "The prompt is empty: describe the image you want (flags like --ar go after the text).",
+        ZH: "提示词为空：请描述你想要的图片（--ar 等参数写在文字之后）。",
+    },
+    "error.unexpected": {
+        EN: "Something went wrong on the bot's side (it was logged). Try again in a minute.",
+        ZH: "机器人出错了（已记录）。请一分钟后再试。",
+    },
+    "error.bad_value": {EN: "“{value}” isn't a valid value for that option.", ZH: "“{value}”不是该选项的有效值。"},
+    "error.cooldown": {
+        EN: "You're going a bit fast: try again in {seconds} s.",
+        ZH: "操作太快了：请 {seconds} 秒后再试。",
+    },
+    "error.no_dm": {
+        EN: "This command works in a server, not in direct messages.",
+        ZH: "此命令只能在服务器中使用，不能在私信中使用。",
+    },
+    "error.check_failed": {EN: "You can't use this command here.", ZH: "你不能在这里使用此命令。"},
+    "cancel.cancelled": {EN: "Cancelled #{job}.", ZH: "已取消 #{job}。"},
+    "cancel.stopping": {EN: "Stopping #{job} at its next step.", ZH: "#{job} 将在下一步停止。"},
+}
+
+_BY_ENGLISH = {entry[EN]: entry[ZH] for key, entry in CATALOGUE.items() if key.startswith("cmd.")}
+# Discord's rule for command and option names (and their localizations).
+NAME_RULE = re.compile(r"^[-_\w]{1,32}$")
+
+
+def language(locale: discord.Locale | str | None) -> str:
+    """The catalogue language for a Discord locale: zh-CN for Simplified Chinese, English otherwise."""
+    value = locale.value if isinstance(locale, discord.Locale) else locale
+    return ZH if value == ZH else EN
+
+
+def t(key: str, locale: discord.Locale | str | None = None, **fields: object) -> str:
+    """The text of ``key`` in the locale's language (English for anything but zh-CN), with its fields filled."""
+    return CATALOGUE[key][language(locale)].format(**fields)
+
+
+class Text(str):
+    """English text that remembers its catalogue key, so a raised error can be shown in the user's language."""
+
+    key: str
+    fields: dict[str, object]
+
+    def __new__(cls, key: str, **fields: object) -> Text:
+        made = super().__new__(cls, t(key, EN, **fields))
+        made.key, made.fields = key, fields
+        return made
+
+    def to(self, locale: discord.Locale | str | None) -> str:
+        return t(self.key, locale, **self.fields)
+
+
+def msg(key: str, **fields: object) -> Text:
+    return Text(key, **fields)
+
+
+def localize_error_text(error: BaseException, locale: discord.Locale | str | None) -> str | None:
+    """The error's message in the locale's language when it was raised with ``msg``; else None."""
+    first = error.args[0] if error.args else None
+    return first.to(locale) if isinstance(first, Text) else None
+
+
+def fields_of(text: str) -> set[str]:
+    return {name for _, name, _, _ in string.Formatter().parse(text) if name}
+
+
+class Translator(app_commands.Translator):
+    """Command names, descriptions and option texts in Simplified Chinese, from the catalogue."""
+
+    async def translate(
+        self,
+        string: app_commands.locale_str,
+        locale: discord.Locale,
+        context: app_commands.TranslationContextTypes,
+    ) -> str | None:
+        if locale is not discord.Locale.chinese:
+            return None
+        return _BY_ENGLISH.get(string.message)
