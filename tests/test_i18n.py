@@ -105,3 +105,32 @@ async def test_cancel_in_chinese_then_english(world: World, tiny_model: Path, tm
         zh_text, en_text = await ephemeral_reply(zh), await ephemeral_reply(en)
     assert zh_text == f"已取消 #{job_a}。"
     assert en_text == f"Cancelled #{job_b}."
+
+
+async def test_queue_and_show_in_chinese(world: World, tiny_model: Path, tmp_path: Path) -> None:
+    server = world.server
+    settings = settings_for(server, tiny_model, tmp_path, dev_guild_id=world.guild.id)
+    async with running_bot(server, settings) as bot:
+        await bot.queue.set_paused(True)
+        job_id, _, _ = await queued_reply(
+            await server.send_slash_command(world.alice, world.channel, "imagine", {"prompt": "一只猫"}, locale="zh-CN")
+        )
+        zh_queue = await ephemeral_reply(
+            await server.send_slash_command(world.alice, world.channel, "queue", locale="zh-CN")
+        )
+        en_queue = await ephemeral_reply(await server.send_slash_command(world.alice, world.channel, "queue"))
+        bob_queue = await ephemeral_reply(
+            await server.send_slash_command(world.bob, world.channel, "queue", locale="zh-CN")
+        )
+        missing = await ephemeral_reply(
+            await server.send_slash_command(world.alice, world.channel, "show", {"job": 999}, locale="zh-CN")
+        )
+        missing_en = await ephemeral_reply(
+            await server.send_slash_command(world.alice, world.channel, "show", {"job": 999})
+        )
+    assert zh_queue.startswith(f"你的任务：\n#{job_id} — 第 1 位，约 ") and "一只猫" in zh_queue
+    assert "\n队列中：1 个等待中 · 已被管理员**暂停**" in zh_queue
+    assert en_queue.startswith(f"Your jobs:\n#{job_id} — position 1, about ")
+    assert "\nIn the queue: 1 waiting · **paused** by an admin" in en_queue
+    assert bob_queue.startswith("你没有排队中或生成中的任务。")
+    assert (missing, missing_en) == ("没有任务 #999。", "There is no job #999.")

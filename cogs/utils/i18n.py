@@ -99,6 +99,35 @@ CATALOGUE: dict[str, dict[str, str]] = {
         ZH: "此命令只能在服务器中使用，不能在私信中使用。",
     },
     "error.check_failed": {EN: "You can't use this command here.", ZH: "你不能在这里使用此命令。"},
+    "queue.running": {
+        EN: "#{job} — running, step {step}/{total}, ready in about {minutes} min ({when}) · {prompt}",
+        ZH: "#{job} — 生成中，第 {step}/{total} 步，约 {minutes} 分钟后完成（{when}）· {prompt}",
+    },
+    "queue.waiting": {
+        EN: "#{job} — position {position}, about {minutes} min ({when}) · {prompt}",
+        ZH: "#{job} — 第 {position} 位，约 {minutes} 分钟（{when}）· {prompt}",
+    },
+    "queue.head": {EN: "Your jobs:", ZH: "你的任务："},
+    "queue.none": {EN: "You have no jobs waiting or running.", ZH: "你没有排队中或生成中的任务。"},
+    "queue.tail": {EN: "\nIn the queue: {waiting} waiting", ZH: "\n队列中：{waiting} 个等待中"},
+    "queue.paused": {EN: " · **paused** by an admin", ZH: " · 已被管理员**暂停**"},
+    "queue.warming": {EN: " · the image engine is warming up", ZH: " · 图像引擎正在预热"},
+    "cancel.none": {EN: "You have no job waiting or running to cancel.", ZH: "你没有可取消的排队中或生成中的任务。"},
+    "job.not_found": {EN: "There is no job #{job}.", ZH: "没有任务 #{job}。"},
+    "show.not_allowed": {
+        EN: "Only the person who asked for #{job} or an admin can post it again.",
+        ZH: "只有 #{job} 的发起人或管理员可以重新发布它。",
+    },
+    "show.no_images": {EN: "Job #{job} has no images ({state}).", ZH: "任务 #{job} 没有图片（{state}）。"},
+    "show.pruned": {
+        EN: "The images of #{job} were deleted{kept}. Use /imagine to make them again.",
+        ZH: "#{job} 的图片已被删除{kept}。请用 /imagine 重新生成。",
+    },
+    "show.kept_days": {EN: " (this bot keeps results for {days} days)", ZH: "（本机器人保留结果 {days} 天）"},
+    "show.gone": {
+        EN: "The images of #{job} are no longer on the bot's disk. Use /imagine to make them again.",
+        ZH: "#{job} 的图片已不在机器人的磁盘上。请用 /imagine 重新生成。",
+    },
     "cancel.cancelled": {EN: "Cancelled #{job}.", ZH: "已取消 #{job}。"},
     "cancel.stopping": {EN: "Stopping #{job} at its next step.", ZH: "#{job} 将在下一步停止。"},
 }
