@@ -22,6 +22,11 @@ def test_every_key_has_both_languages_with_the_same_fields() -> None:
         assert fields_of(entry[EN]) == fields_of(entry[ZH]), key
 
 
+def test_command_texts_are_found_by_their_english_text_without_clashes() -> None:
+    english = [entry[EN] for key, entry in CATALOGUE.items() if key.startswith("cmd.")]
+    assert len(english) == len(set(english))
+
+
 def test_t_falls_back_to_english() -> None:
     assert t("cancel.cancelled", "zh-CN", job=7) == "已取消 #7。"
     assert t("cancel.cancelled", discord.Locale.chinese, job=7) == "已取消 #7。"
@@ -134,3 +139,26 @@ async def test_queue_and_show_in_chinese(world: World, tiny_model: Path, tmp_pat
     assert "\nIn the queue: 1 waiting · **paused** by an admin" in en_queue
     assert bob_queue.startswith("你没有排队中或生成中的任务。")
     assert (missing, missing_en) == ("没有任务 #999。", "There is no job #999.")
+
+
+async def test_settings_and_quota_in_chinese(world: World, tiny_model: Path, tmp_path: Path) -> None:
+    server = world.server
+    settings = settings_for(server, tiny_model, tmp_path, dev_guild_id=world.guild.id, daily_quota=5)
+    async with running_bot(server, settings):
+        shown = await ephemeral_reply(
+            await server.send_slash_command(world.alice, world.channel, "settings", locale="zh-CN")
+        )
+        saved = await ephemeral_reply(
+            await server.send_slash_command(world.alice, world.channel, "settings", {"steps": 7}, locale="zh-CN")
+        )
+        shown_en = await ephemeral_reply(await server.send_slash_command(world.alice, world.channel, "settings"))
+        quota = await ephemeral_reply(
+            await server.send_slash_command(world.alice, world.channel, "quota", locale="zh-CN")
+        )
+        quota_en = await ephemeral_reply(await server.send_slash_command(world.alice, world.channel, "quota"))
+    assert shown.startswith("你的设置：\n比例 1:1（默认） · 步数 ") and "结果：在频道中" in shown
+    assert saved.startswith("已保存。 你的设置：\n比例 1:1（默认） · 步数 7 ·")
+    assert shown_en.startswith("Your settings:\naspect 1:1 (default) · steps 7 · guidance ")
+    assert shown_en.endswith("\nwithout: (nothing)\nresults: in the channel")
+    assert quota.startswith("今天（UTC）你已使用 5 张中的 0 张：还剩 5 张。")
+    assert quota_en.startswith("Today (UTC) you have used 0 of your 5 images: 5 left. The count starts again <t:")

@@ -72,7 +72,51 @@ CATALOGUE: dict[str, dict[str, str]] = {
     "cmd.show": {EN: "show", ZH: "查看"},
     "cmd.show.description": {EN: "Post a finished job's images here again", ZH: "在这里重新发布已完成任务的图片"},
     "cmd.show.job.description": {EN: "Job number", ZH: "任务编号"},
+    "cmd.settings": {EN: "settings", ZH: "设置"},
+    "cmd.settings.description": {
+        EN: "Your defaults for /imagine, and private results",
+        ZH: "你的 /imagine 默认值，以及私密结果",
+    },
+    "cmd.settings.aspect.description": {EN: "Default shape of your images", ZH: "你的图片的默认比例"},
+    "cmd.settings.steps.description": {EN: "Default denoising steps", ZH: "默认去噪步数"},
+    "cmd.settings.guidance.description": {
+        EN: "Default guidance (how closely to follow the prompt)",
+        ZH: "默认引导强度（遵循提示词的程度）",
+    },
+    "cmd.settings.negative_prompt.description": {
+        EN: "What to keep out of every image you make",
+        ZH: "你生成的每张图片中都不希望出现的内容",
+    },
+    "cmd.private": {EN: "private", ZH: "私密"},
+    "cmd.settings.private.description": {
+        EN: "Send your results by direct message instead of in the channel",
+        ZH: "通过私信而不是在频道中发送你的结果",
+    },
+    "cmd.reset": {EN: "reset", ZH: "重置"},
+    "cmd.settings.reset.description": {
+        EN: "Forget all your settings first (then apply any given here)",
+        ZH: "先清除你的所有设置（再应用这里给出的设置）",
+    },
+    "cmd.quota": {EN: "quota", ZH: "配额"},
+    "cmd.quota.description": {EN: "How many images you can still make today", ZH: "你今天还能生成多少张图片"},
     # Replies.
+    "quota.none": {EN: "There is no daily limit on this bot.", ZH: "本机器人没有每日限额。"},
+    "quota.left": {
+        EN: "Today (UTC) you have used {used} of your {quota} images: {left} left. The count starts again {when}.",
+        ZH: "今天（UTC）你已使用 {quota} 张中的 {used} 张：还剩 {left} 张。计数将于 {when}重新开始。",
+    },
+    "settings.yours": {EN: "Your settings:", ZH: "你的设置："},
+    "settings.saved": {EN: "Saved.", ZH: "已保存。"},
+    "settings.reset": {EN: "Settings reset.", ZH: "设置已重置。"},
+    "settings.default": {EN: "{value} (default)", ZH: "{value}（默认）"},
+    "settings.line": {
+        EN: "aspect {aspect} · steps {steps} · guidance {guidance}",
+        ZH: "比例 {aspect} · 步数 {steps} · 引导强度 {guidance}",
+    },
+    "settings.without": {EN: "without: {negative}", ZH: "排除：{negative}"},
+    "settings.without_nothing": {EN: "without: (nothing)", ZH: "排除：（无）"},
+    "settings.by_dm": {EN: "results: by direct message", ZH: "结果：通过私信"},
+    "settings.in_channel": {EN: "results: in the channel", ZH: "结果：在频道中"},
     "imagine.strength_needs_image": {
         EN: "Strength needs an image: attach one with the image option.",
         ZH: "强度参数需要图片：请用 image（图片）选项附上一张。",
