@@ -162,3 +162,16 @@ async def test_settings_and_quota_in_chinese(world: World, tiny_model: Path, tmp
     assert shown_en.endswith("\nwithout: (nothing)\nresults: in the channel")
     assert quota.startswith("今天（UTC）你已使用 5 张中的 0 张：还剩 5 张。")
     assert quota_en.startswith("Today (UTC) you have used 0 of your 5 images: 5 left. The count starts again <t:")
+
+
+async def test_channel_refusal_in_chinese(world: World, tiny_model: Path, tmp_path: Path) -> None:
+    server = world.server
+    settings = settings_for(
+        server, tiny_model, tmp_path, dev_guild_id=world.guild.id, allowed_channel_ids=[world.other_channel.id]
+    )
+    async with running_bot(server, settings):
+        zh = await server.send_slash_command(world.alice, world.channel, "imagine", {"prompt": "猫"}, locale="zh-CN")
+        en = await server.send_slash_command(world.alice, world.channel, "imagine", {"prompt": "cat"})
+        zh_text, en_text = await ephemeral_reply(zh), await ephemeral_reply(en)
+    assert zh_text == f"只能在 <#{world.other_channel.id}> 中生成图片。请到那里再试。"
+    assert en_text == f"Images are made only in <#{world.other_channel.id}>. Try again there."

@@ -129,6 +129,22 @@ CATALOGUE: dict[str, dict[str, str]] = {
         EN: "The prompt is empty: describe the image you want (flags like --ar go after the text).",
         ZH: "提示词为空：请描述你想要的图片（--ar 等参数写在文字之后）。",
     },
+    "check.channel": {
+        EN: "Images are made only in {where}. Try again there.",
+        ZH: "只能在 {where} 中生成图片。请到那里再试。",
+    },
+    "check.banned_word": {
+        EN: "Your prompt contains “{word}”, which this server doesn't allow. Rephrase it.",
+        ZH: "你的提示词包含“{word}”，本服务器不允许。请换个说法。",
+    },
+    "check.role_in_server": {
+        EN: "Images are made in the server, by members with an allowed role.",
+        ZH: "图片只能在服务器中由拥有允许角色的成员生成。",
+    },
+    "check.role_needed": {
+        EN: "Making images here needs one of these roles: {names}. Ask a server admin.",
+        ZH: "在这里生成图片需要以下角色之一：{names}。请询问服务器管理员。",
+    },
     "error.unexpected": {
         EN: "Something went wrong on the bot's side (it was logged). Try again in a minute.",
         ZH: "机器人出错了（已记录）。请一分钟后再试。",
