@@ -71,6 +71,21 @@ async def test_synced_commands_carry_chinese_localizations(world: World, tiny_mo
     prompt = next(o for o in imagine["options"] if o["name"] == "prompt")
     assert prompt["name_localizations"] == {"zh-CN": "提示词"}
     assert commands["cancel"]["name_localizations"] == {"zh-CN": "取消"}
+    # Every command text of the catalogue is in use and translated: the catalogue and the decorators agree.
+    sent: dict[str, str] = {}
+
+    def collect(item: dict) -> None:
+        for field in ("name", "description"):
+            if item.get(field):
+                sent[item[field]] = (item.get(f"{field}_localizations") or {}).get("zh-CN", "")
+        for option in item.get("options") or []:
+            collect(option)
+
+    for command in commands.values():
+        collect(command)
+    for key, entry in CATALOGUE.items():
+        if key.startswith("cmd."):
+            assert sent.get(entry[EN]) == entry[ZH], key
 
 
 @pytest.mark.parametrize(
