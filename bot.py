@@ -16,6 +16,7 @@ from discord.ext import commands
 
 import launcher
 from cogs.utils.errors import BotTree
+from cogs.utils.i18n import Translator
 from cogs.utils.text import NO_MENTIONS
 from db import JobQueue
 from engine.types import EngineView
@@ -81,6 +82,7 @@ class ImageBot(commands.Bot):
         self.queue, self.engine, self.model_label = services.queue, services.engine, services.model_label
         for extension in EXTENSIONS:
             await self.load_extension(extension)
+        await self.tree.set_translator(Translator())  # zh-CN names and descriptions, sent with the sync
         await self._sync_commands()
         if self.application_id is not None:
             log.info("Invite the bot with: %s", invite_url(self.application_id))

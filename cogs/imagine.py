@@ -12,6 +12,7 @@ from discord.ext import commands
 from cogs.utils.checks import Refused
 from cogs.utils.flags import parse_flags
 from cogs.utils.host import Host
+from cogs.utils.i18n import msg
 from cogs.utils.image_jobs import DEFAULT_IMAGE_STRENGTH, MIN_STRENGTH, submit_image_job, vary_message
 from cogs.utils.images import fetch_attachment
 from cogs.utils.submit import Ask, build_request, submit
@@ -61,7 +62,7 @@ class Imagine(commands.Cog):
         )
         if image is None:
             if parse_flags(prompt).strength is not None or strength is not None:
-                raise Refused("Strength needs an image: attach one with the image option.")
+                raise Refused(msg("imagine.strength_needs_image"))
             await submit(self.bot, interaction, ask)
             return
         await imagine_from_image(self.bot, interaction, ask, image)
@@ -72,7 +73,7 @@ async def imagine_from_image(bot: Host, interaction: discord.Interaction, ask: A
     shape (an aspect is refused rather than ignored)."""
     parsed = parse_flags(ask.prompt)
     if parsed.aspect is not None or ask.aspect is not None:
-        raise Refused("With an image the picture's own shape is used: leave out the aspect.")
+        raise Refused(msg("imagine.image_no_aspect"))
     mine = await bot.queue.user_settings(interaction.user.id)
     request = build_request(dataclasses.replace(ask, strength=None), bot.engine.limits, bot.settings, mine)
     strength = parsed.strength if parsed.strength is not None else ask.strength

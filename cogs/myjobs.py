@@ -14,7 +14,8 @@ from cogs.utils.checks import is_admin, is_admin_for, require_allowed_channel
 from cogs.utils.errors import reply_private
 from cogs.utils.eta import finish_times, queue_positions
 from cogs.utils.host import Host, spoilers_key
-from cogs.utils.text import NO_MENTIONS, clip, minutes, now, params_line, quote, relative
+from cogs.utils.i18n import msg, t
+from cogs.utils.text import NO_MENTIONS, clip, now, params_line, quote, relative, whole_minutes
 from cogs.utils.views import result_view
 from db.models import Job, JobNotFound, JobState, NotAllowed, QueueError
 from db.results import ResultFile, UnsafeResult
@@ -30,28 +31,30 @@ class MyJobs(commands.Cog):
     async def queue_command(self, interaction: discord.Interaction) -> None:
         queue = self.bot.queue
         active = await queue.active_jobs()
-        t = now()
-        ends = finish_times(active, self.bot.engine.estimate_seconds, t)
+        at = now()
+        ends = finish_times(active, self.bot.engine.estimate_seconds, at)
         positions = queue_positions(active)
         mine = [job for job in active if job.requester.user_id == interaction.user.id]
+        locale = interaction.locale
         lines = []
         for job in mine:
-            prompt = quote(job.request.prompt, 60)
+            common = {
+                "job": job.id,
+                "minutes": whole_minutes(ends[job.id]),
+                "when": relative(at + ends[job.id]),
+                "prompt": quote(job.request.prompt, 60),
+            }
             if job.state is JobState.RUNNING:
                 step, total = job.progress_step or 0, job.progress_total or job.request.steps
-                eta = f"{minutes(ends[job.id])} ({relative(t + ends[job.id])})"
-                lines.append(f"#{job.id} — running, step {step}/{total}, ready in {eta} · {prompt}")
+                lines.append(t("queue.running", locale, step=step, total=total, **common))
             else:
-                where = positions.get(job.id, 0)
-                lines.append(
-                    f"#{job.id} — position {where}, {minutes(ends[job.id])} ({relative(t + ends[job.id])}) · {prompt}"
-                )
-        head = "Your jobs:\n" + "\n".join(lines) if lines else "You have no jobs waiting or running."
+                lines.append(t("queue.waiting", locale, position=positions.get(job.id, 0), **common))
+        head = t("queue.head", locale) + "\n" + "\n".join(lines) if lines else t("queue.none", locale)
         waiting = len(positions)
         paused = await queue.is_paused()
-        tail = f"\nIn the queue: {waiting} waiting" + (" · **paused** by an admin" if paused else "")
+        tail = t("queue.tail", locale, waiting=waiting) + (t("queue.paused", locale) if paused else "")
         if not self.bot.engine.ready:
-            tail += " · the image engine is warming up"
+            tail += t("queue.warming", locale)
         await reply_private(interaction, clip(head + tail))
 
     @app_commands.command(name="cancel", description="Cancel your latest job, or a job by number")
@@ -61,12 +64,12 @@ class MyJobs(commands.Cog):
         if job is None:
             latest = await queue.list_user_jobs(interaction.user.id, limit=1)
             if not latest:
-                raise QueueError("You have no job waiting or running to cancel.")
+                raise QueueError(msg("cancel.none"))
             job = latest[0].id
         interaction.extras["job_id"] = job
         target = await queue.get_job(job)
         if target is None:
-            raise JobNotFound(f"There is no job #{job}.")
+            raise JobNotFound(msg("job.not_found", job=job))
         admin = is_admin_for(interaction, self.bot.settings, target.requester.guild_id)
         outcome = await queue.cancel(job, by_user_id=interaction.user.id, is_admin=admin)
         if target.requester.user_id != interaction.user.id:
@@ -77,9 +80,9 @@ class MyJobs(commands.Cog):
                 guild_id=interaction.guild_id,
             )
         if outcome.immediate:
-            await reply_private(interaction, f"Cancelled #{job}.")
+            await reply_private(interaction, t("cancel.cancelled", interaction.locale, job=job))
         else:
-            await reply_private(interaction, f"Stopping #{job} at its next step.")
+            await reply_private(interaction, t("cancel.stopping", interaction.locale, job=job))
 
     @app_commands.command(name="show", description="Post a finished job's images here again")
     @app_commands.describe(job="Job number")
@@ -88,18 +91,18 @@ class MyJobs(commands.Cog):
         interaction.extras["job_id"] = job
         found = await self.bot.queue.get_job(job)
         if found is None:
-            raise JobNotFound(f"There is no job #{job}.")
+            raise JobNotFound(msg("job.not_found", job=job))
         if not _may_repost(interaction, found, is_admin(interaction, self.bot.settings)):
-            raise NotAllowed(f"Only the person who asked for #{job} or an admin can post it again.")
+            raise NotAllowed(msg("show.not_allowed", job=job))
         if found.state is not JobState.DONE:
-            raise QueueError(f"Job #{job} has no images ({found.state.value}).")
+            raise QueueError(msg("show.no_images", job=job, state=found.state.value))
         if await self.bot.queue.is_pruned(job):
             days = self.bot.settings.retention_days
-            kept = f" (this bot keeps results for {days:g} days)" if days else ""
-            raise QueueError(f"The images of #{job} were deleted{kept}. Use /imagine to make them again.")
+            kept = t("show.kept_days", interaction.locale, days=f"{days:g}") if days else ""
+            raise QueueError(msg("show.pruned", job=job, kept=kept))
         files = await self._images(found)
         if not files:
-            raise QueueError(f"The images of #{job} are no longer on the bot's disk. Use /imagine to make them again.")
+            raise QueueError(msg("show.gone", job=job))
         if interaction.guild_id and await self.bot.queue.kv_get(spoilers_key(interaction.guild_id)) == "1":
             files = [ResultFile(f"SPOILER_{image.name}", image.data) for image in files]
         await interaction.response.defer(thinking=True)

@@ -17,6 +17,7 @@ from discord.ext import commands
 
 from cogs.utils.errors import reply_private
 from cogs.utils.host import Host
+from cogs.utils.i18n import t
 from cogs.utils.submit import Ask, build_request
 from cogs.utils.text import quote
 from db.models import MAX_PROMPT_CHARS, UserSettings
@@ -28,17 +29,24 @@ _PROBE = Ask(prompt="settings check")
 DAY_S = 86_400
 
 
-def describe(mine: UserSettings, settings: Settings) -> str:
-    """One user's settings, with the bot's default where they set nothing."""
+def describe(mine: UserSettings, settings: Settings, locale: discord.Locale | str | None = None) -> str:
+    """One user's settings, with the bot's default where they set nothing (in the locale's language)."""
 
     def value(own: object, default: object) -> str:
-        return f"{own}" if own is not None else f"{default} (default)"
+        return f"{own}" if own is not None else t("settings.default", locale, value=default)
 
     lines = [
-        f"aspect {value(mine.aspect, '1:1')} · steps {value(mine.steps, settings.default_steps)}"
-        f" · guidance {value(mine.guidance, f'{settings.default_guidance:g}')}",
-        f"without: {quote(mine.negative_prompt, 300)}" if mine.negative_prompt else "without: (nothing)",
-        "results: by direct message" if mine.private else "results: in the channel",
+        t(
+            "settings.line",
+            locale,
+            aspect=value(mine.aspect, "1:1"),
+            steps=value(mine.steps, settings.default_steps),
+            guidance=value(mine.guidance, f"{settings.default_guidance:g}"),
+        ),
+        t("settings.without", locale, negative=quote(mine.negative_prompt, 300))
+        if mine.negative_prompt
+        else t("settings.without_nothing", locale),
+        t("settings.by_dm" if mine.private else "settings.in_channel", locale),
     ]
     return "\n".join(lines)
 
@@ -67,7 +75,7 @@ class PersonalSettings(commands.Cog):
         private: bool | None = None,
         reset: bool = False,
     ) -> None:
-        queue, user = self.bot.queue, interaction.user.id
+        queue, user, locale = self.bot.queue, interaction.user.id, interaction.locale
         given = {
             name: value
             for name, value in (
@@ -81,7 +89,9 @@ class PersonalSettings(commands.Cog):
         }
         if not given and not reset:
             mine = await queue.user_settings(user)
-            await reply_private(interaction, f"Your settings:\n{describe(mine, self.bot.settings)}")
+            await reply_private(
+                interaction, f"{t('settings.yours', locale)}\n{describe(mine, self.bot.settings, locale)}"
+            )
             return
         mine = replace(UserSettings() if reset else await queue.user_settings(user), **given)
         build_request(_PROBE, self.bot.engine.limits, self.bot.settings, mine)  # the /imagine rules; raises if not
@@ -89,22 +99,21 @@ class PersonalSettings(commands.Cog):
             await queue.clear_user_settings(user)
         else:
             await queue.set_user_settings(user, mine)
-        head = "Settings reset." if reset and not given else "Saved."
-        await reply_private(interaction, f"{head} Your settings:\n{describe(mine, self.bot.settings)}")
+        head = t("settings.reset" if reset and not given else "settings.saved", locale)
+        yours = t("settings.yours", locale)
+        await reply_private(interaction, f"{head} {yours}\n{describe(mine, self.bot.settings, locale)}")
 
     @app_commands.command(name="quota", description="How many images you can still make today")
     async def quota(self, interaction: discord.Interaction) -> None:
         quota = self.bot.settings.daily_quota
         if quota <= 0:
-            await reply_private(interaction, "There is no daily limit on this bot.")
+            await reply_private(interaction, t("quota.none", interaction.locale))
             return
         used = await self.bot.queue.used_today(interaction.user.id)
         resets = (int(time.time()) // DAY_S + 1) * DAY_S  # the queue counts per UTC day
-        await reply_private(
-            interaction,
-            f"Today (UTC) you have used {used} of your {quota} images: {max(0, quota - used)} left. "
-            f"The count starts again <t:{resets}:R>.",
-        )
+        left = max(0, quota - used)
+        text = t("quota.left", interaction.locale, used=used, quota=quota, left=left, when=f"<t:{resets}:R>")
+        await reply_private(interaction, text)
 
 
 async def setup(bot: commands.Bot) -> None:

@@ -16,6 +16,7 @@ import discord
 from discord import app_commands
 
 from cogs.utils.host import Host
+from cogs.utils.i18n import msg
 from cogs.utils.text import quote
 from settings import Settings
 
@@ -89,7 +90,7 @@ def require_allowed_channel(interaction: discord.Interaction, settings: Settings
     if ids & set(allowed):
         return
     where = ", ".join(f"<#{cid}>" for cid in allowed[:10])
-    raise ChannelNotAllowed(f"Images are made only in {where}. Try again there.")
+    raise ChannelNotAllowed(msg("check.channel", where=where))
 
 
 @lru_cache(maxsize=8)
@@ -115,7 +116,7 @@ def banned_word(texts: Iterable[str], words: Iterable[str]) -> str | None:
 def require_no_banned_words(texts: Iterable[str], settings: Settings) -> None:
     word = banned_word(texts, settings.banned_words)
     if word is not None:
-        raise BannedWord(f"Your prompt contains “{quote(word, 60)}”, which this server doesn't allow. Rephrase it.")
+        raise BannedWord(msg("check.banned_word", word=quote(word, 60)))
 
 
 def require_allowed_role(interaction: discord.Interaction, settings: Settings) -> None:
@@ -128,6 +129,6 @@ def require_allowed_role(interaction: discord.Interaction, settings: Settings) -
     if any(role.id in allowed for role in roles):
         return
     if interaction.guild_id is None:
-        raise RoleNotAllowed("Images are made in the server, by members with an allowed role.")
+        raise RoleNotAllowed(msg("check.role_in_server"))
     names = ", ".join(f"<@&{rid}>" for rid in sorted(allowed)[:10])
-    raise RoleNotAllowed(f"Making images here needs one of these roles: {names}. Ask a server admin.")
+    raise RoleNotAllowed(msg("check.role_needed", names=names))

@@ -14,6 +14,7 @@ from discord import app_commands
 
 from cogs.utils.checks import Refused
 from cogs.utils.flags import FlagError
+from cogs.utils.i18n import localize_error_text, t
 from cogs.utils.text import NO_MENTIONS, clip, quote
 from db.models import QueueError
 from engine.rules import InvalidRequest
@@ -21,24 +22,25 @@ from engine.types import EngineError
 
 log = logging.getLogger(__name__)
 
-UNEXPECTED = "Something went wrong on the bot's side (it was logged). Try again in a minute."
+UNEXPECTED = t("error.unexpected")
 _KNOWN = (QueueError, InvalidRequest, FlagError, EngineError, Refused)
 
 
-def user_message(error: BaseException) -> str | None:
-    """The text to show for a known failure, or None for a bug that only the log should describe."""
+def user_message(error: BaseException, locale: discord.Locale | str | None = None) -> str | None:
+    """The text to show for a known failure (in the locale's language where the catalogue has it), or None for a
+    bug that only the log should describe."""
     if isinstance(error, app_commands.CommandInvokeError):
         error = error.original
     if isinstance(error, _KNOWN):
-        return str(error) or None
+        return localize_error_text(error, locale) or str(error) or None
     if isinstance(error, app_commands.TransformerError):
-        return f"“{quote(str(error.value), 60)}” isn't a valid value for that option."
+        return t("error.bad_value", locale, value=quote(str(error.value), 60))
     if isinstance(error, app_commands.CommandOnCooldown):
-        return f"You're going a bit fast: try again in {error.retry_after:.0f} s."
+        return t("error.cooldown", locale, seconds=f"{error.retry_after:.0f}")
     if isinstance(error, app_commands.NoPrivateMessage):
-        return "This command works in a server, not in direct messages."
+        return t("error.no_dm", locale)
     if isinstance(error, app_commands.CheckFailure):
-        return "You can't use this command here."
+        return t("error.check_failed", locale)
     return None
 
 
@@ -55,13 +57,13 @@ async def reply_private(interaction: discord.Interaction, text: str) -> None:
 
 async def report(interaction: discord.Interaction, error: BaseException, *, job_id: int | None = None) -> None:
     """Tell the user what went wrong; log what they should not see."""
-    message = user_message(error)
+    message = user_message(error, interaction.locale)
     if message is None:
         original = error.original if isinstance(error, app_commands.CommandInvokeError) else error
         job_id = job_id if job_id is not None else interaction.extras.get("job_id")
         command = interaction.command.qualified_name if interaction.command else interaction.data
         log.error("Unhandled error in %s (user %s, job %s)", command, interaction.user.id, job_id, exc_info=original)
-        message = UNEXPECTED
+        message = t("error.unexpected", interaction.locale)
     await reply_private(interaction, message)
 
 

@@ -19,6 +19,7 @@ import discord
 from cogs.utils.checks import require_allowed_channel, require_allowed_role, require_no_banned_words
 from cogs.utils.flags import parse_flags
 from cogs.utils.host import Host
+from cogs.utils.i18n import msg
 from cogs.utils.status import Snapshot, engine_note, snapshot, status_text
 from cogs.utils.text import NO_MENTIONS, now
 from db.models import (
@@ -59,7 +60,7 @@ def build_request(ask: Ask, limits: ModelLimits, settings: Settings, mine: UserS
     mine = mine or UserSettings()
     parsed = parse_flags(ask.prompt)
     if not parsed.prompt:
-        raise InvalidJob("The prompt is empty: describe the image you want (flags like --ar go after the text).")
+        raise InvalidJob(msg("imagine.empty_prompt"))
     aspect = parsed.aspect or ask.aspect or mine.aspect
     width, height = limits.size_for_aspect(aspect) if aspect else (limits.native_size, limits.native_size)
     request = JobRequest(

@@ -48,8 +48,12 @@ def relative(ts: float) -> str:
     return f"<t:{int(ts)}:R>"
 
 
+def whole_minutes(seconds: float) -> int:
+    return max(1, math.ceil(seconds / 60))
+
+
 def minutes(seconds: float) -> str:
-    return f"about {max(1, math.ceil(seconds / 60))} min"
+    return f"about {whole_minutes(seconds)} min"
 
 
 def seconds_text(seconds: float) -> str:

@@ -20,7 +20,23 @@ SUB_COMMAND_GROUP = 2
 STRING, INTEGER, BOOLEAN, USER, CHANNEL, ROLE, MENTIONABLE, NUMBER, ATTACHMENT = 3, 4, 5, 6, 7, 8, 9, 10, 11
 CHAT_INPUT, USER_COMMAND, MESSAGE = 1, 2, 3  # application command types
 
-_NAME = re.compile(r"^[-_\w]{1,32}$")
+_NAME = re.compile(r"^[-_\w]{1,32}$")  # \w is Unicode: Chinese names pass, as on Discord
+LOCALES = frozenset(
+    "id da de en-GB en-US es-ES es-419 fr hr it lt hu nl no pl pt-BR ro fi sv-SE vi tr cs el bg ru uk hi th "
+    "zh-CN ja zh-TW ko".split()
+)
+
+
+def _check_localizations(raw: dict[str, Any], where: str) -> None:
+    """``name_localizations`` / ``description_localizations``: locale → text, held to the same rules as the
+    default name and description (Discord refuses the whole sync otherwise)."""
+    for field, good in (
+        ("name_localizations", lambda v: bool(_NAME.match(v)) and v == v.lower()),
+        ("description_localizations", lambda v: 1 <= len(v) <= 100),
+    ):
+        for locale, value in (raw.get(field) or {}).items():
+            if locale not in LOCALES or not isinstance(value, str) or not good(value):
+                raise errors.invalid_form(f"{where}.{field}.{locale}", "BASE_TYPE_BAD_LENGTH", f"Invalid {value!r}")
 
 
 def _check_option_list(options: list[dict[str, Any]], where: str) -> None:
@@ -29,6 +45,7 @@ def _check_option_list(options: list[dict[str, Any]], where: str) -> None:
     seen_optional = False
     for index, option in enumerate(options):
         path = f"{where}.{index}"
+        _check_localizations(option, path)
         name = str(option.get("name", ""))
         if not _NAME.match(name) or name != name.lower():
             raise errors.invalid_form(f"{path}.name", "APPLICATION_COMMAND_INVALID_NAME", f"Invalid name {name!r}")
@@ -53,6 +70,7 @@ def _validate(raw: dict[str, Any], index: int) -> None:
     name = str(raw.get("name", ""))
     kind = int(raw.get("type", CHAT_INPUT))
     if kind == CHAT_INPUT:
+        _check_localizations(raw, str(index))
         if not _NAME.match(name) or name != name.lower():
             raise errors.invalid_form(f"{index}.name", "APPLICATION_COMMAND_INVALID_NAME", f"Invalid name {name!r}")
         if not 1 <= len(str(raw.get("description", ""))) <= 100:
