@@ -23,6 +23,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, ClassVar, Protocol, Self, TypeVar
 
 from db import fairness
+from db.heartbeats import Heartbeats
 from db.models import (
     RESUMED_RESTART,
     AuditEntry,
@@ -67,7 +68,7 @@ class Conn(Protocol):
         ...
 
 
-class QueueCore(Retention):
+class QueueCore(Retention, Heartbeats):
     """`db.interface.JobQueue` minus what needs a backend's own SQL; subclasses add that."""
 
     results: ResultStore

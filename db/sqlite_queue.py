@@ -279,15 +279,8 @@ class SqliteJobQueue(core.QueueCore, userdata.UserData):
             row = await conn.one(_CLAIM_SQL, (worker_id, at + lease_s, at))
             return job_from_row(row) if row else None
 
-    async def heartbeat(
-        self,
-        job_id: int,
-        worker_id: str,
-        lease_s: float,
-        *,
-        step: int | None = None,
-        total: int | None = None,
-        preview: bytes | None = None,
+    async def _beat(
+        self, job_id: int, worker_id: str, lease_s: float, step: int | None, total: int | None, preview: bytes | None
     ) -> Heartbeat:
         async with self._tx() as conn:
             row = await conn.one(

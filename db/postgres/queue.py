@@ -395,43 +395,33 @@ class PostgresJobQueue(core.QueueCore, userdata.UserData):
 
         return await self._retrying(claim)
 
-    async def heartbeat(
-        self,
-        job_id: int,
-        worker_id: str,
-        lease_s: float,
-        *,
-        step: int | None = None,
-        total: int | None = None,
-        preview: bytes | None = None,
+    async def _beat(
+        self, job_id: int, worker_id: str, lease_s: float, step: int | None, total: int | None, preview: bytes | None
     ) -> Heartbeat:
-        async def beat() -> Heartbeat:
-            at = core.now()
-            async with self._tx() as conn:
-                row = await conn.one(
-                    "UPDATE jobs SET lease_until = ? WHERE id = ? AND state = 'running' AND worker_id = ? "
-                    "RETURNING cancel_requested, token_id",
-                    (at + lease_s, job_id, worker_id),
-                )
-                if row is None:
-                    return Heartbeat(alive=False, cancel_requested=False)
-                await conn.run(
-                    "UPDATE job_progress SET step = coalesce(?, step), total = coalesce(?, total), updated_at = ? "
-                    "WHERE job_id = ?",
-                    (step, total, at, job_id),
-                )
-                if preview is not None:
-                    await self._save_preview(conn, job_id, preview)
-                # The job's heartbeat vouches for its procrastinate worker too (claim_next has no other).
-                await conn.run(
-                    "SELECT procrastinate_update_heartbeat_v1(worker_id) FROM procrastinate_jobs "
-                    "WHERE id = ? AND worker_id IS NOT NULL",
-                    (row["token_id"],),
-                )
-                await self._announce(conn, f"progress {job_id}")
-                return Heartbeat(alive=True, cancel_requested=bool(row["cancel_requested"]))
-
-        return await self._retrying(beat)
+        at = core.now()
+        async with self._tx() as conn:
+            row = await conn.one(
+                "UPDATE jobs SET lease_until = ? WHERE id = ? AND state = 'running' AND worker_id = ? "
+                "RETURNING cancel_requested, token_id",
+                (at + lease_s, job_id, worker_id),
+            )
+            if row is None:
+                return Heartbeat(alive=False, cancel_requested=False)
+            await conn.run(
+                "UPDATE job_progress SET step = coalesce(?, step), total = coalesce(?, total), updated_at = ? "
+                "WHERE job_id = ?",
+                (step, total, at, job_id),
+            )
+            if preview is not None:
+                await self._save_preview(conn, job_id, preview)
+            # The job's heartbeat vouches for its procrastinate worker too (claim_next has no other).
+            await conn.run(
+                "SELECT procrastinate_update_heartbeat_v1(worker_id) FROM procrastinate_jobs "
+                "WHERE id = ? AND worker_id IS NOT NULL",
+                (row["token_id"],),
+            )
+            await self._announce(conn, f"progress {job_id}")
+            return Heartbeat(alive=True, cancel_requested=bool(row["cancel_requested"]))
 
     # --- GPU workers (what /status lists) ---------------------------------------------------
     async def report_worker(self, name: str, **fields: Any) -> None:
