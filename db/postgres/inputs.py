@@ -2,31 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from db import core
 from db.inputs import check_digest, digest_of
 from db.models import InvalidJob
+from db.postgres.results import DatabaseStore
 
 if TYPE_CHECKING:
-    from db.core import Conn
+    pass
 
 
-class DatabaseInputs:
+class DatabaseInputs(DatabaseStore):
     """`db.inputs.InputStore` on the start_images table of the PostgreSQL queue."""
-
-    def __init__(
-        self,
-        tx: Callable[[], AbstractAsyncContextManager[Conn]],
-        read: Callable[[], AbstractAsyncContextManager[Conn]],
-        retrying: Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]],
-    ) -> None:
-        self.where = "the database"
-        self._tx = tx
-        self._read = read
-        self._retrying = retrying
 
     async def put(self, data: bytes) -> str:
         if not data:

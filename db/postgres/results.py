@@ -20,8 +20,8 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-class DatabaseResults:
-    """`db.results.ResultStore` on the job_images table of the PostgreSQL queue."""
+class DatabaseStore:
+    """Images kept in the PostgreSQL queue's own tables (results, start images): what every such store needs."""
 
     def __init__(
         self,
@@ -34,6 +34,10 @@ class DatabaseResults:
         self._tx = tx
         self._read = read
         self._retrying = retrying
+
+
+class DatabaseResults(DatabaseStore):
+    """`db.results.ResultStore` on the job_images table of the PostgreSQL queue."""
 
     async def save(self, job_id: int, pngs: Sequence[bytes]) -> list[str]:
         names = [result_name(job_id, index) for index in range(len(pngs))]
