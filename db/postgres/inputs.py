@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from db import core
 from db.inputs import check_digest, digest_of
 from db.models import InvalidJob
 from db.postgres.results import DatabaseStore
-
-if TYPE_CHECKING:
-    pass
 
 
 class DatabaseInputs(DatabaseStore):
