@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     default_steps: int = Field(default=50, ge=1, le=100)
     default_guidance: float = Field(default=3.5, ge=0, le=20)
     engine_step_delay: float = Field(default=0.0, ge=0, le=60)
+    # Host RAM the bot may count on (say 10 on a 16 GiB PC that also runs a browser); empty: the machine's
+    host_ram_gib: float | None = Field(default=None, gt=0, le=4096)
 
     # Storage
     database_path: Path = Path("data/queue.sqlite3")
@@ -100,7 +102,7 @@ class Settings(BaseSettings):
             return [part.strip().lower() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("dev_guild_id", "discord_token", "database_url", mode="before")
+    @field_validator("dev_guild_id", "discord_token", "database_url", "host_ram_gib", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

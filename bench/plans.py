@@ -237,6 +237,7 @@ def engine_config(args: argparse.Namespace) -> Any:
         "torch_compile": args.compile,
         "quality": args.quality,
         "quantized_cache_dir": args.cache_dir,
+        "host_ram_gib": args.host_ram or None,
     }
     known = {f.name for f in dataclasses.fields(EngineConfig)}
     return EngineConfig(**{k: v for k, v in values.items() if k in known})
@@ -279,6 +280,7 @@ def measure_engine(args: argparse.Namespace) -> dict[str, Any]:
         load_peak = torch.cuda.max_memory_reserved() / GIB if cuda else 0.0
         after_load = {k: round(v, 2) for k, v in hostmem.status_gib().items()}
         pinned = hostmem.pinned_gib()
+        weights_after_load = weights_on_host(engine)
         images = []
         requests = [
             JobRequest(
@@ -312,8 +314,11 @@ def measure_engine(args: argparse.Namespace) -> dict[str, Any]:
                 }
             )
         final = engine.status()
+        weights = weights_on_host(engine)
         await engine.stop()
         row = {
+            "weights_host_after_load": weights_after_load,
+            "weights_host": weights,
             **load,
             "load_peak_reserved_gib": load_peak,
             "host_after_load": after_load,
@@ -339,6 +344,22 @@ def measure_engine(args: argparse.Namespace) -> dict[str, Any]:
         return row
 
     return asyncio.run(run())
+
+
+def weights_on_host(engine: Any) -> dict[str, Any]:
+    """What a swap plan holds on the host for its weights (all of it / page-locked), and how often a phase
+    ran out of memory and was retried alone; {} for plans without per-component residency."""
+    runner = engine.plan_manager.runner
+    residency = getattr(runner, "residency", None)
+    if residency is None:
+        return {}
+    return {
+        "host_gib": round(residency.host_bytes() / GIB, 2),
+        "pinned_gib": round(residency.pinned_bytes() / GIB, 2),
+        "moves": residency.moves,
+        "oom_retries": residency.oom_retries,
+        "modes": {name: [mode.keep, mode.pin] for name, mode in residency.modes.items()},
+    }
 
 
 def save_image(args: argparse.Namespace, index: int, image: Any) -> None:
@@ -386,6 +407,7 @@ def measure(args: argparse.Namespace) -> None:
         "impl": args.impl,
         "plan": args.plan,
         "card_gib": args.card,
+        "host_ram_gib": args.host_ram or None,
         **context,
         "cap_gib": args.cap,
         "size": args.size,
@@ -447,6 +469,7 @@ def matrix(args: argparse.Namespace) -> None:
         size_flag = ["--card", cap[1:]] if cap.startswith("c") else ["--cap", cap]
         cmd += [*size_flag, "--steps", steps, "--size", str(args.size), "--images", images]
         cmd += ["--quality", args.quality, "--images-dir", str(Path(args.out).with_suffix("")) + "-images"]
+        cmd += [f"--host-ram={e[1:]}" for e in extra if e.startswith("r") and e[1:].replace(".", "").isdigit()]
         timeout = args.run_timeout_s
         private = None
         if args.cache_dir:
@@ -506,6 +529,7 @@ def matrix(args: argparse.Namespace) -> None:
             "psnr_db",
             "host_gib",
             "host_peak_gib",
+            "weights_host",
             "load_s",
             "cached_load_s",
             "load_read_gib",
@@ -621,10 +645,13 @@ def main() -> None:
     m.add_argument("--cache-dir", type=Path, default=None, help="quantized weight cache")
     m.add_argument("--reload", action="store_true", help="cold start, then a second start from the cache")
     m.add_argument("--images-dir", default=None, help="keep images; bf16_resident's are the fidelity reference")
+    m.add_argument("--host-ram", type=float, default=0.0, help="HOST_RAM_GIB: behave like a PC with this much RAM")
     x = sub.add_parser("matrix")
     x.add_argument("--model", type=Path, required=True)
     x.add_argument(
-        "--runs", required=True, help="impl:plan:cap[:compile][:nIMAGES][:sSTEPS],... e.g. engine:nf4_swap:8:n8:s50"
+        "--runs",
+        required=True,
+        help="impl:plan:cap[:compile][:nIMAGES][:sSTEPS][:rRAM_GIB],... e.g. engine:nf4_swap:c8:n8:s50:r16",
     )
     x.add_argument("--out", required=True)
     x.add_argument("--steps", type=int, default=8)

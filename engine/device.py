@@ -74,6 +74,19 @@ def free_gib() -> float | None:
     return None if info is None else info.usable_gib
 
 
+def host_ram(configured_gib: float | None = None) -> float | None:
+    """The host RAM the bot may count on, GiB: HOST_RAM_GIB where set, else the machine's (None: unknown).
+    `auto` never picks a plan that would not fit beside the system, and swap plans keep host copies of
+    their weights only where there is room (engine.residency)."""
+    if configured_gib:
+        return configured_gib
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return psutil.virtual_memory().total / GIB
+
+
 def release_memory() -> None:
     """Give cached blocks back after an OOM or a plan change."""
     import gc

@@ -41,10 +41,13 @@ def _to(module: torch.nn.Module, device: torch.device) -> None:
         module.to(device)
 
 
-def apply_placement(pipe: object, plan: Plan, device: torch.device) -> Residency | None:
+def apply_placement(
+    pipe: object, plan: Plan, device: torch.device, *, ram_bytes: int | None = None
+) -> Residency | None:
     """Install the plan's placement on a pipeline whose components carry no hooks.
 
-    Swap plans return the Residency that moves components in and out per phase."""
+    Swap plans return the Residency that moves components in and out per phase; `ram_bytes` (the host RAM
+    the bot may count on) decides how their host copies are held (engine.residency.host_policy)."""
     te = pipe.text_encoder  # type: ignore[attr-defined]
     transformer = pipe.transformer  # type: ignore[attr-defined]
     vae = pipe.vae  # type: ignore[attr-defined]
@@ -58,7 +61,7 @@ def apply_placement(pipe: object, plan: Plan, device: torch.device) -> Residency
         _to(te, cpu)
         _to(transformer, device)
         _to(vae, device)
-        residency = Residency({"text_encoder": te, "transformer": transformer, "vae": vae}, device)
+        residency = Residency({"text_encoder": te, "transformer": transformer, "vae": vae}, device, ram_bytes=ram_bytes)
     elif placement is Placement.MODEL_OFFLOAD:
         for module in (te, transformer, vae):
             _to(module, cpu)

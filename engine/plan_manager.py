@@ -15,6 +15,7 @@ from typing import Any
 
 from db.models import JobRequest
 from engine import plans as plan_catalog
+from engine.device import host_ram
 from engine.plans import Measurement, Plan, PlanError, Resolved
 from engine.rules import ModelLimits, limits_for_model, limits_from_folder
 from engine.types import EngineConfig, EngineError, EngineState, EngineUnavailable, OutOfMemory, PlanSwitchFailed
@@ -145,7 +146,7 @@ class PlanManager:
                 self.table,
                 allow_compile=self.config.torch_compile,
                 quality=self.config.quality,
-                ram_gib=_ram_gib(),
+                ram_gib=host_ram(self.config.host_ram_gib),
                 capability=self.capability,
             )
         return plan_catalog.resolve(mode, has_gpu=self.has_gpu, capability=self.capability)
@@ -207,7 +208,10 @@ class PlanManager:
             transformer=c.transformer,
             scheduler=c.scheduler,
         )
-        residency = apply_placement(pipe, plan, self.device)
+        ram_gib = host_ram(self.config.host_ram_gib)
+        residency = apply_placement(
+            pipe, plan, self.device, ram_bytes=None if ram_gib is None else int(ram_gib * plan_catalog.GIB)
+        )
         compiled = plan.fast and self.config.torch_compile and self.has_gpu
         if plan.fast:
             from engine.attention import install
@@ -330,15 +334,6 @@ class PlanManager:
                 self._install(Resolved(plan_catalog.PLANS[name]), allow_step_down=True)
                 return f"Only {free:.1f} GiB of GPU memory was free; switched from {previous} to {name}."
         return None
-
-
-def _ram_gib() -> float | None:
-    """The machine's RAM, so `auto` never picks a plan that would not fit beside the system."""
-    try:
-        import psutil
-    except ImportError:
-        return None
-    return psutil.virtual_memory().total / plan_catalog.GIB
 
 
 def _held_gib() -> float:

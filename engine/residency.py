@@ -1,19 +1,26 @@
 """Per-component residency for the swap plans: what sits on the GPU in each phase of a job.
 
 diffusers' model offload moves every model in and out for every image (the 17.6 GB
-text encoder included), and copies from pageable memory. Here each component
-keeps a *pinned* copy of its weights on the host, so bringing it in is one
-asynchronous copy at bus speed and sending it out is free (the host copy is
-still valid: inference never changes weights). A component only leaves the GPU
-when another phase needs its room, so a card that fits everything keeps
-everything, and an 8 GiB card keeps the transformer and VAE while the text
+text encoder included), and copies from pageable memory. Here a component only
+leaves the GPU when another phase needs its room, so a card that fits everything
+keeps everything, and an 8 GiB card keeps the transformer and VAE while the text
 encoder visits once per batch of queued prompts.
+
+Host memory is spent only where it buys speed (see `host_policy`):
+- a component on the GPU holds no host copy until it has had to leave once;
+- a component that moves keeps its host copy (leaving again is then free) only where
+  the machine has RAM to spare, and page-locks it (copies at bus speed) only within a
+  smaller share of the RAM; otherwise leaving copies the weights back out and
+  arriving frees them, so the host holds only what is not on the GPU.
+- a host copy is one buffer per component, page-locked in one piece: torch's pinned
+  allocator rounds every allocation up to a power of two (up to twice the bytes).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
@@ -24,17 +31,34 @@ GIB = 1024**3
 
 # Who leaves first when room is needed: the text encoder is needed least often.
 EVICTION_ORDER = ("text_encoder", "vae", "transformer")
+# Who is page-locked first: the transformer and VAE come back right after every encoder visit.
+PIN_ORDER = ("transformer", "vae", "text_encoder")
+# Host copies of the movers are kept only if all of them fit in this share of the RAM, and
+# page-locked (never paged out, so the OS has less to work with) only within the smaller share.
+KEEP_SHARE = 0.5
+PIN_SHARE = 0.25
+_ALIGN = 4096  # page-aligned tensors inside one buffer: every dtype's view is aligned, registration is exact
 
 
-def _should_pin(total_bytes: int) -> bool:
-    """Pinned memory cannot be paged out: only pin when the host has plenty of RAM."""
-    try:
-        import psutil
+@dataclass(frozen=True)
+class HostMode:
+    keep: bool  # keep the host copy while on the GPU, so leaving is free
+    pin: bool  # page-lock the kept copy
 
-        ram = psutil.virtual_memory().total
-    except Exception:  # psutil missing or unsupported platform: pageable copies still work
-        return False
-    return ram >= total_bytes * 2 + 8 * GIB
+
+def host_policy(sizes: dict[str, int], ram_bytes: int | None) -> dict[str, HostMode]:
+    """How each component's host copy is held, from the component sizes and the machine's RAM.
+
+    Keep copies only if every component could be a mover within KEEP_SHARE of the RAM; page-lock in
+    PIN_ORDER while the locked total stays within PIN_SHARE. Unknown RAM: nothing kept, nothing locked."""
+    if not ram_bytes or sum(sizes.values()) > KEEP_SHARE * ram_bytes:
+        return {name: HostMode(keep=False, pin=False) for name in sizes}
+    pinned, modes = 0, {}
+    for name in sorted(sizes, key=lambda n: PIN_ORDER.index(n) if n in PIN_ORDER else len(PIN_ORDER)):
+        pin = pinned + sizes[name] <= PIN_SHARE * ram_bytes
+        pinned += sizes[name] if pin else 0
+        modes[name] = HostMode(keep=True, pin=pin)
+    return modes
 
 
 def available_bytes(device: torch.device) -> int:
@@ -50,35 +74,105 @@ def available_bytes(device: torch.device) -> int:
     return max(0, available)
 
 
-class PinnedSwap:
-    """A module whose weights live on the host and visit the GPU without re-copying back."""
+def _nbytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
 
-    def __init__(self, module: torch.nn.Module, device: torch.device, *, pin: bool) -> None:
+
+class HostCopy:
+    """Every tensor of one component in one host buffer, page-locked in one piece when asked.
+
+    Filled one tensor at a time through `place`, so a component loaded on the host is never held twice:
+    each original can be freed as soon as its bytes are in the buffer (the buffer is locked after
+    filling there; before filling when the tensors come from the GPU, so the copies run at bus speed)."""
+
+    def __init__(
+        self,
+        specs: list[tuple[torch.Size, torch.dtype]],
+        fetch: Callable[[int], torch.Tensor],
+        place: Callable[[int, torch.Tensor], None],
+        *,
+        pin: bool,
+        from_gpu: bool,
+    ) -> None:
+        offsets, total = [], 0
+        for shape, dtype in specs:
+            offsets.append(total)
+            total += -(-_spec_bytes(shape, dtype) // _ALIGN) * _ALIGN
+        raw = torch.empty(total + _ALIGN, dtype=torch.uint8)
+        start = -raw.data_ptr() % _ALIGN
+        self.buffer = raw[start : start + total]
+        self.nbytes = total
+        self.pinned = pin and from_gpu and total > 0 and _register(self.buffer)
+        self.views: list[torch.Tensor] = []
+        for index, ((shape, dtype), offset) in enumerate(zip(specs, offsets, strict=True)):
+            view = self.buffer[offset : offset + _spec_bytes(shape, dtype)].view(dtype).view(shape)
+            view.copy_(fetch(index))
+            place(index, view)
+            self.views.append(view)
+        if pin and not from_gpu and total > 0:
+            self.pinned = _register(self.buffer)
+
+    def release(self) -> None:
+        """Unlock the buffer (the caller has dropped every view or finished copying from them)."""
+        if self.pinned:
+            self.pinned = False
+            torch.cuda.cudart().cudaHostUnregister(self.buffer.data_ptr())
+
+    def __del__(self) -> None:
+        try:
+            self.release()
+        except Exception:  # at interpreter exit CUDA may already be gone: nothing left to unlock
+            pass
+
+
+def _spec_bytes(shape: torch.Size, dtype: torch.dtype) -> int:
+    return shape.numel() * torch.empty((), dtype=dtype).element_size()
+
+
+def _register(buffer: torch.Tensor) -> bool:
+    """Page-lock exactly this buffer; on failure (a locked-memory limit) the copy stays pageable."""
+    if not torch.cuda.is_available():
+        return False
+    error = int(torch.cuda.cudart().cudaHostRegister(buffer.data_ptr(), buffer.numel(), 0))
+    if error != 0:
+        log.info(
+            "Could not page-lock %.1f GiB of host memory (CUDA error %d); it stays pageable",
+            buffer.numel() / GIB,
+            error,
+        )
+        return False
+    return True
+
+
+class ComponentSwap:
+    """A module whose weights move between the GPU and one host copy (see the module docstring)."""
+
+    def __init__(self, module: torch.nn.Module, device: torch.device, mode: HostMode) -> None:
         self.module = module
         self.device = device
-        self._tensors: list[tuple[Any, str, torch.Tensor]] = []  # (owner, attribute, host copy)
+        self.mode = mode
+        self._slots: list[tuple[Any, str]] = []  # (owner, "name" or "buffer:name") of every weight
         self._quant_states: list[Any] = []
-        self.nbytes = 0
-        first = next(module.parameters(), None)
-        self.on_gpu = first is not None and first.device.type == "cuda"
         for owner in module.modules():
-            for name, param in list(owner.named_parameters(recurse=False)):
-                self._add(owner, name, param.data, pin, is_param=True)
+            for name, param in owner.named_parameters(recurse=False):
+                self._slots.append((owner, name))
                 state = getattr(param, "quant_state", None)
                 if state is not None:
                     self._quant_states.append(state)
-            for name, buffer in list(owner.named_buffers(recurse=False)):
+            for name, buffer in owner.named_buffers(recurse=False):
                 if buffer is not None:
-                    self._add(owner, name, buffer, pin, is_param=False)
+                    self._slots.append((owner, f"buffer:{name}"))
+        self.nbytes = sum(_nbytes(self._get(*slot)) for slot in self._slots)
+        first = next(module.parameters(), None)
+        self.on_gpu = first is not None and first.device == _full(device)
+        self.left_once = False  # has had to leave the GPU: a mover
+        self.copy: HostCopy | None = None
+        if not self.on_gpu:  # loaded on the host: its tensors move into the one host buffer
+            self._take_copy()
 
-    def _add(self, owner: Any, name: str, tensor: torch.Tensor, pin: bool, *, is_param: bool) -> None:
-        host = tensor.detach().to("cpu")
-        if pin and self.device.type == "cuda" and not host.is_pinned():
-            host = host.pin_memory()
-        self._tensors.append((owner, name if is_param else f"buffer:{name}", host))
-        self.nbytes += host.numel() * host.element_size()
-        if not self.on_gpu:
-            self._assign(owner, name if is_param else f"buffer:{name}", host)
+    @staticmethod
+    def _get(owner: Any, key: str) -> torch.Tensor:
+        return owner._buffers[key[7:]] if key.startswith("buffer:") else owner._parameters[key].data
 
     @staticmethod
     def _assign(owner: Any, key: str, tensor: torch.Tensor) -> None:
@@ -87,35 +181,77 @@ class PinnedSwap:
         else:
             owner._parameters[key].data = tensor
 
+    def _take_copy(self) -> None:
+        """Copy every weight into one new host buffer, each weight re-pointed at its place in it."""
+        slots = self._slots
+        specs = [(t.shape, t.dtype) for t in (self._get(*slot) for slot in slots)]
+        self.copy = HostCopy(
+            specs,
+            lambda i: self._get(*slots[i]),
+            lambda i, view: self._assign(*slots[i], view),
+            pin=self.mode.pin,
+            from_gpu=self.on_gpu and self.device.type == "cuda",
+        )
+
+    def host_bytes(self) -> int:
+        return self.copy.nbytes if self.copy is not None else 0
+
+    def pinned_bytes(self) -> int:
+        return self.copy.nbytes if self.copy is not None and self.copy.pinned else 0
+
     def to_gpu(self) -> None:
         if self.on_gpu:
             return
-        for owner, key, host in self._tensors:
+        assert self.copy is not None
+        for (owner, key), host in zip(self._slots, self.copy.views, strict=True):
             self._assign(owner, key, host.to(self.device, non_blocking=True))
         for state in self._quant_states:
             state.to(self.device)
         self.on_gpu = True
+        if not (self.mode.keep and self.left_once):
+            if self.device.type == "cuda":
+                torch.cuda.current_stream(self.device).synchronize()  # the copies read the buffer
+            self.copy.release()
+            self.copy = None
 
     def to_host(self) -> None:
         if not self.on_gpu:
             return
-        for owner, key, host in self._tensors:
-            self._assign(owner, key, host)
+        if self.copy is None:
+            self._take_copy()
+        else:
+            for (owner, key), view in zip(self._slots, self.copy.views, strict=True):
+                self._assign(owner, key, view)
         for state in self._quant_states:
             state.to("cpu")
         self.on_gpu = False
+        self.left_once = True
+
+
+def _full(device: torch.device) -> torch.device:
+    """`cuda` means the current CUDA device; parameters report it with its index."""
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 class Residency:
     """Brings components in for a phase, evicting others only when the card is short of room."""
 
-    def __init__(self, modules: dict[str, torch.nn.Module], device: torch.device, *, pin: bool | None = None) -> None:
+    def __init__(self, modules: dict[str, torch.nn.Module], device: torch.device, *, ram_bytes: int | None) -> None:
         self.device = device
-        total = sum(sum(p.numel() * p.element_size() for p in m.parameters()) for m in modules.values())
-        pin = _should_pin(total) if pin is None else pin
-        self.pinned = pin
-        self.swaps = {name: PinnedSwap(module, device, pin=pin) for name, module in modules.items()}
+        sizes = {name: sum(_nbytes(p) for p in m.parameters()) for name, m in modules.items()}
+        self.modes = host_policy(sizes, ram_bytes)
+        self.swaps = {name: ComponentSwap(module, device, self.modes[name]) for name, module in modules.items()}
         self.moves = 0  # components brought in (tests and benchmarks count them)
+        self.oom_retries = 0  # phases that ran out of memory and were retried alone
+
+    def host_bytes(self) -> int:
+        """Host memory held for weights now (pinned included)."""
+        return sum(s.host_bytes() for s in self.swaps.values())
+
+    def pinned_bytes(self) -> int:
+        return sum(s.pinned_bytes() for s in self.swaps.values())
 
     def available_bytes(self) -> int:
         return available_bytes(self.device)
@@ -154,6 +290,7 @@ class Residency:
             return phase()
         except torch.OutOfMemoryError:
             log.warning("Out of memory in the %s phase; evicting the other components and retrying", name)
+            self.oom_retries += 1
             self.evict_all_but(name)
             return phase()
 

@@ -67,6 +67,10 @@ class RunnerOptions:
     # Working memory of one image pass per megapixel, GiB: the plan table's `work_gib` where measured.
     # A batch of two passes is run only where it fits; else the two passes run one after the other.
     work_gib: float = 2.0
+    # The VAE's working memory per megapixel, GiB (bf16 decode; its encoder needs less): a full-size
+    # CogView4 VAE decode took 1.9 GiB at 512² in fp32 (CPU, peak RSS), so about 3.8 at 1024² in bf16.
+    # A swap plan makes this much room before decoding, rather than running out of memory halfway.
+    vae_work_gib: float = 4.0
 
 
 def _sync(device: torch.device) -> None:
@@ -173,7 +177,9 @@ class Runner:
         with torch.inference_mode(), self._attention_backend():
             start = None
             if init_image is not None:  # the start image's encoding counts as encoding time
-                start = self._phase("vae", int(1.5 * GIB), lambda: (self._encode_image(init_image), strength))
+                start = self._phase(
+                    "vae", self._vae_bytes(width * height), lambda: (self._encode_image(init_image), strength)
+                )
                 _sync(device)
                 timings.encode_s = time.perf_counter() - t0
             t1 = time.perf_counter()
@@ -204,7 +210,7 @@ class Runner:
                 timings.steady_step_s = gpu_s / (len(step_events) - 2)
             timings.steps = steps if start is None else img2img_steps(steps, strength)
             t2 = time.perf_counter()
-            image = self._phase("vae", int(1.5 * GIB), lambda: self._decode(latents))
+            image = self._phase("vae", self._vae_bytes(width * height), lambda: self._decode(latents))
             _sync(device)
         timings.decode_s = time.perf_counter() - t2
         return image, timings
@@ -352,6 +358,13 @@ class Runner:
     def _pass_bytes(self, area: int) -> int:
         """Working memory of one transformer pass at this image area (an estimate per megapixel)."""
         return int(self.options.work_gib * GIB * area / (1024 * 1024))
+
+    def _vae_bytes(self, area: int) -> int:
+        """Above its tile size (tiling is enabled at placement) the VAE works one tile at a time."""
+        vae = self.pipe.vae
+        if getattr(vae, "use_tiling", False):
+            area = min(area, vae.tile_sample_min_size**2)
+        return int(self.options.vae_work_gib * GIB * area / (1024 * 1024))
 
     def batch_fits(self, area: int) -> bool:
         """Whether cond+uncond can run as one batch at this image area: never again where a batch

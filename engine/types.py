@@ -108,6 +108,7 @@ class EngineConfig:
     upscaler_model: Path | None = None  # UPSCALER_MODEL: an ESRGAN-family file; None: Upscale is a hires pass
     previews: bool = False  # PREVIEWS (on in the bot): render a small preview of the image forming now and then
     preview_cache_dir: Path | None = None  # the fitted latent → RGB maps (engine.preview); None: fit each start
+    host_ram_gib: float | None = None  # HOST_RAM_GIB: RAM the bot may count on; None: the machine's
 
     @classmethod
     def from_settings(cls, settings: Any) -> EngineConfig:
@@ -122,6 +123,7 @@ class EngineConfig:
             upscaler_model=settings.upscaler_model,
             previews=settings.previews,
             preview_cache_dir=settings.quantized_cache_dir / "latent_rgb",
+            host_ram_gib=settings.host_ram_gib,
         )
 
 

@@ -23,28 +23,21 @@ if TYPE_CHECKING:
     from engine.rules import ModelLimits
 
 
-def _settings_model_id() -> str:
+def _setting(name: str, default: Any) -> Any:
+    """One value from the bot's settings (.env), or the default where they do not load (no token yet)."""
     try:
         from settings import load_settings
 
-        return load_settings().model_id
+        return getattr(load_settings(), name)
     except Exception:
-        return "THUDM/CogView4-6B"
-
-
-def _settings_quality() -> str:
-    try:
-        from settings import load_settings
-
-        return load_settings().quality
-    except Exception:
-        return "balanced"
+        return default
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     from tools.doctor import report
 
-    print(report(args.model or _settings_model_id(), quality=_settings_quality()))
+    model_id = args.model or _setting("model_id", "THUDM/CogView4-6B")
+    print(report(model_id, quality=_setting("quality", "balanced"), host_ram_gib=_setting("host_ram_gib", None)))
     return 0
 
 
@@ -92,7 +85,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print(f"Could not read {args.image}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     config = EngineConfig(
-        model_id=args.model or _settings_model_id(),
+        model_id=args.model or _setting("model_id", "THUDM/CogView4-6B"),
         memory_mode=args.plan,
         device=args.device,
         upscaler_model=args.upscaler or _settings_upscaler(),

@@ -10,6 +10,7 @@ import platform
 from importlib import metadata
 
 from engine import plans as plan_catalog
+from engine.device import host_ram
 
 PACKAGES = ("torch", "diffusers", "transformers", "accelerate", "bitsandbytes", "discord.py", "aiosqlite")
 
@@ -55,7 +56,7 @@ def known_problems(versions: dict[str, str | None], has_gpu: bool) -> list[str]:
     return problems
 
 
-def report(model_id: str | None = None, quality: str = "balanced") -> str:
+def report(model_id: str | None = None, quality: str = "balanced", host_ram_gib: float | None = None) -> str:
     lines = [f"Python {platform.python_version()} on {platform.system()} {platform.release()} ({platform.machine()})"]
     versions = {name: _version(name) for name in PACKAGES}
     lines.append("Packages: " + ", ".join(f"{k} {v or 'missing'}" for k, v in versions.items()))
@@ -99,8 +100,9 @@ def report(model_id: str | None = None, quality: str = "balanced") -> str:
     table = plan_catalog.load_table()
     meta = plan_catalog.table_meta()
     lines.append(f"Plan table: {meta.get('source', '?')}")
-    ram = _ram_gib()
-    lines.append(f"Host RAM: {ram:.1f} GiB" if ram is not None else "Host RAM: unknown (psutil missing)")
+    ram = host_ram(host_ram_gib)
+    source = "HOST_RAM_GIB" if host_ram_gib else "this machine"
+    lines.append(f"Host RAM: {ram:.1f} GiB ({source})" if ram is not None else "Host RAM: unknown (psutil missing)")
     try:
         choice = plan_catalog.choose_auto(
             free if has_gpu else None, table, quality=quality, ram_gib=ram, capability=capability
@@ -127,11 +129,3 @@ def report(model_id: str | None = None, quality: str = "balanced") -> str:
     if model_id:
         lines.append(f"MODEL_ID: {model_id}")
     return "\n".join(lines)
-
-
-def _ram_gib() -> float | None:
-    try:
-        import psutil
-    except ImportError:
-        return None
-    return psutil.virtual_memory().total / plan_catalog.GIB
