@@ -497,12 +497,12 @@ def matrix(args: argparse.Namespace) -> None:
                 row = {
                     "impl": impl,
                     "plan": plan,
-                    "cap_gib": float(cap),
+                    "cap_gib": cap,
                     "ok": False,
                     "error": (proc.stderr or proc.stdout)[-600:],
                 }
         except subprocess.TimeoutExpired:
-            row = {"impl": impl, "plan": plan, "cap_gib": float(cap), "ok": False, "error": "timeout"}
+            row = {"impl": impl, "plan": plan, "cap_gib": cap, "ok": False, "error": "timeout"}
         row["wall_s"] = round(time.monotonic() - started, 1)
         if private is not None and private.is_dir():
             Path(args.cache_dir).mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ if [ ! -f "$MODEL/vae/config.json" ]; then
 fi
 for runs in "$@"; do
   python3 bench/plans.py matrix --model "$MODEL" --runs "$runs" --out "$RESULTS" --steps "$STEPS" \
-    --images "${IMAGES:-2}" --budget-s "${BUDGET_S:-1500}" --cache-dir "${CACHE:-/tmp/qcache}" \
+    --images "${IMAGES:-2}" --budget-s "${BUDGET_S:-1500}" --run-timeout-s "${RUN_TIMEOUT_S:-240}" --cache-dir "${CACHE:-/tmp/qcache}" \
     --quality "${QUALITY:-balanced}"
   if [ -z "${NO_TABLE:-}" ]; then
     python3 bench/plans.py table ${BASELINE:-} "$RESULTS" --write --keep-missing > /tmp/table.md
