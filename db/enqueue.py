@@ -141,5 +141,6 @@ def insert_values(
         "start_image": request.start_image,
         "strength": float(request.strength),
         "upscale": request.upscale,
+        "locale": requester.locale,
     }
     return tuple(values[name] for name in INSERT_COLUMNS)

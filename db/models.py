@@ -88,6 +88,7 @@ class Requester:
     guild_id: int | None = None
     user_name: str = ""
     interaction_id: int | None = None
+    locale: str | None = None  # their Discord locale ("zh-CN", "en-US"): the job's posts are in its language
 
     def __post_init__(self) -> None:
         self.validate()
@@ -103,6 +104,8 @@ class Requester:
                 raise InvalidJob(f"{name} must be a positive Discord id or None (got {value!r}).")
         if not isinstance(self.user_name, str):
             raise InvalidJob(f"user_name must be text (got {self.user_name!r}).")
+        if self.locale is not None and (not isinstance(self.locale, str) or not 0 < len(self.locale) <= 16):
+            raise InvalidJob(f"locale must be a short locale name such as 'zh-CN' or None (got {self.locale!r}).")
 
 
 @dataclass(frozen=True, slots=True)
