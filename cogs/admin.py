@@ -127,8 +127,8 @@ class Admin(commands.Cog):
             return
         await self.bot.queue.kv_set(key, "1" if enabled else "0")
         await self._audit(interaction, "spoilers", "on" if enabled else "off")
-        said = "admin.spoilers_set_on" if enabled else "admin.spoilers_set_off"
-        await reply_private(interaction, t(said, interaction.locale))
+        said = t("admin.spoilers_set_on" if enabled else "admin.spoilers_set_off", interaction.locale)
+        await reply_private(interaction, said)
 
 
 async def setup(bot: commands.Bot) -> None:
