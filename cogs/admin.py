@@ -1,7 +1,7 @@
 """Admin commands: /memory, /pause, /resume, /purge, /status, /spoilers.
 
 Every command is checked in code (``admin_only``): Manage Server, ADMIN_USER_IDS or
-ADMIN_ROLE_IDS, never in DMs. Every change is written to the audit table.
+ADMIN_ROLE_IDS, never in DMs. Every change is written to the audit table. Replies are in the admin's language.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from discord.ext import commands
 from cogs.utils.checks import admin_only
 from cogs.utils.errors import reply_private
 from cogs.utils.host import MEMORY_KEY, Host, spoilers_key
+from cogs.utils.i18n import t
 from cogs.utils.reports import memory_report, status_report, workers_report
 from cogs.utils.text import clip
 from db.models import JobState, QueueError
@@ -46,7 +47,7 @@ class Admin(commands.Cog):
     async def memory(self, interaction: discord.Interaction, plan: str | None = None) -> None:
         engine = self.bot.engine
         if plan is None:
-            await reply_private(interaction, memory_report(engine.status(), engine.plan_rows()))
+            await reply_private(interaction, memory_report(engine.status(), engine.plan_rows(), interaction.locale))
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
         try:
@@ -56,7 +57,7 @@ class Admin(commands.Cog):
             raise
         await self.bot.queue.kv_set(MEMORY_KEY, plan)
         await self._audit(interaction, "memory", f"{plan}: {sentence}")
-        await reply_private(interaction, f"{sentence} It applies between jobs and is remembered across restarts.")
+        await reply_private(interaction, t("admin.memory_switched", interaction.locale, sentence=sentence))
 
     @app_commands.command(name="pause", description="Stop starting new jobs; the running one finishes (admins)")
     @admin_only()
@@ -64,9 +65,7 @@ class Admin(commands.Cog):
         await self.bot.queue.set_paused(True)
         await self._audit(interaction, "pause", "")
         waiting = await self.bot.queue.queue_length()
-        await reply_private(
-            interaction, f"Paused: the running job finishes, nothing new starts until /resume ({waiting} waiting)."
-        )
+        await reply_private(interaction, t("admin.paused", interaction.locale, waiting=waiting))
 
     @app_commands.command(name="resume", description="Start jobs again after /pause (admins)")
     @admin_only()
@@ -74,7 +73,7 @@ class Admin(commands.Cog):
         await self.bot.queue.set_paused(False)
         await self._audit(interaction, "resume", "")
         waiting = await self.bot.queue.queue_length()
-        await reply_private(interaction, f"Resumed: {waiting} job(s) waiting.")
+        await reply_private(interaction, t("admin.resumed", interaction.locale, waiting=waiting))
 
     @app_commands.command(name="purge", description="Remove waiting jobs, of everyone or of one user (admins)")
     @app_commands.describe(user="Only this user's jobs (default: everyone's)")
@@ -87,10 +86,9 @@ class Admin(commands.Cog):
             ids = await self._purge_server(interaction, user_id)
         whose = f"user {user.id}" if user is not None else "everyone"
         await self._audit(interaction, "purge", f"{whose}: {len(ids)} job(s) {ids[:50]}")
-        target = f"of <@{user.id}> " if user is not None else ""
-        await reply_private(
-            interaction, f"Removed {len(ids)} waiting job(s) {target}from the queue; their owners are told."
-        )
+        locale = interaction.locale
+        target = t("admin.purge_target", locale, user=user.id) if user is not None else ""
+        await reply_private(interaction, t("admin.purged", locale, count=len(ids), target=target))
 
     async def _purge_server(self, interaction: discord.Interaction, user_id: int | None) -> list[int]:
         queue = self.bot.queue
@@ -111,9 +109,10 @@ class Admin(commands.Cog):
     async def status(self, interaction: discord.Interaction) -> None:
         bot = self.bot
         stats = await bot.queue.stats()
-        report = status_report(bot.engine.status(), stats, uptime_s=time.time() - bot.started_at)
+        locale = interaction.locale
+        report = status_report(bot.engine.status(), stats, uptime_s=time.time() - bot.started_at, locale=locale)
         if bot.settings.queue_backend == "postgres":  # GPU machines run the jobs: one line each, or how to add one
-            report = clip(f"{report}\n{workers_report(bot.engine.workers(), now=time.time())}")
+            report = clip(f"{report}\n{workers_report(bot.engine.workers(), now=time.time(), locale=locale)}")
         await reply_private(interaction, report)
 
     @app_commands.command(name="spoilers", description="Post this server's results as spoilers, or not (admins)")
@@ -123,12 +122,13 @@ class Admin(commands.Cog):
         assert interaction.guild_id is not None  # admin_only refuses DMs
         key = spoilers_key(interaction.guild_id)
         if enabled is None:
-            state = "on" if await self.bot.queue.kv_get(key) == "1" else "off"
-            await reply_private(interaction, f"Spoilers are {state} for this server's results.")
+            on = await self.bot.queue.kv_get(key) == "1"
+            await reply_private(interaction, t("admin.spoilers_on" if on else "admin.spoilers_off", interaction.locale))
             return
         await self.bot.queue.kv_set(key, "1" if enabled else "0")
         await self._audit(interaction, "spoilers", "on" if enabled else "off")
-        await reply_private(interaction, f"Spoilers {'on' if enabled else 'off'}: applies to results posted from now.")
+        said = t("admin.spoilers_set_on" if enabled else "admin.spoilers_set_off", interaction.locale)
+        await reply_private(interaction, said)
 
 
 async def setup(bot: commands.Bot) -> None:

@@ -7,7 +7,7 @@ spoilers where a server's admins turned /spoilers on). Each notice has its own n
 ``enforce_nonce``, so if the bot dies between posting and recording, the retry returns the
 message already posted instead of a duplicate. A failed post is retried later with exponential
 backoff and jitter, without holding up the other notices; only errors that can never succeed
-(channel gone, no access) give up, after logging.
+(channel gone, no access) give up, after logging. Posts are in the language of the one who asked for the job.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from discord.ext import commands
 
 from cogs.progress import Progress
 from cogs.utils.host import Host, spoilers_key
+from cogs.utils.i18n import t
 from cogs.utils.images import fit_upload
 from cogs.utils.notices import Post, compose
 from cogs.utils.text import only_user
@@ -183,11 +184,7 @@ class Delivery(commands.Cog):
         except discord.Forbidden as exc:
             if exc.code != CANNOT_MESSAGE_USER:
                 raise
-        job_id = notice.job.id
-        text = (
-            f"<@{post.user_id}> #{job_id} is ready, but I can't send you direct messages (your /settings ask for "
-            f"private results). Allow DMs from this server's members, then use /show {job_id}."
-        )
+        text = t("notice.dm_closed", notice.job.requester.locale, user=post.user_id, job=notice.job.id)
         sent = await channel.send(text, allowed_mentions=only_user(post.user_id), nonce=f"{nonce_for(notice)}d")
         return sent.id
 
@@ -198,7 +195,7 @@ class Delivery(commands.Cog):
         first = await channel.send(
             post.content,
             files=[_file(name, data) for name, data in groups[0]] if groups else discord.utils.MISSING,
-            view=result_view(post.buttons_for) if post.buttons_for is not None else discord.utils.MISSING,
+            view=result_view(post.buttons_for, post.locale) if post.buttons_for is not None else discord.utils.MISSING,
             allowed_mentions=only_user(post.user_id),
             nonce=nonce_for(notice),
         )

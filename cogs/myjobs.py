@@ -69,7 +69,7 @@ class MyJobs(commands.Cog):
         interaction.extras["job_id"] = job
         target = await queue.get_job(job)
         if target is None:
-            raise JobNotFound(msg("job.not_found", job=job))
+            raise JobNotFound(job=job)
         admin = is_admin_for(interaction, self.bot.settings, target.requester.guild_id)
         outcome = await queue.cancel(job, by_user_id=interaction.user.id, is_admin=admin)
         if target.requester.user_id != interaction.user.id:
@@ -91,11 +91,11 @@ class MyJobs(commands.Cog):
         interaction.extras["job_id"] = job
         found = await self.bot.queue.get_job(job)
         if found is None:
-            raise JobNotFound(msg("job.not_found", job=job))
+            raise JobNotFound(job=job)
         if not _may_repost(interaction, found, is_admin(interaction, self.bot.settings)):
             raise NotAllowed(msg("show.not_allowed", job=job))
         if found.state is not JobState.DONE:
-            raise QueueError(msg("show.no_images", job=job, state=found.state.value))
+            raise QueueError(msg("show.no_images", job=job, state=found.state))
         if await self.bot.queue.is_pruned(job):
             days = self.bot.settings.retention_days
             kept = t("show.kept_days", interaction.locale, days=f"{days:g}") if days else ""
@@ -106,14 +106,15 @@ class MyJobs(commands.Cog):
         if interaction.guild_id and await self.bot.queue.kv_get(spoilers_key(interaction.guild_id)) == "1":
             files = [ResultFile(f"SPOILER_{image.name}", image.data) for image in files]
         await interaction.response.defer(thinking=True)
+        locale = interaction.locale  # a reply to the one who asked to see it again
         content = clip(
-            f"**#{job}** by <@{found.requester.user_id}>\n> {quote(found.request.prompt, 900)}\n"
-            f"-# {params_line(found.request, found.seed_used)}"
+            f"{t('show.post', locale, job=job, user=found.requester.user_id)}\n> {quote(found.request.prompt, 900)}\n"
+            f"-# {params_line(found.request, found.seed_used, locale)}"
         )
         await interaction.followup.send(
             content,
             files=[discord.File(io.BytesIO(image.data), filename=image.name) for image in files],
-            view=result_view(job),
+            view=result_view(job, locale),
             allowed_mentions=NO_MENTIONS,
         )
 

@@ -57,6 +57,7 @@ JOB_COLUMNS: tuple[Column, ...] = (
     Column("start_image", "text"),
     Column("strength", "real", False),
     Column("upscale", "int", False),
+    Column("locale", "text"),
 )
 
 # Where a backend keeps a fact elsewhere (PostgreSQL: progress in job_progress, written at every
@@ -90,4 +91,5 @@ INSERT_COLUMNS: tuple[str, ...] = (
     "start_image",
     "strength",
     "upscale",
+    "locale",
 )

@@ -25,6 +25,9 @@ from typing import Any, ClassVar, Protocol, Self, TypeVar
 from db import fairness
 from db.heartbeats import Heartbeats
 from db.models import (
+    ADMIN_CANCEL,
+    CRASH_ERROR,
+    PURGED,
     RESUMED_RESTART,
     AuditEntry,
     CancelOutcome,
@@ -41,9 +44,6 @@ from db.results import ResultStore
 from db.retention import Retention
 from db.rows import audit_from_row, job_from_row, parse_states
 
-CRASH_ERROR = "crashed the worker {n} times"
-ADMIN_CANCEL = "cancelled by an admin"
-PURGED = "removed from the queue by an admin"
 T = TypeVar("T")
 Row = Mapping[str, Any]
 
@@ -171,12 +171,12 @@ class QueueCore(Retention, Heartbeats):
         async with self._tx() as conn:
             job = await self._get(conn, job_id, lock=True)
             if job is None:
-                raise JobNotFound(f"There is no job #{job_id}.")
+                raise JobNotFound(job=job_id)
             own = job.requester.user_id == by_user_id
             if not own and not is_admin:
-                raise NotAllowed(f"Job #{job_id} isn't yours: you can only cancel your own jobs.")
+                raise NotAllowed(code="job.not_yours", job=job_id)
             if job.state.finished:
-                raise QueueError(f"Job #{job_id} has already finished ({job.state.value}).")
+                raise QueueError(code="job.finished", job=job_id, state=job.state)
             if job.state is JobState.QUEUED:
                 await self._finish(conn, job_id, JobState.CANCELLED, None if own else ADMIN_CANCEL)
                 if not own:

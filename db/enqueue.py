@@ -98,15 +98,12 @@ def plan_enqueue(facts: Any, limits: EnqueueLimits, parent_job_id: int | None, a
     """Refuse what the caps, the cooldown, the daily quota (of `count` more images) or a missing parent
     forbid; returns the new job's fair round."""
     if parent_job_id is not None and not facts["parent_found"]:
-        raise InvalidJob(f"There is no job #{parent_job_id} to start from.")
+        raise InvalidJob(code="job.no_parent", job=parent_job_id)
     if limits.max_total is not None and facts["queued"] >= limits.max_total:
-        raise QueueFull(f"The queue is full ({limits.max_total} jobs waiting). Try again in a few minutes.")
+        raise QueueFull(limits.max_total)
     pending = facts["pending"]
     if limits.max_per_user is not None and pending >= limits.max_per_user:
-        raise UserQueueFull(
-            f"You already have {pending} job(s) waiting (the limit is {limits.max_per_user}). "
-            "Wait for one to finish, or /cancel one."
-        )
+        raise UserQueueFull(pending, limits.max_per_user)
     if limits.cooldown_s > 0 and facts["last_at"] is not None:
         wait = facts["last_at"] + limits.cooldown_s - at
         if wait > 0:
@@ -141,5 +138,6 @@ def insert_values(
         "start_image": request.start_image,
         "strength": float(request.strength),
         "upscale": request.upscale,
+        "locale": requester.locale,
     }
     return tuple(values[name] for name in INSERT_COLUMNS)

@@ -6,8 +6,10 @@ Nothing here knows about SQL or Discord; a backend turns rows into these.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import ClassVar
 
 MAX_SEED = 2**32 - 1
 MAX_PROMPT_CHARS = 4000
@@ -40,8 +42,57 @@ RESUMED_RESTART = "restart"
 RESUMED_WORKER_LOST = "worker_lost"
 
 
-class QueueError(Exception):
+# Why a job was cancelled or failed without its worker saying so (the error and the notice body): the Discord
+# side words these in the requester's language.
+CRASH_ERROR = "crashed the worker {n} times"
+ADMIN_CANCEL = "cancelled by an admin"
+PURGED = "removed from the queue by an admin"
+
+
+class CodedError(Exception):
+    """An error a user may see. Raised with a code (``QueueFull(limit=3)``, ``InvalidJob(code="job.no_parent",
+    job=4)``), its message is the English ``TEXTS[code]`` filled with ``fields``, and the Discord side says the
+    same code in the user's language from its catalogue (cogs.utils.i18n): db/ and engine/ never import it.
+    Raised with a sentence instead, that sentence is the message, in English only."""
+
+    TEXTS: ClassVar[Mapping[str, str]] = {}
+    code: str | None = None  # a subclass with a single message names it here
+
+    def __init__(self, message: str | None = None, /, *, code: str | None = None, **fields: object) -> None:
+        code = code or (type(self).code if message is None else None)
+        if code is not None:
+            message = self.TEXTS[code].format(**fields)
+        super().__init__(*(() if message is None else (message,)))
+        self.code = code
+        self.fields = fields
+
+
+# The English of every queue refusal a user may meet, by code (cogs.utils.catalogue.refusals has the Chinese).
+QUEUE_TEXTS: dict[str, str] = {
+    "queue.full": "The queue is full ({limit} jobs waiting). Try again in a few minutes.",
+    "queue.user_full": (
+        "You already have {pending} job(s) waiting (the limit is {limit}). Wait for one to finish, or /cancel one."
+    ),
+    "queue.cooldown": "You're going a bit fast: try again in {seconds} s.",
+    "queue.quota": "You have used {used} of your {quota} images for today (UTC). More from <t:{resets_at}:R>.",
+    "queue.storage_full": (
+        "The bot's disk is full, so this could not be saved. Try again later; the bot owner needs to free space."
+    ),
+    "queue.unreachable": "The queue database is not reachable right now; try again in a minute.",
+    "job.not_found": "There is no job #{job}.",
+    "job.not_yours": "Job #{job} isn't yours: you can only cancel your own jobs.",
+    "job.finished": "Job #{job} has already finished ({state}).",
+    "job.no_parent": "There is no job #{job} to start from.",
+    "request.empty_prompt": "The prompt is empty: describe the image you want.",
+    "request.too_long": "Prompts are limited to {limit} characters.",
+    "request.nul": "The prompt contains a NUL character.",
+}
+
+
+class QueueError(CodedError):
     """Base of every error the queue raises; the message is fit to show a user."""
+
+    TEXTS = QUEUE_TEXTS
 
 
 class InvalidJob(QueueError, ValueError):
@@ -51,19 +102,34 @@ class InvalidJob(QueueError, ValueError):
 class QueueFull(QueueError):
     """The global queue cap is reached."""
 
+    code = "queue.full"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit=limit)
+        self.limit = limit
+
 
 class UserQueueFull(QueueError):
     """This user already has as many pending jobs as allowed."""
 
+    code = "queue.user_full"
+
+    def __init__(self, pending: int, limit: int) -> None:
+        super().__init__(pending=pending, limit=limit)
+        self.pending = pending
+        self.limit = limit
+
 
 class CooldownActive(QueueError):
+    code = "queue.cooldown"
+
     def __init__(self, retry_after: float) -> None:
-        super().__init__(f"You're going a bit fast: try again in {math.ceil(retry_after)} s.")
+        super().__init__(seconds=math.ceil(retry_after))
         self.retry_after = retry_after
 
 
 class JobNotFound(QueueError):
-    pass
+    code = "job.not_found"
 
 
 class NotAllowed(QueueError):
@@ -73,10 +139,7 @@ class NotAllowed(QueueError):
 class StorageFull(QueueError):
     """The disk under the queue is full: nothing was written (the caller may retry once space is freed)."""
 
-    def __init__(self) -> None:
-        super().__init__(
-            "The bot's disk is full, so this could not be saved. Try again later; the bot owner needs to free space."
-        )
+    code = "queue.storage_full"
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +151,7 @@ class Requester:
     guild_id: int | None = None
     user_name: str = ""
     interaction_id: int | None = None
+    locale: str | None = None  # their Discord locale ("zh-CN", "en-US"): the job's posts are in its language
 
     def __post_init__(self) -> None:
         self.validate()
@@ -103,6 +167,8 @@ class Requester:
                 raise InvalidJob(f"{name} must be a positive Discord id or None (got {value!r}).")
         if not isinstance(self.user_name, str):
             raise InvalidJob(f"user_name must be text (got {self.user_name!r}).")
+        if self.locale is not None and (not isinstance(self.locale, str) or not 0 < len(self.locale) <= 16):
+            raise InvalidJob(f"locale must be a short locale name such as 'zh-CN' or None (got {self.locale!r}).")
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,13 +216,13 @@ class JobRequest:
 
     def _validate_text(self) -> None:
         if not isinstance(self.prompt, str) or not self.prompt.strip():
-            raise InvalidJob("The prompt is empty: describe the image you want.")
+            raise InvalidJob(code="request.empty_prompt")
         if not isinstance(self.negative_prompt, str):
             raise InvalidJob(f"The negative prompt must be text (got {self.negative_prompt!r}).")
         if len(self.prompt) > MAX_PROMPT_CHARS or len(self.negative_prompt) > MAX_PROMPT_CHARS:
-            raise InvalidJob(f"Prompts are limited to {MAX_PROMPT_CHARS} characters.")
+            raise InvalidJob(code="request.too_long", limit=MAX_PROMPT_CHARS)
         if "\x00" in self.prompt or "\x00" in self.negative_prompt:
-            raise InvalidJob("The prompt contains a NUL character.")
+            raise InvalidJob(code="request.nul")
         for name in ("width", "height", "steps", "count"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -265,12 +331,13 @@ class AuditEntry:
 class QuotaExceeded(QueueError):
     """The user's daily quota (DAILY_QUOTA images per UTC day) would be exceeded; nothing was written."""
 
+    code = "queue.quota"
+
     def __init__(self, used: int, quota: int, resets_at: float) -> None:
-        super().__init__(
-            f"You have used {used} of your {quota} images for today (UTC). More from <t:{int(resets_at)}:R>."
-        )
+        super().__init__(used=used, quota=quota, resets_at=int(resets_at))
         self.used = used
         self.quota = quota
+        self.resets_at = resets_at
 
 
 @dataclass(frozen=True, slots=True)

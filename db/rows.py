@@ -36,6 +36,7 @@ def job_from_row(row: Mapping[str, Any]) -> Job:
             guild_id=row["guild_id"],
             user_name=row["user_name"],
             interaction_id=row["interaction_id"],
+            locale=row["locale"],
         ),
         request=JobRequest(
             prompt=row["prompt"],

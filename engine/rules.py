@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from db.models import MAX_PROMPT_CHARS, MAX_SEED, JobRequest
+from db.models import MAX_PROMPT_CHARS, MAX_SEED, CodedError, JobRequest
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +36,33 @@ ASPECTS: dict[str, tuple[int, int]] = {
 }
 
 
-class InvalidRequest(ValueError):
-    """A request breaks a rule; the message tells the user what to change."""
+# The English of every rule a request can break, by code (cogs.utils.catalogue.refusals has the Chinese).
+RULE_TEXTS: dict[str, str] = {
+    "rules.aspect": "Unknown aspect: use one of {aspects}.",
+    "rules.width_multiple": "The width must be a multiple of {multiple} px (got {value}).",
+    "rules.height_multiple": "The height must be a multiple of {multiple} px (got {value}).",
+    "rules.width_range": "The width must be between {low} and {high} px (got {value}).",
+    "rules.height_range": "The height must be between {low} and {high} px (got {value}).",
+    "rules.area": (
+        "{width}×{height} is too many pixels for this model: keep width × height ≤ {max_area:,} "
+        "(e.g. {native}×{native} or an --ar aspect)."
+    ),
+    "rules.steps": "Steps must be from {low} to {high} (got {steps}).",
+    "rules.guidance": "Guidance must be from {low:g} to {high:g} (got {guidance:g}).",
+    "rules.count": "You can ask for 1 to {high} images at a time (got {count}).",
+    "rules.seed": "The seed must be from 0 to {high} (got {seed}).",
+    "rules.prompt_chars": "The prompt is too long: keep it under {limit} characters.",
+    "rules.negative_chars": "The negative prompt is too long: keep it under {limit} characters.",
+    "rules.prompt_tokens": "The prompt is too long ({tokens} tokens): keep it under {limit} tokens.",
+    "rules.negative_tokens": "The negative prompt is too long ({tokens} tokens): keep it under {limit} tokens.",
+    "rules.no_pixels": "The image has no pixels ({width}×{height}).",
+}
+
+
+class InvalidRequest(CodedError, ValueError):
+    """A request breaks a rule; the message tells the user what to change (raised with a code of RULE_TEXTS)."""
+
+    TEXTS = RULE_TEXTS
 
 
 @dataclass(frozen=True)
@@ -67,7 +92,7 @@ class ModelLimits:
     def size_for_aspect(self, aspect: str) -> tuple[int, int]:
         """The valid (width, height) closest to this aspect ratio at about the native pixel count."""
         if aspect not in ASPECTS:
-            raise InvalidRequest(f"Unknown aspect: use one of {', '.join(ASPECTS)}.")  # no echo of what was typed
+            raise InvalidRequest(code="rules.aspect", aspects=", ".join(ASPECTS))  # no echo of what was typed
         rw, rh = ASPECTS[aspect]
         target_ratio = math.log(rw / rh)
         native_area = self.native_size * self.native_size
@@ -131,17 +156,18 @@ def _token_counter(path: Path) -> Callable[[str], int] | None:
 def check_size(width: int, height: int, limits: ModelLimits) -> None:
     """What the model can make at all; the engine checks this too, as it may serve a queue filled for
     another model's limits. Raises InvalidRequest."""
-    for name, value in (("width", width), ("height", height)):
-        if value % limits.multiple:
-            raise InvalidRequest(f"The {name} must be a multiple of {limits.multiple} px (got {value}).")
-        if not limits.min_size <= value <= limits.max_size:
-            raise InvalidRequest(
-                f"The {name} must be between {limits.min_size} and {limits.max_size} px (got {value})."
-            )
+    multiple, low, high = limits.multiple, limits.min_size, limits.max_size
+    if width % multiple:
+        raise InvalidRequest(code="rules.width_multiple", multiple=multiple, value=width)
+    if not low <= width <= high:
+        raise InvalidRequest(code="rules.width_range", low=low, high=high, value=width)
+    if height % multiple:
+        raise InvalidRequest(code="rules.height_multiple", multiple=multiple, value=height)
+    if not low <= height <= high:
+        raise InvalidRequest(code="rules.height_range", low=low, high=high, value=height)
     if width * height > limits.max_area:
         raise InvalidRequest(
-            f"{width}×{height} is too many pixels for this model: keep width × height ≤ {limits.max_area:,} "
-            f"(e.g. {limits.native_size}×{limits.native_size} or an --ar aspect)."
+            code="rules.area", width=width, height=height, max_area=limits.max_area, native=limits.native_size
         )
 
 
@@ -149,22 +175,22 @@ def validate_request(request: JobRequest, limits: ModelLimits) -> None:
     """Every rule, checked once where a request comes in; raises InvalidRequest saying what to change."""
     check_size(request.width, request.height, limits)
     if not MIN_STEPS <= request.steps <= MAX_STEPS:
-        raise InvalidRequest(f"Steps must be from {MIN_STEPS} to {MAX_STEPS} (got {request.steps}).")
+        raise InvalidRequest(code="rules.steps", low=MIN_STEPS, high=MAX_STEPS, steps=request.steps)
     if not MIN_GUIDANCE <= request.guidance <= MAX_GUIDANCE:
-        raise InvalidRequest(f"Guidance must be from {MIN_GUIDANCE:g} to {MAX_GUIDANCE:g} (got {request.guidance:g}).")
+        raise InvalidRequest(code="rules.guidance", low=MIN_GUIDANCE, high=MAX_GUIDANCE, guidance=request.guidance)
     if not 1 <= request.count <= MAX_IMAGES_PER_JOB:
-        raise InvalidRequest(f"You can ask for 1 to {MAX_IMAGES_PER_JOB} images at a time (got {request.count}).")
+        raise InvalidRequest(code="rules.count", high=MAX_IMAGES_PER_JOB, count=request.count)
     if request.seed is not None and not 0 <= request.seed <= MAX_SEED:
-        raise InvalidRequest(f"The seed must be from 0 to {MAX_SEED} (got {request.seed}).")
-    for label, text in (("prompt", request.prompt), ("negative prompt", request.negative_prompt)):
-        if len(text) > MAX_PROMPT_CHARS:
-            raise InvalidRequest(f"The {label} is too long: keep it under {MAX_PROMPT_CHARS} characters.")
-        if limits.count_tokens is not None and text:
-            tokens = limits.count_tokens(text)
-            if tokens > limits.max_prompt_tokens:
-                raise InvalidRequest(
-                    f"The {label} is too long ({tokens} tokens): keep it under {limits.max_prompt_tokens} tokens."
-                )
+        raise InvalidRequest(code="rules.seed", high=MAX_SEED, seed=request.seed)
+    count, limit = limits.count_tokens, limits.max_prompt_tokens
+    if len(request.prompt) > MAX_PROMPT_CHARS:
+        raise InvalidRequest(code="rules.prompt_chars", limit=MAX_PROMPT_CHARS)
+    if count is not None and request.prompt and (tokens := count(request.prompt)) > limit:
+        raise InvalidRequest(code="rules.prompt_tokens", tokens=tokens, limit=limit)
+    if len(request.negative_prompt) > MAX_PROMPT_CHARS:
+        raise InvalidRequest(code="rules.negative_chars", limit=MAX_PROMPT_CHARS)
+    if count is not None and request.negative_prompt and (tokens := count(request.negative_prompt)) > limit:
+        raise InvalidRequest(code="rules.negative_tokens", tokens=tokens, limit=limit)
 
 
 # The hires pass (Upscale without an upscaler model) re-runs the last 35% of the schedule at the larger
@@ -180,7 +206,7 @@ def fit_size(width: int, height: int, limits: ModelLimits) -> tuple[int, int]:
     the smallest valid size). An aspect the model cannot make (beyond 4:1 for CogView4) is cropped to the
     nearest one it can."""
     if width < 1 or height < 1:
-        raise InvalidRequest(f"The image has no pixels ({width}×{height}).")
+        raise InvalidRequest(code="rules.no_pixels", width=width, height=height)
     target_ratio = math.log(width / height)
     target_area = min(width * height, limits.max_area)
     sizes = range(limits.min_size, limits.max_size + 1, limits.multiple)

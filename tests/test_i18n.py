@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+from dataclasses import replace
 from pathlib import Path
 
 import discord
@@ -11,8 +13,38 @@ from discord import app_commands
 from cogs.utils.checks import Refused
 from cogs.utils.errors import user_message
 from cogs.utils.i18n import CATALOGUE, EN, LANGUAGES, NAME_RULE, ZH, Translator, fields_of, msg, t
+from cogs.utils.notices import compose
+from cogs.utils.reports import status_report
+from cogs.utils.status import Snapshot, engine_note, snapshot, status_text
+from cogs.utils.views import result_view
+from db.models import (
+    ADMIN_CANCEL,
+    CRASH_ERROR,
+    PURGED,
+    QUEUE_TEXTS,
+    RESUMED_WORKER_LOST,
+    CooldownActive,
+    Job,
+    JobNotFound,
+    JobRequest,
+    JobState,
+    Notice,
+    NoticeKind,
+    QueueError,
+    QueueFull,
+    QueueStats,
+    QuotaExceeded,
+    Requester,
+    StorageFull,
+    UserQueueFull,
+)
+from db.results import FolderResults
+from engine.rules import RULE_TEXTS, InvalidRequest
+from engine.types import EngineState, EngineStatus
 from tests.conftest import World
 from tests.e2e.harness import ephemeral_reply, queued_reply, running_bot, settings_for
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_every_key_has_both_languages_with_the_same_fields() -> None:
@@ -190,3 +222,254 @@ async def test_channel_refusal_in_chinese(world: World, tiny_model: Path, tmp_pa
         zh_text, en_text = await ephemeral_reply(zh), await ephemeral_reply(en)
     assert zh_text == f"只能在 <#{world.other_channel.id}> 中生成图片。请到那里再试。"
     assert en_text == f"Images are made only in <#{world.other_channel.id}>. Try again there."
+
+
+# --- error codes of the queue and the request rules ------------------------------------------------------
+
+CODED_SOURCES = [
+    *sorted((ROOT / "db").rglob("*.py")),
+    ROOT / "engine" / "rules.py",
+    *sorted((ROOT / "cogs").rglob("*.py")),
+]
+
+
+def raised_codes() -> dict[str, str]:
+    """Every error code written in the product: a ``code=`` argument or a class's ``code = ...`` → where."""
+    found: dict[str, str] = {}
+    for path in CODED_SOURCES:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            values: list[ast.expr] = []
+            if isinstance(node, ast.Call):
+                values = [kw.value for kw in node.keywords if kw.arg == "code"]
+            elif isinstance(node, ast.ClassDef):
+                values = [
+                    stmt.value
+                    for stmt in node.body
+                    if isinstance(stmt, ast.Assign) and [getattr(t, "id", None) for t in stmt.targets] == ["code"]
+                ]
+            for value in values:
+                where = f"{path.relative_to(ROOT)}:{value.lineno}"
+                assert isinstance(value, ast.Constant) and isinstance(value.value, str), f"{where}: a literal code"
+                found[value.value] = where
+    return found
+
+
+def test_every_raised_error_code_has_both_languages_and_none_is_left_over() -> None:
+    raised = raised_codes()
+    assert {"queue.full", "queue.cooldown", "job.not_found", "rules.steps", "rules.area"} <= set(raised)
+    for code, where in raised.items():
+        assert code in CATALOGUE, f"{where}: {code} has no catalogue entry"
+    assert set(QUEUE_TEXTS) | set(RULE_TEXTS) == set(raised)  # no English text that nothing raises
+    for code in raised:
+        english = {**QUEUE_TEXTS, **RULE_TEXTS}[code]
+        assert CATALOGUE[code] == {EN: english, ZH: CATALOGUE[code][ZH]}
+        assert fields_of(CATALOGUE[code][ZH]) == fields_of(english), code
+
+
+CODED = [
+    (
+        QueueFull(3),
+        "The queue is full (3 jobs waiting). Try again in a few minutes.",
+        "队列已满（3 个任务在等待）。请几分钟后再试。",
+    ),
+    (
+        UserQueueFull(2, 2),
+        "You already have 2 job(s) waiting (the limit is 2). Wait for one to finish, or /cancel one.",
+        "你已有 2 个任务在排队（上限 2 个）。请等其中一个完成，或用 /cancel 取消一个。",
+    ),
+    (CooldownActive(19.2), "You're going a bit fast: try again in 20 s.", "操作太快了：请 20 秒后再试。"),
+    (
+        QuotaExceeded(5, 5, 1_900_000_000.5),
+        "You have used 5 of your 5 images for today (UTC). More from <t:1900000000:R>.",
+        "今天（UTC）你已使用 5 张中的 5 张。额度将于 <t:1900000000:R>恢复。",
+    ),
+    (
+        StorageFull(),
+        "The bot's disk is full, so this could not be saved. Try again later; the bot owner needs to free space.",
+        "机器人的磁盘已满，无法保存。请稍后再试；需要机器人管理者释放空间。",
+    ),
+    (JobNotFound(job=9), "There is no job #9.", "没有任务 #9。"),
+    (
+        QueueError(code="job.finished", job=9, state=JobState.CANCELLED),
+        "Job #9 has already finished (cancelled).",
+        "任务 #9 已经结束（已取消）。",
+    ),
+    (
+        InvalidRequest(code="rules.area", width=2048, height=2048, max_area=2_097_152, native=1024),
+        "2048×2048 is too many pixels for this model: keep width × height ≤ 2,097,152 "
+        "(e.g. 1024×1024 or an --ar aspect).",
+        "2048×2048 的像素对此模型太多：请保持 宽 × 高 ≤ 2,097,152（例如 1024×1024，或用 --ar 指定比例）。",
+    ),
+    (
+        InvalidRequest(code="rules.guidance", low=0.0, high=20.0, guidance=50.0),
+        "Guidance must be from 0 to 20 (got 50).",
+        "引导强度必须在 0 到 20 之间（当前为 50）。",
+    ),
+]
+
+
+@pytest.mark.parametrize(("error", "english", "chinese"), CODED, ids=lambda v: getattr(v, "code", None) or "")
+def test_coded_errors_keep_their_english_and_are_shown_in_chinese(error: Exception, english: str, chinese: str) -> None:
+    assert str(error) == english
+    assert user_message(error, discord.Locale.american_english) == english
+    assert user_message(error, "fr") == english
+    assert user_message(error, discord.Locale.chinese) == chinese
+
+
+def test_numbers_stay_on_the_error_and_a_plain_sentence_stays_uncoded() -> None:
+    full, quota = QueueFull(3), QuotaExceeded(4, 5, 100.0)
+    assert (full.code, full.limit, full.fields) == ("queue.full", 3, {"limit": 3})
+    assert (quota.used, quota.quota, quota.resets_at) == (4, 5, 100.0)
+    plain = QueueError("The queue database is not open.")
+    assert plain.code is None and str(plain) == "The queue database is not open."
+    assert user_message(plain, discord.Locale.chinese) == "The queue database is not open."  # English only
+    assert user_message(JobNotFound(msg("job.gone", job=3)), discord.Locale.chinese) == "任务 #3 已不存在。"
+
+
+# --- every key the cogs name exists, and every entry is used -----------------------------------------------
+
+DYNAMIC_PREFIXES = ("cmd.", "button.", "state.", "kind.", "reason.")  # found by name at run time
+
+
+def used_keys() -> dict[str, str]:
+    """Literal keys passed to t() and msg() anywhere in cogs/ → where."""
+    found: dict[str, str] = {}
+    for path in sorted((ROOT / "cogs").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("t", "msg") and node.args:
+                first = node.args[0]
+                if isinstance(first, ast.Constant) and isinstance(first.value, str):
+                    found[first.value] = f"{path.relative_to(ROOT)}:{node.lineno}"
+                elif isinstance(first, ast.IfExp):
+                    for branch in (first.body, first.orelse):
+                        assert isinstance(branch, ast.Constant), f"{path}:{node.lineno}"
+                        found[branch.value] = f"{path.relative_to(ROOT)}:{node.lineno}"
+    return found
+
+
+def test_every_key_used_exists_and_every_entry_is_used() -> None:
+    used = used_keys()
+    missing = [f"{where}: {key}" for key, where in used.items() if key not in CATALOGUE]
+    assert not missing, missing
+    unused = [
+        key
+        for key in CATALOGUE
+        if key not in used and key not in raised_codes() and not key.startswith(DYNAMIC_PREFIXES)
+    ]
+    assert not unused, unused
+
+
+# --- a job's posts in the language it stores -------------------------------------------------------------
+
+
+def a_job(locale: str | None, state: JobState = JobState.QUEUED, **changes: object) -> Job:
+    values: dict[str, object] = {
+        "id": 7,
+        "requester": Requester(user_id=42, channel_id=5, guild_id=6, locale=locale),
+        "request": JobRequest(prompt="一只猫", width=64, height=64, steps=10, guidance=3.5, count=2, seed=5),
+        "state": state,
+        "attempts": 0,
+        "created_at": 1_700_000_000.0,
+        "kind": "reroll",
+        "parent_job_id": 3,
+    }
+    values.update(changes)
+    return Job(**values)  # type: ignore[arg-type]
+
+
+def test_status_message_in_the_jobs_language() -> None:
+    queued = a_job("zh-CN")
+    note = engine_note(
+        EngineStatus(
+            state=EngineState.LOADING,
+            requested_mode="auto",
+            plan=None,
+            plan_note=None,
+            load_message="Loading transformer",
+            load_fraction=0.4,
+            device_name="CPU",
+            free_vram_gib=None,
+            step_s=None,
+            jobs_done=0,
+            jobs_failed=0,
+            started_at=0.0,
+        )
+    )
+    snap = snapshot(queued, position=2, note=note, paused=False)
+    assert status_text(queued, snap, eta_s=90, now=1000.0) == (
+        "已排队 #7 — 第 2 位，约 2 分钟（<t:1090:R>）\n"
+        "图像引擎正在预热（Loading transformer，40%）；准备好后就开始你的任务。\n"
+        "> 一只猫\n-# 2 张 · 64×64 · 10 步 · 引导强度 3.5 · 种子 5–6"
+    )
+    english = a_job("en-US")
+    assert status_text(english, snap, eta_s=90, now=1000.0).startswith(
+        "Queued as #7 — position 2, about 2 min (<t:1090:R>)\nThe image engine is warming up (Loading transformer, 40%)"
+    )
+    running = a_job("zh-CN", JobState.RUNNING, progress_step=3, progress_total=10)
+    text = status_text(running, snapshot(running, position=None, note=None, paused=False), eta_s=100, now=0)
+    assert text.startswith("#7 — 生成中：`▰▰▰▰▱▱▱▱▱▱▱▱` 3/10 步，还需约 2 分钟（<t:100:R>）\n")
+    crashed = a_job("zh-CN", JobState.FAILED, error=CRASH_ERROR.format(n=3))
+    assert status_text(crashed, Snapshot(JobState.FAILED), eta_s=None, now=0).startswith(
+        "#7 — 失败：已导致工作机崩溃 3 次\n"
+    )
+    purged = a_job("zh-CN", JobState.CANCELLED, error=PURGED)
+    assert status_text(purged, Snapshot(JobState.CANCELLED), eta_s=None, now=0).startswith(
+        "#7 — 已取消（被管理员移出队列）。\n"
+    )
+
+
+async def test_notices_in_the_jobs_language(tmp_path: Path) -> None:
+    results = FolderResults(tmp_path)
+    done = a_job("zh-CN", JobState.DONE, seed_used=5, request=replace(a_job(None).request, negative_prompt="文字"))
+    done = replace(done, result_paths=await results.save(done.id, [b"png"]))
+    post = await compose(Notice(1, NoticeKind.RESULT, done, 0), results)
+    assert post.content == (
+        "<@42> 这是 **#7**（#3 的重新生成）\n> 一只猫\n-# 2 张 · 64×64 · 10 步 · 引导强度 3.5 · 种子 5–6\n-# 排除：文字"
+    )
+    assert post.locale == "zh-CN" and post.buttons_for == 7
+    english = await compose(Notice(1, NoticeKind.RESULT, replace(done, requester=a_job("en-GB").requester), 0), results)
+    assert english.content.startswith("<@42> here is **#7** (reroll of #3)\n> 一只猫\n-# 2 images · 64×64 · 10 steps")
+    failed = a_job("zh-CN", JobState.FAILED)
+    crashed = await compose(Notice(2, NoticeKind.FAILED, failed, 0, CRASH_ERROR.format(n=3)), results)
+    assert crashed.content == "<@42> 任务 #7 失败：已导致工作机崩溃 3 次\n> 一只猫"
+    traced = await compose(
+        Notice(2, NoticeKind.FAILED, failed, 0, 'Traceback (most recent call last):\n  File "x"'), results
+    )
+    assert traced.content == "<@42> 任务 #7 失败：生成时出错了。请重试；如果一直出错，请告诉机器人的管理者。\n> 一只猫"
+    cancelled = await compose(Notice(3, NoticeKind.CANCELLED, a_job("zh-CN"), 0, ADMIN_CANCEL), results)
+    assert cancelled.content == "<@42> 你的任务 #7 已被取消（被管理员取消）。\n> 一只猫"
+    lost = await compose(Notice(4, NoticeKind.RESUMED, a_job("zh-CN"), 0, RESUMED_WORKER_LOST), results)
+    assert lost.content == "<@42> 正在生成你的任务 #7 的 GPU 工作机停止了；任务已重新排队。"
+    missing = await compose(Notice(5, NoticeKind.RESULT, replace(done, result_paths=[]), 0), results)
+    assert missing.content.startswith("<@42> 任务 #7 已完成，但它的图片文件已不在机器人的磁盘上")
+
+
+def test_result_buttons_are_labelled_in_the_posts_language() -> None:
+    chinese = [item.item.label for item in result_view(7, "zh-CN").children]  # type: ignore[attr-defined]
+    english = [item.item.label for item in result_view(7).children]  # type: ignore[attr-defined]
+    assert chinese == ["重新生成", "变体", "信息", "删除", "轻微变化", "大幅变化", "重混", "放大"]
+    assert english == ["Re-roll", "Variations", "Info", "Delete", "Vary (Subtle)", "Vary (Strong)", "Remix", "Upscale"]
+
+
+def test_admin_reports_in_the_admins_language() -> None:
+    engine = EngineStatus(
+        state=EngineState.READY,
+        requested_mode="auto",
+        plan="bf16_resident",
+        plan_note=None,
+        load_message="",
+        load_fraction=1.0,
+        device_name="CPU",
+        free_vram_gib=None,
+        step_s=1.5,
+        jobs_done=3,
+        jobs_failed=1,
+        started_at=0.0,
+    )
+    stats = QueueStats(queued=2, running=1, done=4, failed=0, cancelled=1, paused=True)
+    zh = status_report(engine, stats, uptime_s=7200, locale="zh-CN")
+    assert "**速度：** 原生尺寸下 1.50 秒/步" in zh and "**运行时间：** 2.0 小时" in zh
+    assert "**队列：** 2 个等待，1 个运行中 · 累计 4 个完成，0 个失败，1 个取消 · **已暂停**" in zh
+    assert "**Queue:** 2 waiting, 1 running · all time 4 done, 0 failed, 1 cancelled · **paused**" in status_report(
+        engine, stats, uptime_s=7200
+    )

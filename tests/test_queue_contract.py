@@ -697,6 +697,30 @@ async def test_enqueue_stores_every_field(queue: JobQueue) -> None:
     assert await queue.get_job(999) is None
 
 
+async def test_requester_locale_round_trips_to_the_jobs_posts(queue: JobQueue) -> None:
+    """The locale a job was asked in comes back on the job and on its notices (its posts are written in it)."""
+    chinese = await queue.enqueue(replace(who(1), locale="zh-CN"), what("一只猫"))
+    english = await queue.enqueue(replace(who(2), locale="en-US"), what())
+    unknown = await queue.enqueue(who(3), what())  # as jobs queued before the column existed
+    assert [(await must_get(queue, e.job_id)).requester.locale for e in (chinese, english, unknown)] == [
+        "zh-CN",
+        "en-US",
+        None,
+    ]
+    job = await must_claim(queue)
+    assert job.requester == replace(who(1), locale="zh-CN")
+    assert await queue.fail(job.id, WORKER, "boom")
+    (notice,) = await queue.pending_notices()
+    assert (notice.kind, notice.job.requester.locale) == (NoticeKind.FAILED, "zh-CN")
+    assert [j.requester.locale for j in await queue.active_jobs()] == ["en-US", None]
+
+
+@pytest.mark.parametrize("locale", ["", "x" * 17, 5])
+def test_requester_locale_must_be_a_short_name(locale: object) -> None:
+    with pytest.raises(InvalidJob, match="locale must be a short locale name"):
+        Requester(user_id=1, channel_id=2, locale=locale)  # type: ignore[arg-type]
+
+
 async def test_image_input_fields_round_trip(queue: JobQueue) -> None:
     digest = "ab" * 32
     img2img = what("from my picture", start_image=digest, strength=0.35)

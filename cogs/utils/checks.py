@@ -65,9 +65,9 @@ def is_admin_for(interaction: discord.Interaction, settings: Settings, guild_id:
 
 def require_admin(interaction: discord.Interaction, settings: Settings) -> None:
     if interaction.guild_id is None:
-        raise NotAdmin("Admin commands work in a server, not in direct messages.")
+        raise NotAdmin(msg("check.admin_dm"))
     if not is_admin(interaction, settings):
-        raise NotAdmin("This command is for server admins (Manage Server permission or an admin role).")
+        raise NotAdmin(msg("check.admin_only"))
 
 
 def admin_only() -> Any:

@@ -1,8 +1,8 @@
 """One place that turns failures into short private replies, for slash commands and buttons alike.
 
 Known failures (queue limits, invalid input, refused checks) carry a message written for
-the user; anything else is logged with the job id and the user gets a generic line,
-never a traceback.
+the user, shown in the user's language when it has a catalogue code or key (cogs.utils.i18n);
+anything else is logged with the job id and the user gets a generic line, never a traceback.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def user_message(error: BaseException, locale: discord.Locale | str | None = Non
     if isinstance(error, app_commands.TransformerError):
         return t("error.bad_value", locale, value=quote(str(error.value), 60))
     if isinstance(error, app_commands.CommandOnCooldown):
-        return t("error.cooldown", locale, seconds=f"{error.retry_after:.0f}")
+        return t("queue.cooldown", locale, seconds=f"{error.retry_after:.0f}")
     if isinstance(error, app_commands.NoPrivateMessage):
         return t("error.no_dm", locale)
     if isinstance(error, app_commands.CheckFailure):

@@ -13,6 +13,7 @@ import math
 import re
 from dataclasses import dataclass
 
+from cogs.utils.i18n import msg
 from cogs.utils.text import quote
 from engine.rules import ASPECTS
 
@@ -39,11 +40,10 @@ _EXAMPLES = {
     "count": "--count 2",
     "strength": "--strength 0.6",
 }
-FLAG_HELP = "--ar, --seed, --no, --steps, --guidance, --count, --strength (with an image)"
 
 
 class FlagError(ValueError):
-    """A malformed flag; the message says what to type instead."""
+    """A malformed flag; the message (a catalogue text, shown in the user's language) says what to type instead."""
 
 
 @dataclass(frozen=True)
@@ -72,37 +72,34 @@ def parse_flags(text: str) -> ParsedPrompt:
         raw = text[match.end() : end].strip()
         key = _ALIASES.get(name)
         if key is None:
-            raise FlagError(f"Unknown flag --{name}. The flags are: {FLAG_HELP}.")
+            raise FlagError(msg("flag.unknown", name=name, flags=msg("flag.help")))
         if key in values:
-            raise FlagError(f"--{name} is given twice: keep one.")
+            raise FlagError(msg("flag.twice", name=name))
         values[key] = _value(key, name, raw)
     return ParsedPrompt(prompt=text[: matches[0].start()].strip(), **values)  # type: ignore[arg-type]
 
 
 def _value(key: str, name: str, raw: str) -> object:
     if not raw:
-        raise FlagError(f"--{name} needs a value, e.g. {_EXAMPLES[key]}.")
+        raise FlagError(msg("flag.needs_value", name=name, example=_EXAMPLES[key]))
     if key == "negative":
         return raw
     if len(raw.split()) > 1:
-        raise FlagError(
-            f"--{name} takes one value, e.g. {_EXAMPLES[key]} (got “{_short(raw)}”). "
-            "Put the flags after the prompt text."
-        )
+        raise FlagError(msg("flag.one_value", name=name, example=_EXAMPLES[key], got=_short(raw)))
     if key == "aspect":
         if raw not in ASPECTS:
-            raise FlagError(f"--{name} {_short(raw)} isn't supported: use one of {', '.join(ASPECTS)}.")
+            raise FlagError(msg("flag.aspect", name=name, got=_short(raw), aspects=", ".join(ASPECTS)))
         return raw
     if key in ("guidance", "strength"):
         try:
             number = float(raw)
         except ValueError:
-            raise FlagError(f"--{name} needs a number, e.g. {_EXAMPLES[key]} (got “{_short(raw)}”).") from None
+            raise FlagError(msg("flag.number", name=name, example=_EXAMPLES[key], got=_short(raw))) from None
         if not math.isfinite(number):
-            raise FlagError(f"--{name} needs a finite number, e.g. {_EXAMPLES[key]}.")
+            raise FlagError(msg("flag.finite", name=name, example=_EXAMPLES[key]))
         return number
     if not re.fullmatch(r"[+-]?\d+", raw):
-        raise FlagError(f"--{name} needs a whole number, e.g. {_EXAMPLES[key]} (got “{_short(raw)}”).")
+        raise FlagError(msg("flag.whole", name=name, example=_EXAMPLES[key], got=_short(raw)))
     return int(raw)
 
 

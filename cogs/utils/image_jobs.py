@@ -28,6 +28,7 @@ import discord
 
 from cogs.utils.checks import Refused, require_allowed_channel, require_allowed_role
 from cogs.utils.host import Host
+from cogs.utils.i18n import Locale, msg, t
 from cogs.utils.images import fetch_attachment, store_start_image
 from cogs.utils.submit import check_request, enqueue_limits, queued_status, requester_of
 from cogs.utils.text import NO_MENTIONS
@@ -52,7 +53,7 @@ ImageSource = Callable[[], Awaitable[bytes]]
 
 def check_strength(value: float) -> float:
     if not isinstance(value, int | float) or not math.isfinite(value) or not MIN_STRENGTH <= value <= 1:
-        raise InvalidJob(f"Strength must be from {MIN_STRENGTH} to 1 (lower keeps more of the image).")
+        raise InvalidJob(msg("image.strength", low=MIN_STRENGTH))
     return float(value)
 
 
@@ -97,7 +98,7 @@ async def submit_image_job(
     interaction.extras["job_id"] = job_id
     snap, text = queued_status(bot, job_id, requester, request, enqueued, kind)
     try:
-        await interaction.edit_original_response(content=f"Got the image: it is job #{job_id}, status below.")
+        await interaction.edit_original_response(content=t("image.got", interaction.locale, job=job_id))
         message = await interaction.followup.send(text, wait=True, allowed_mentions=NO_MENTIONS)
     except (discord.HTTPException, aiohttp.ClientError, OSError) as exc:
         log.warning("Could not post the status of job #%s (%s); it stays queued", job_id, exc)
@@ -111,9 +112,9 @@ async def submit_image_job(
 async def finished_job(bot: Host, job_id: int) -> Job:
     job = await bot.queue.get_job(job_id)
     if job is None:
-        raise JobNotFound(f"Job #{job_id} no longer exists.")
+        raise JobNotFound(msg("job.gone", job=job_id))
     if job.state is not JobState.DONE or job.seed_used is None:
-        raise QueueError(f"Job #{job_id} has no finished images to start from.")
+        raise QueueError(msg("job.no_images", job=job_id))
     return job
 
 
@@ -124,7 +125,7 @@ def result_image(bot: Host, job: Job) -> ImageSource:
         try:
             return (await bot.queue.results.read(job))[0].data
         except FileNotFoundError:
-            raise QueueError(f"The images of #{job.id} are no longer kept.") from None
+            raise QueueError(msg("image.not_kept", job=job.id)) from None
 
     return load
 
@@ -161,7 +162,7 @@ async def remix(bot: Host, interaction: discord.Interaction, job_id: int, prompt
     """The modal's submit: a vary of the result with the edited prompts."""
     parent = await finished_job(bot, job_id)
     if not prompt.strip():
-        raise InvalidJob("The prompt is empty: describe the image you want.")
+        raise InvalidJob(code="request.empty_prompt")
     request = _from_result(parent, prompt=prompt.strip(), negative_prompt=negative.strip())
     await submit_image_job(
         bot,
@@ -175,14 +176,15 @@ async def remix(bot: Host, interaction: discord.Interaction, job_id: int, prompt
 
 
 class RemixModal(discord.ui.Modal):
-    """Prompt and negative prompt, prefilled; the submit is handled by `cogs.buttons` from the custom_id alone,
-    so it still works after a restart (this class has no on_submit of its own)."""
+    """Prompt and negative prompt, prefilled, titled in the clicker's language; the submit is handled by
+    `cogs.buttons` from the custom_id alone, so it still works after a restart (this class has no on_submit)."""
 
-    def __init__(self, job: Job) -> None:
-        super().__init__(title=f"Remix #{job.id}"[:45], custom_id=remix_modal_id(job.id), timeout=MODAL_TIMEOUT_S)
+    def __init__(self, job: Job, locale: Locale = None) -> None:
+        title = t("remix.title", locale, job=job.id)[:45]
+        super().__init__(title=title, custom_id=remix_modal_id(job.id), timeout=MODAL_TIMEOUT_S)
         self.add_item(
             discord.ui.TextInput(
-                label="Prompt",
+                label=t("remix.prompt", locale),
                 custom_id="prompt",
                 style=discord.TextStyle.paragraph,
                 default=job.request.prompt[:MAX_PROMPT_CHARS],
@@ -192,7 +194,7 @@ class RemixModal(discord.ui.Modal):
         )
         self.add_item(
             discord.ui.TextInput(
-                label="Negative prompt",
+                label=t("remix.negative", locale),
                 custom_id="negative",
                 style=discord.TextStyle.paragraph,
                 default=job.request.negative_prompt[:MAX_PROMPT_CHARS] or None,
@@ -211,7 +213,7 @@ async def open_remix(bot: Host, interaction: discord.Interaction, job_id: int) -
     parent = await finished_job(bot, job_id)
     require_allowed_channel(interaction, bot.settings)
     require_allowed_role(interaction, bot.settings)
-    await interaction.response.send_modal(RemixModal(parent))
+    await interaction.response.send_modal(RemixModal(parent, interaction.locale))
 
 
 def modal_values(data: Any) -> dict[str, str]:
@@ -230,7 +232,7 @@ async def vary_message(bot: Host, interaction: discord.Interaction, message: dis
     resolved it in this interaction (never a URL from the message text)."""
     attachment = next((a for a in message.attachments if a.filename.lower().endswith(IMAGE_TYPES)), None)
     if attachment is None:
-        raise Refused("That message has no PNG, JPEG or WebP image to vary.")
+        raise Refused(msg("image.none_to_vary"))
     settings, limits = bot.settings, bot.engine.limits
     request = JobRequest(
         prompt=CONTEXT_PROMPT,

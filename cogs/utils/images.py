@@ -22,6 +22,7 @@ import discord
 from PIL import Image, ImageOps
 
 from cogs.utils.checks import Refused
+from cogs.utils.i18n import msg
 from db.interface import JobQueue
 from settings import Settings
 
@@ -29,7 +30,7 @@ DISCORD_CDN_HOSTS = frozenset({"cdn.discordapp.com", "media.discordapp.net"})
 FETCH_TIMEOUT_S = 20.0
 _CHUNK = 64 * 1024
 _MAGIC = {"PNG": (b"\x89PNG\r\n\x1a\n",), "JPEG": (b"\xff\xd8\xff",)}
-UNREADABLE = "That file isn't a readable PNG, JPEG or WebP image."
+UNREADABLE = msg("image.unreadable")
 
 
 class ImageRefused(Refused):
@@ -43,15 +44,15 @@ def sniff_format(data: bytes) -> str:
     for name, prefixes in _MAGIC.items():
         if data.startswith(prefixes):
             return name
-    raise ImageRefused("Only PNG, JPEG or WebP images can be used.")
+    raise ImageRefused(msg("image.format"))
 
 
 def normalise(data: bytes, *, max_bytes: int, max_pixels: int) -> bytes:
     """Decode hostile bytes into a clean 8-bit RGB PNG, or raise ImageRefused. CPU-bound: run it in a thread."""
     if not data:
-        raise ImageRefused("That image is empty.")
+        raise ImageRefused(msg("image.empty"))
     if len(data) > max_bytes:
-        raise ImageRefused(f"That image is over {max_bytes / 2**20:.0f} MB.")
+        raise ImageRefused(msg("image.over_mb", mb=f"{max_bytes / 2**20:.0f}"))
     kind = sniff_format(data)
     try:
         with warnings.catch_warnings():
@@ -61,14 +62,14 @@ def normalise(data: bytes, *, max_bytes: int, max_pixels: int) -> bytes:
                 if width < 1 or height < 1:
                     raise ImageRefused(UNREADABLE)
                 if width * height > max_pixels:
-                    raise ImageRefused(f"That image is too large ({width}×{height}); at most {max_pixels:,} pixels.")
+                    raise ImageRefused(msg("image.pixels", width=width, height=height, limit=max_pixels))
                 image.seek(0)  # an animation: its first frame
                 image.load()
                 return _to_png(_to_rgb(ImageOps.exif_transpose(image)))
     except ImageRefused:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning, MemoryError):
-        raise ImageRefused("That image is too large to read.") from None
+        raise ImageRefused(msg("image.too_large")) from None
     except Exception:  # Pillow raises many kinds on damaged files (OSError, ValueError, SyntaxError, …)
         raise ImageRefused(UNREADABLE) from None
 
@@ -108,12 +109,12 @@ async def fetch_attachment(attachment: discord.Attachment, settings: Settings) -
     """The attachment's bytes from Discord: its own URL only, no redirects, capped while streaming."""
     max_bytes = int(settings.max_input_mb * 2**20)
     if attachment.size > max_bytes:
-        raise ImageRefused(f"That image is over {settings.max_input_mb:g} MB.")
+        raise ImageRefused(msg("image.over_mb", mb=f"{settings.max_input_mb:g}"))
     url = urlsplit(attachment.url)
     if url.hostname not in allowed_hosts(settings) or url.scheme not in ("https", "http"):
-        raise ImageRefused("Only images uploaded to Discord can be used.")
+        raise ImageRefused(msg("image.not_discord"))
     if url.scheme == "http" and url.hostname in DISCORD_CDN_HOSTS:
-        raise ImageRefused("Only images uploaded to Discord can be used.")
+        raise ImageRefused(msg("image.not_discord"))
     timeout = aiohttp.ClientTimeout(total=FETCH_TIMEOUT_S)
     try:
         async with (
@@ -121,15 +122,15 @@ async def fetch_attachment(attachment: discord.Attachment, settings: Settings) -
             session.get(attachment.url, allow_redirects=False) as response,
         ):
             if response.status != 200:
-                raise ImageRefused("Discord did not hand over that image; upload it again.")
+                raise ImageRefused(msg("image.not_handed"))
             data = bytearray()
             async for chunk in response.content.iter_chunked(_CHUNK):
                 data += chunk
                 if len(data) > max_bytes:
-                    raise ImageRefused(f"That image is over {settings.max_input_mb:g} MB.")
+                    raise ImageRefused(msg("image.over_mb", mb=f"{settings.max_input_mb:g}"))
             return bytes(data)
     except (aiohttp.ClientError, TimeoutError):
-        raise ImageRefused("Could not download that image from Discord; try again.") from None
+        raise ImageRefused(msg("image.download")) from None
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,11 @@
-"""Text of the admin reports (/status, /memory), as pure functions of what the engine and queue say."""
+"""Text of the admin reports (/status, /memory), as pure functions of what the engine and queue say, in the
+admin's language (what the engine and the plan table say of themselves stays as they word it)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from cogs.utils.i18n import Locale, t
 from cogs.utils.text import clip, seconds_text
 from db.models import QueueStats
 from db.workers import WorkerInfo
@@ -13,77 +15,105 @@ from engine.types import EngineState, EngineStatus, PlanRow
 OFFLINE = frozenset({"offline", "stopped", "failed"})
 
 
-def status_report(engine: EngineStatus, stats: QueueStats, *, uptime_s: float) -> str:
-    lines = [f"**Engine:** {engine.state.value} on {engine.device_name}"]
+def status_report(engine: EngineStatus, stats: QueueStats, *, uptime_s: float, locale: Locale = None) -> str:
+    lines = [t("report.engine", locale, state=engine.state.value, device=engine.device_name)]
     if engine.state in (EngineState.STARTING, EngineState.LOADING):
-        lines.append(f"**Warming up:** {engine.load_message} ({engine.load_fraction:.0%})")
+        lines.append(t("report.warming", locale, message=engine.load_message, fraction=engine.load_fraction))
     if engine.error:
-        lines.append(f"**Error:** {engine.error}")
-    plan = engine.plan or "not loaded yet"
-    mode = f" (asked: {engine.requested_mode})" if engine.requested_mode != engine.plan else ""
-    lines.append(f"**Plan:** {plan}{mode}")
+        lines.append(t("report.error", locale, error=engine.error))
+    plan = engine.plan or t("report.not_loaded", locale)
+    mode = t("report.asked", locale, mode=engine.requested_mode) if engine.requested_mode != engine.plan else ""
+    lines.append(t("report.plan", locale, plan=plan, mode=mode))
     if engine.plan_note:
         lines.append(f"-# {engine.plan_note}")
     if engine.free_vram_gib is not None:
-        lines.append(f"**Free VRAM:** {engine.free_vram_gib:.1f} GiB")
-    speed = f"{engine.step_s:.2f} s/step at the native size" if engine.step_s else "not measured yet"
-    lines.append(f"**Speed:** {speed}")
-    lines.append(f"**Jobs since start:** {engine.jobs_done} done, {engine.jobs_failed} failed")
-    running = f" (#{engine.current_job} now)" if engine.current_job is not None else ""
+        lines.append(t("report.free_vram", locale, gib=engine.free_vram_gib))
+    if engine.step_s:
+        speed = t("report.native_speed", locale, step_s=engine.step_s)
+    else:
+        speed = t("report.not_measured", locale)
+    lines.append(t("report.speed", locale, speed=speed))
+    lines.append(t("report.jobs", locale, done=engine.jobs_done, failed=engine.jobs_failed))
+    current = t("report.current", locale, job=engine.current_job) if engine.current_job is not None else ""
     lines.append(
-        f"**Queue:** {stats.queued} waiting, {stats.running} running{running} · all time {stats.done} done, "
-        f"{stats.failed} failed, {stats.cancelled} cancelled" + (" · **paused**" if stats.paused else "")
+        t(
+            "report.queue",
+            locale,
+            queued=stats.queued,
+            running=stats.running,
+            current=current,
+            done=stats.done,
+            failed=stats.failed,
+            cancelled=stats.cancelled,
+            paused=t("report.paused", locale) if stats.paused else "",
+        )
     )
-    lines.append(f"**Uptime:** {seconds_text(uptime_s)}")
+    lines.append(t("report.uptime", locale, uptime=seconds_text(uptime_s, locale)))
     return clip("\n".join(lines))
 
 
-def workers_report(workers: Sequence[WorkerInfo], *, now: float) -> str:
+def workers_report(workers: Sequence[WorkerInfo], *, now: float, locale: Locale = None) -> str:
     """One line per GPU worker (QUEUE_BACKEND=postgres): where, which GPU and plan, busy or idle, speed.
 
     The workers come with the truth already decided (a silent one is ``offline``, a busy one's job is still
     its own), so this only words it; ``now`` dates "last seen"."""
     if not workers:
-        return "**GPU workers:** none has connected yet: run `python -m engine worker` on a GPU machine."
+        return t("report.no_workers", locale)
     online = [w for w in workers if w.state not in OFFLINE]
-    lines = [f"**GPU workers:** {len(online)} of {len(workers)} online"]
+    lines = [t("report.workers", locale, online=len(online), total=len(workers))]
     for w in workers:
         if w.state in OFFLINE:
-            state = f"offline (last seen {seconds_text(max(0.0, now - w.last_seen))} ago)"
+            state = t("report.offline", locale, ago=seconds_text(max(0.0, now - w.last_seen), locale))
         elif w.state == "busy":
-            state = f"busy (#{w.current_job})" if w.current_job else "busy"
+            state = t("report.busy_with", locale, job=w.current_job) if w.current_job else t("report.busy", locale)
         else:
-            state = "idle" if w.state == "ready" else w.state
-        speed = f"{w.step_s:.2f} s/step" if w.step_s else "speed not measured yet"
-        size = f", up to {w.max_area / 2**20:.1f} MP" if w.max_area and w.max_area >= 2**20 else ""
+            state = t("report.idle", locale) if w.state == "ready" else w.state
+        speed = t("report.per_step", locale, step_s=w.step_s) if w.step_s else t("report.speed_unknown", locale)
+        size = t("report.up_to", locale, mp=w.max_area / 2**20) if w.max_area and w.max_area >= 2**20 else ""
+        plan = w.plan or t("report.worker_no_plan", locale)
         lines.append(
-            f"`{w.name}` — {w.host}, {w.gpu}, plan {w.plan or 'not loaded'}{size} — {state} — "
-            f"{w.jobs_done} done, {w.jobs_failed} failed — {speed}"
+            t(
+                "report.worker",
+                locale,
+                name=w.name,
+                host=w.host,
+                gpu=w.gpu,
+                plan=plan,
+                size=size,
+                state=state,
+                done=w.jobs_done,
+                failed=w.jobs_failed,
+                speed=speed,
+            )
         )
     return "\n".join(lines)
 
 
-def memory_report(engine: EngineStatus, rows: Sequence[PlanRow]) -> str:
-    free = f" · {engine.free_vram_gib:.1f} GiB free" if engine.free_vram_gib is not None else ""
-    plan = engine.plan or "not loaded yet"
-    lines = [f"**Plan now:** {plan} (asked: {engine.requested_mode}) on {engine.device_name}{free}"]
+def memory_report(engine: EngineStatus, rows: Sequence[PlanRow], locale: Locale = None) -> str:
+    free = t("report.free", locale, gib=engine.free_vram_gib) if engine.free_vram_gib is not None else ""
+    plan = engine.plan or t("report.not_loaded", locale)
+    lines = [t("report.plan_now", locale, plan=plan, mode=engine.requested_mode, device=engine.device_name, free=free)]
     if engine.step_s:
-        lines.append(f"Measured here: {engine.step_s:.2f} s/step at the native size.")
-    lines.append("Measured on a reference GPU (peak memory · per step · per image · fidelity vs bf16):")
+        lines.append(t("report.measured_here", locale, step_s=engine.step_s))
+    lines.append(t("report.reference", locale))
     for row in rows:
         if row.available:
             numbers = " · ".join(
                 [
                     f"{row.peak_gib:.1f} GiB" if row.peak_gib else "? GiB",
-                    f"{row.step_s:.2f} s/step" if row.step_s else "? s/step",
-                    f"{row.image_s:.0f} s/image" if row.image_s else "? s/image",
-                    "reference" if row.fidelity_db is None else f"{row.fidelity_db:.0f} dB",
+                    t("report.per_step", locale, step_s=row.step_s)
+                    if row.step_s
+                    else t("report.per_step_unknown", locale),
+                    t("report.per_image", locale, image_s=row.image_s)
+                    if row.image_s
+                    else t("report.per_image_unknown", locale),
+                    t("report.bf16", locale) if row.fidelity_db is None else f"{row.fidelity_db:.0f} dB",
                 ]
             )
             lines.append(f"✅ `{row.name}` — {numbers} — {row.summary}")
         else:
-            lines.append(f"❌ `{row.name}` — {_first_sentence(row.why_not or 'not available here')}")
-    lines.append("Switch with `/memory plan:<name>` (or `auto`); it applies between jobs and is remembered.")
+            lines.append(f"❌ `{row.name}` — {_first_sentence(row.why_not or t('report.not_here', locale))}")
+    lines.append(t("report.switch", locale))
     return clip("\n".join(lines))
 
 

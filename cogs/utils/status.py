@@ -1,15 +1,18 @@
 """The text of a job's status message: the /imagine reply that is edited as the job moves on.
 
 Pure functions of the job and a few numbers, so the first reply and every later edit
-read the same and tests can check them without Discord.
+read the same and tests can check them without Discord. The message is public but addressed to the
+person who asked, so it is written in the locale the job stores (cogs.utils.i18n); a note about the engine
+or the queue is kept as a catalogue text and said in each job's language.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cogs.utils.text import bar, clip, minutes, params_line, quote, relative, seconds_text
-from db.models import Job, JobState
+from cogs.utils.i18n import Locale, localize, msg, t
+from cogs.utils.text import bar, clip, params_line, quote, relative, seconds_text, whole_minutes
+from db.models import ADMIN_CANCEL, CRASH_ERROR, PURGED, Job, JobState
 from engine.types import EngineState, EngineStatus
 
 
@@ -21,56 +24,86 @@ class Snapshot:
     position: int | None = None
     step: int = 0
     total: int = 0
-    note: str | None = None
+    note: str | None = None  # a catalogue text (msg): each job's message says it in its own language
 
 
 def engine_note(status: EngineStatus) -> str | None:
     """Why jobs are not moving, if the engine is the reason."""
     if status.state in (EngineState.STARTING, EngineState.LOADING):
-        return (
-            f"The image engine is warming up ({status.load_message}, {status.load_fraction:.0%}); "
-            "your job will start when it's ready."
-        )
+        return msg("status.warming", message=status.load_message, fraction=status.load_fraction)
     if status.state is EngineState.SWITCHING:
-        return "The image engine is switching memory plans; your job starts right after."
+        return msg("status.switching")
     if status.state is EngineState.FAILED:
-        return f"The image engine could not start: {status.error or 'unknown error'}. An admin can check /status."
+        return msg("status.engine_failed", error=status.error or msg("status.unknown_error"))
     return None
 
 
 def snapshot(job: Job, *, position: int | None, note: str | None, paused: bool) -> Snapshot:
     if job.state is JobState.QUEUED:
-        waiting = "The queue is paused by an admin; your job stays in line." if paused else note
+        waiting = msg("status.paused") if paused else note
         return Snapshot(job.state, position=position, note=waiting)
     if job.state is JobState.RUNNING:
         return Snapshot(job.state, step=job.progress_step or 0, total=job.progress_total or job.request.steps)
     return Snapshot(job.state)
 
 
-def queued_line(job_id: int, position: int, eta_s: float, now: float) -> str:
-    return f"Queued as #{job_id} — position {position}, {minutes(eta_s)} ({relative(now + eta_s)})"
-
-
 def status_text(job: Job, snap: Snapshot, *, eta_s: float | None, now: float) -> str:
-    """The whole status message for the job's current state."""
-    first = _first_line(job, snap, eta_s, now)
-    lines = [first]
+    """The whole status message for the job's current state, in the language of the one who asked."""
+    locale = job.requester.locale
+    lines = [_first_line(job, snap, eta_s, now)]
     if snap.note and snap.state is JobState.QUEUED:
-        lines.append(snap.note)
+        lines.append(localize(snap.note, locale))
     lines.append(f"> {quote(job.request.prompt, 300)}")
-    lines.append(f"-# {params_line(job.request, job.seed_used if job.seed_used is not None else job.request.seed)}")
+    seed = job.seed_used if job.seed_used is not None else job.request.seed
+    lines.append(f"-# {params_line(job.request, seed, locale)}")
     return clip("\n".join(lines))
 
 
 def _first_line(job: Job, snap: Snapshot, eta_s: float | None, now: float) -> str:
+    locale = job.requester.locale
     if snap.state is JobState.QUEUED:
-        return queued_line(job.id, snap.position or 1, eta_s or 0.0, now)
+        eta = eta_s or 0.0
+        return t(
+            "status.queued",
+            locale,
+            job=job.id,
+            position=snap.position or 1,
+            minutes=whole_minutes(eta),
+            when=relative(now + eta),
+        )
     if snap.state is JobState.RUNNING:
-        left = f", about {seconds_text(eta_s)} left ({relative(now + eta_s)})" if eta_s is not None else ""
-        return f"#{job.id} — making it: `{bar(snap.step, snap.total)}` {snap.step}/{snap.total} steps{left}"
+        left = ""
+        if eta_s is not None:
+            left = t("status.left", locale, duration=seconds_text(eta_s, locale), when=relative(now + eta_s))
+        return t(
+            "status.running",
+            locale,
+            job=job.id,
+            bar=bar(snap.step, snap.total),
+            step=snap.step,
+            total=snap.total,
+            left=left,
+        )
     if snap.state is JobState.DONE:
-        return f"#{job.id} — Done — see below."
+        return t("status.done", locale, job=job.id)
     if snap.state is JobState.FAILED:
-        return f"#{job.id} — Failed: {quote(job.error or 'unknown error', 400)}"
-    reason = job.error if job.error and "admin" in job.error else None
-    return f"#{job.id} — Cancelled{f' ({quote(reason, 100)})' if reason else ''}."
+        error = reason_text(job.error, locale) if job.error else t("status.unknown_error", locale)
+        return t("status.failed", locale, job=job.id, error=quote(error, 400))
+    reason = ""
+    if job.error and "admin" in job.error:
+        reason = t("status.cancel_reason", locale, reason=quote(reason_text(job.error, locale), 100))
+    return t("status.cancelled", locale, job=job.id, reason=reason)
+
+
+def reason_text(error: str, locale: Locale) -> str:
+    """A job's stored error in the locale's language when it is one the queue writes itself (an admin's cancel,
+    a purge, repeated crashes); an error the engine worded stays as it is."""
+    if error == ADMIN_CANCEL:
+        return t("reason.admin_cancel", locale)
+    if error == PURGED:
+        return t("reason.purged", locale)
+    before, _, after = CRASH_ERROR.partition("{n}")
+    count = error.removeprefix(before).removesuffix(after)
+    if error.startswith(before) and error.endswith(after) and count.isdigit():
+        return t("reason.crashed", locale, n=int(count))
+    return error

@@ -142,7 +142,8 @@ async def submit(
 
 
 def requester_of(interaction: discord.Interaction) -> Requester:
-    """Who asked, with the ids needed to answer long after the interaction expired."""
+    """Who asked, with the ids needed to answer long after the interaction expired, and their locale: the job's
+    public posts are written in its language."""
     assert interaction.channel_id is not None
     return Requester(
         user_id=interaction.user.id,
@@ -150,6 +151,7 @@ def requester_of(interaction: discord.Interaction) -> Requester:
         guild_id=interaction.guild_id,
         user_name=interaction.user.display_name[:100],
         interaction_id=interaction.id,
+        locale=interaction.locale.value,
     )
 
 

@@ -2,7 +2,8 @@
 
 Everything a user typed is echoed through ``quote`` so it can neither ping anyone
 nor break the message's markdown, and every message goes out with allowed
-mentions that can never reach @everyone, @here or a role.
+mentions that can never reach @everyone, @here or a role. Durations and the parameters line are written in a
+locale's language (English unless it is zh-CN).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import time
 
 import discord
 
+from cogs.utils.i18n import Locale, t
 from db.models import JobRequest
 
 # No pings at all: the default for every bot message.
@@ -52,16 +54,12 @@ def whole_minutes(seconds: float) -> int:
     return max(1, math.ceil(seconds / 60))
 
 
-def minutes(seconds: float) -> str:
-    return f"about {whole_minutes(seconds)} min"
-
-
-def seconds_text(seconds: float) -> str:
+def seconds_text(seconds: float, locale: Locale = None) -> str:
     if seconds < 90:
-        return f"{max(1, round(seconds))} s"
+        return t("time.seconds", locale, n=max(1, round(seconds)))
     if seconds < 5400:
-        return f"{round(seconds / 60)} min"
-    return f"{seconds / 3600:.1f} h"
+        return t("time.minutes", locale, n=round(seconds / 60))
+    return t("time.hours", locale, n=seconds / 3600)
 
 
 def bar(done: int, total: int, width: int = 12) -> str:
@@ -69,22 +67,24 @@ def bar(done: int, total: int, width: int = 12) -> str:
     return "▰" * filled + "▱" * (width - filled)
 
 
-def seeds_text(seed: int | None, count: int) -> str:
+def seeds_text(seed: int | None, count: int, locale: Locale = None) -> str:
     if seed is None:
-        return "random seed"
-    return f"seed {seed}" if count == 1 else f"seeds {seed}–{seed + count - 1}"
+        return t("params.random_seed", locale)
+    if count == 1:
+        return t("params.seed", locale, seed=seed)
+    return t("params.seeds", locale, first=seed, last=seed + count - 1)
 
 
-def params_line(request: JobRequest, seed: int | None) -> str:
+def params_line(request: JobRequest, seed: int | None, locale: Locale = None) -> str:
     """One line with everything needed to make the same image again."""
     parts = [
         f"{request.width}×{request.height}",
-        f"{request.steps} steps",
-        f"guidance {request.guidance:g}",
-        seeds_text(seed, request.count),
+        t("params.steps", locale, steps=request.steps),
+        t("params.guidance", locale, guidance=request.guidance),
+        seeds_text(seed, request.count, locale),
     ]
     if request.count > 1:
-        parts.insert(0, f"{request.count} images")
+        parts.insert(0, t("params.images", locale, count=request.count))
     return " · ".join(parts)
 
 

@@ -20,8 +20,11 @@ import discord
 from cogs.utils.checks import is_admin_for
 from cogs.utils.errors import reply_private, report
 from cogs.utils.host import Host
+from cogs.utils.i18n import Locale, msg, t
 from cogs.utils.image_jobs import STRONG_STRENGTH, SUBTLE_STRENGTH, open_remix, upscale, vary
 from cogs.utils.image_jobs import finished_job as _finished_job
+from cogs.utils.notices import kind_name
+from cogs.utils.status import reason_text
 from cogs.utils.submit import submit
 from cogs.utils.text import clip, params_line, quote, relative, seconds_text
 from db.models import MAX_SEED, Job, JobNotFound, JobState, NotAllowed
@@ -64,20 +67,20 @@ async def variations(bot: Host, interaction: discord.Interaction, job_id: int) -
 async def info(bot: Host, interaction: discord.Interaction, job_id: int) -> None:
     job = await bot.queue.get_job(job_id)
     if job is None:
-        raise JobNotFound(f"Job #{job_id} no longer exists.")
-    await reply_private(interaction, job_info(job, bot.model_label))
+        raise JobNotFound(msg("job.gone", job=job_id))
+    await reply_private(interaction, job_info(job, bot.model_label, interaction.locale))
 
 
 async def delete(bot: Host, interaction: discord.Interaction, job_id: int) -> None:
     """Only the requester or an admin; the message goes, and the job remembers it was deleted."""
     job = await bot.queue.get_job(job_id)
     if job is None:
-        raise JobNotFound(f"Job #{job_id} no longer exists.")
+        raise JobNotFound(msg("job.gone", job=job_id))
     if interaction.user.id != job.requester.user_id and not is_admin_for(
         interaction, bot.settings, job.requester.guild_id
     ):
-        raise NotAllowed(f"Only the person who asked for #{job_id} or an admin can delete it.")
-    await interaction.response.send_message(f"Deleted the images of #{job_id}.", ephemeral=True)
+        raise NotAllowed(msg("job.delete_not_allowed", job=job_id))
+    await interaction.response.send_message(t("button.deleted", interaction.locale, job=job_id), ephemeral=True)
     if interaction.message is not None:
         try:
             await interaction.message.delete()
@@ -94,31 +97,35 @@ async def delete(bot: Host, interaction: discord.Interaction, job_id: int) -> No
     log.info("Job #%s result deleted by %s", job_id, interaction.user.id)
 
 
-def job_info(job: Job, model_id: str) -> str:
-    """Everything about a job, for the Info button."""
+def job_info(job: Job, model_id: str, locale: Locale = None) -> str:
+    """Everything about a job, for the Info button (in the language of the one who clicked)."""
     request = job.request
-    lines = [
-        f"**#{job.id}** — {job.state.value}"
-        + (f" (from #{job.parent_job_id}, {job.kind})" if job.parent_job_id else "")
-    ]
-    lines.append(f"**Prompt:** {quote(request.prompt, 900)}")
+    origin = ""
+    if job.parent_job_id:
+        origin = t("info.from", locale, parent=job.parent_job_id, kind=kind_name(job.kind, locale))
+    lines = [f"**#{job.id}** — {t(f'state.{job.state.value}', locale)}{origin}"]
+    lines.append(t("info.prompt", locale, prompt=quote(request.prompt, 900)))
     if request.negative_prompt:
-        lines.append(f"**Negative:** {quote(request.negative_prompt, 400)}")
+        lines.append(t("info.negative", locale, negative=quote(request.negative_prompt, 400)))
     seed = job.seed_used if job.seed_used is not None else request.seed
-    lines.append(f"**Parameters:** {params_line(request, seed)}")
+    lines.append(t("info.parameters", locale, params=params_line(request, seed, locale)))
     if request.start_image is not None:
-        start = f"upscale ×{request.upscale}" if request.upscale else f"strength {request.strength:g}"
-        lines.append(f"**Started from a picture:** {start} (stored as {request.start_image[:12]}…)")
-    lines.append(f"**Model:** {quote(model_id, 100)} · **plan:** {job.plan or 'not run yet'}")
-    timing = [f"asked {relative(job.created_at)}"]
+        if request.upscale:
+            start = t("info.upscale", locale, factor=request.upscale)
+        else:
+            start = t("info.strength", locale, strength=request.strength)
+        lines.append(t("info.started_from", locale, start=start, digest=request.start_image[:12]))
+    plan = job.plan or t("info.not_run", locale)
+    lines.append(t("info.model", locale, model=quote(model_id, 100), plan=plan))
+    timing = [t("info.asked", locale, when=relative(job.created_at))]
     if job.started_at is not None:
-        timing.append(f"waited {seconds_text(job.started_at - job.created_at)}")
+        timing.append(t("info.waited", locale, duration=seconds_text(job.started_at - job.created_at, locale)))
     if job.started_at is not None and job.finished_at is not None:
-        timing.append(f"ran {seconds_text(job.finished_at - job.started_at)}")
-    lines.append("**Timing:** " + " · ".join(timing))
-    lines.append(f"**By:** <@{job.requester.user_id}>")
+        timing.append(t("info.ran", locale, duration=seconds_text(job.finished_at - job.started_at, locale)))
+    lines.append(t("info.timing", locale, timing=" · ".join(timing)))
+    lines.append(t("info.by", locale, user=job.requester.user_id))
     if job.error and job.state is not JobState.DONE:
-        lines.append(f"**Error:** {quote(job.error, 400)}")
+        lines.append(t("info.error", locale, error=quote(reason_text(job.error, locale), 400)))
     return clip("\n".join(lines))
 
 
@@ -126,13 +133,13 @@ class _JobButton(discord.ui.DynamicItem[Button], template=r"cv4:(?P<action>[a-z]
     """Shared behaviour; each subclass below has its own template so discord.py routes clicks to it."""
 
     handler: Handler
-    label: str
     emoji: str
-    action: str
+    action: str  # also names its label in the catalogue: button.<action>
     style = discord.ButtonStyle.secondary
 
-    def __init__(self, job_id: int) -> None:
-        super().__init__(_button(self.label, self.emoji, self.action, job_id, self.style))
+    def __init__(self, job_id: int, locale: Locale = None) -> None:
+        label = t(f"button.{self.action}", locale)
+        super().__init__(_button(label, self.emoji, self.action, job_id, self.style))
         self.job_id = job_id
 
     @classmethod
@@ -147,23 +154,23 @@ class _JobButton(discord.ui.DynamicItem[Button], template=r"cv4:(?P<action>[a-z]
 
 class RerollButton(_JobButton, template=r"cv4:reroll:(?P<job>\d+)"):
     handler = reroll
-    label, emoji, action = "Re-roll", "🎲", "reroll"
+    emoji, action = "🎲", "reroll"
     style = discord.ButtonStyle.primary
 
 
 class VariationsButton(_JobButton, template=r"cv4:vary:(?P<job>\d+)"):
     handler = variations
-    label, emoji, action = "Variations", "🔀", "vary"
+    emoji, action = "🔀", "vary"
 
 
 class InfoButton(_JobButton, template=r"cv4:info:(?P<job>\d+)"):
     handler = info
-    label, emoji, action = "Info", "ℹ️", "info"
+    emoji, action = "ℹ️", "info"
 
 
 class DeleteButton(_JobButton, template=r"cv4:delete:(?P<job>\d+)"):
     handler = delete
-    label, emoji, action = "Delete", "🗑️", "delete"
+    emoji, action = "🗑️", "delete"
     style = discord.ButtonStyle.danger
 
 
@@ -177,22 +184,22 @@ async def vary_strong(bot: Host, interaction: discord.Interaction, job_id: int) 
 
 class VarySubtleButton(_JobButton, template=r"cv4:subtle:(?P<job>\d+)"):
     handler = vary_subtle
-    label, emoji, action = "Vary (Subtle)", "🌱", "subtle"
+    emoji, action = "🌱", "subtle"
 
 
 class VaryStrongButton(_JobButton, template=r"cv4:strong:(?P<job>\d+)"):
     handler = vary_strong
-    label, emoji, action = "Vary (Strong)", "🌪️", "strong"
+    emoji, action = "🌪️", "strong"
 
 
 class RemixButton(_JobButton, template=r"cv4:remix:(?P<job>\d+)"):
     handler = open_remix
-    label, emoji, action = "Remix", "✏️", "remix"
+    emoji, action = "✏️", "remix"
 
 
 class UpscaleButton(_JobButton, template=r"cv4:upscale:(?P<job>\d+)"):
     handler = upscale
-    label, emoji, action = "Upscale", "🔍", "upscale"
+    emoji, action = "🔍", "upscale"
 
 
 # Two rows on the message: the four buttons of every result, then the four that start from its image.
@@ -208,11 +215,12 @@ RESULT_BUTTONS: tuple[type[_JobButton], ...] = (
 )
 
 
-def result_view(job_id: int) -> discord.ui.View:
-    """The buttons for a result message; they keep working after a restart (see RESULT_BUTTONS)."""
+def result_view(job_id: int, locale: Locale = None) -> discord.ui.View:
+    """The buttons for a result message; they keep working after a restart (see RESULT_BUTTONS). Everyone who
+    sees the message sees the same labels: they are in the language of the one the post is addressed to."""
     view = discord.ui.View(timeout=None)
     for index, item in enumerate(RESULT_BUTTONS):
-        button = item(job_id)
+        button = item(job_id, locale)
         button.row = index // 4
         view.add_item(button)
     return view

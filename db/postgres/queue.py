@@ -46,8 +46,9 @@ T = TypeVar("T")
 
 
 class DatabaseUnreachable(QueueError):
-    def __init__(self) -> None:
-        super().__init__("The queue database is not reachable right now; try again in a minute.")
+    """The database stayed out of reach through the retries; the user is asked to try again."""
+
+    code = "queue.unreachable"
 
 
 def _transient(exc: BaseException) -> bool:

@@ -25,6 +25,7 @@ from tests.fakediscord import FakeDiscord, InteractionHandle, StoredMessage, poi
 
 REPO = Path(__file__).resolve().parents[2]
 QUEUED = re.compile(r"Queued as #(\d+) — position (\d+), about \d+ min \(<t:\d+:R>\)")
+QUEUED_ZH = re.compile(r"已排队 #(\d+) — 第 (\d+) 位，约 \d+ 分钟（<t:\d+:R>）")  # the job of a zh-CN user
 
 
 def settings_for(server: FakeDiscord, model: Path, tmp: Path, **overrides: Any) -> Settings:
@@ -149,11 +150,11 @@ async def wait_online(server: FakeDiscord, proc: BotProcess, guild: Any, timeout
 
 
 async def queued_reply(handle: InteractionHandle, timeout: float = 5) -> tuple[int, int, StoredMessage]:
-    """The public "Queued as #N — position P" reply: (job id, position, message)."""
+    """The public "Queued as #N — position P" reply (or its Chinese): (job id, position, message)."""
     callback = await handle.wait_response(timeout)
     assert callback.accepted and not callback.ephemeral, callback
     message = await handle.wait_original(timeout=timeout)
-    match = QUEUED.search(message.content)
+    match = QUEUED.search(message.content) or QUEUED_ZH.search(message.content)
     assert match, message.content
     return int(match.group(1)), int(match.group(2)), message
 

@@ -1,0 +1,113 @@
+"""The admin commands' private replies (cogs.admin) and reports (cogs.utils.reports), in the admin's language.
+
+What the engine and the plan table say of themselves (a plan's summary, why a plan cannot run, a load step)
+stays as they word it.
+"""
+
+from __future__ import annotations
+
+from cogs.utils.catalogue import EN, ZH, Entries
+
+ADMIN: Entries = {
+    "admin.memory_switched": {
+        EN: "{sentence} It applies between jobs and is remembered across restarts.",
+        ZH: "{sentence} 将在任务之间生效，重启后仍会保留。",
+    },
+    "admin.paused": {
+        EN: "Paused: the running job finishes, nothing new starts until /resume ({waiting} waiting).",
+        ZH: "已暂停：正在运行的任务会完成，在 /resume 之前不会开始新任务（{waiting} 个等待中）。",
+    },
+    "admin.resumed": {EN: "Resumed: {waiting} job(s) waiting.", ZH: "已恢复：{waiting} 个任务等待中。"},
+    "admin.purged": {
+        EN: "Removed {count} waiting job(s) {target}from the queue; their owners are told.",
+        ZH: "已从队列中移除 {target}{count} 个等待中的任务；已通知任务的发起人。",
+    },
+    "admin.purge_target": {EN: "of <@{user}> ", ZH: "<@{user}> 的 "},
+    "admin.spoilers_on": {
+        EN: "Spoilers are on for this server's results.",
+        ZH: "本服务器的结果目前以剧透形式发布。",
+    },
+    "admin.spoilers_off": {
+        EN: "Spoilers are off for this server's results.",
+        ZH: "本服务器的结果目前不以剧透形式发布。",
+    },
+    "admin.spoilers_set_on": {
+        EN: "Spoilers on: applies to results posted from now.",
+        ZH: "已开启剧透：从现在起发布的结果生效。",
+    },
+    "admin.spoilers_set_off": {
+        EN: "Spoilers off: applies to results posted from now.",
+        ZH: "已关闭剧透：从现在起发布的结果生效。",
+    },
+    # /status
+    "report.engine": {EN: "**Engine:** {state} on {device}", ZH: "**引擎：** {state}，设备 {device}"},
+    "report.warming": {
+        EN: "**Warming up:** {message} ({fraction:.0%})",
+        ZH: "**预热中：** {message}（{fraction:.0%}）",
+    },
+    "report.error": {EN: "**Error:** {error}", ZH: "**错误：** {error}"},
+    "report.plan": {EN: "**Plan:** {plan}{mode}", ZH: "**方案：** {plan}{mode}"},
+    "report.asked": {EN: " (asked: {mode})", ZH: "（请求：{mode}）"},
+    "report.not_loaded": {EN: "not loaded yet", ZH: "尚未加载"},
+    "report.free_vram": {EN: "**Free VRAM:** {gib:.1f} GiB", ZH: "**空闲显存：** {gib:.1f} GiB"},
+    "report.speed": {EN: "**Speed:** {speed}", ZH: "**速度：** {speed}"},
+    "report.native_speed": {EN: "{step_s:.2f} s/step at the native size", ZH: "原生尺寸下 {step_s:.2f} 秒/步"},
+    "report.not_measured": {EN: "not measured yet", ZH: "尚未测量"},
+    "report.jobs": {
+        EN: "**Jobs since start:** {done} done, {failed} failed",
+        ZH: "**启动以来的任务：** {done} 个完成，{failed} 个失败",
+    },
+    "report.queue": {
+        EN: "**Queue:** {queued} waiting, {running} running{current} · all time {done} done, {failed} failed, "
+        "{cancelled} cancelled{paused}",
+        ZH: "**队列：** {queued} 个等待，{running} 个运行中{current} · 累计 {done} 个完成，{failed} 个失败，"
+        "{cancelled} 个取消{paused}",
+    },
+    "report.current": {EN: " (#{job} now)", ZH: "（当前 #{job}）"},
+    "report.paused": {EN: " · **paused**", ZH: " · **已暂停**"},
+    "report.uptime": {EN: "**Uptime:** {uptime}", ZH: "**运行时间：** {uptime}"},
+    # /status with GPU workers (QUEUE_BACKEND=postgres)
+    "report.no_workers": {
+        EN: "**GPU workers:** none has connected yet: run `python -m engine worker` on a GPU machine.",
+        ZH: "**GPU 工作机：** 还没有工作机连接：请在 GPU 机器上运行 `python -m engine worker`。",
+    },
+    "report.workers": {
+        EN: "**GPU workers:** {online} of {total} online",
+        ZH: "**GPU 工作机：** {total} 台中 {online} 台在线",
+    },
+    "report.offline": {EN: "offline (last seen {ago} ago)", ZH: "离线（最后在线于 {ago}前）"},
+    "report.busy_with": {EN: "busy (#{job})", ZH: "忙碌（#{job}）"},
+    "report.busy": {EN: "busy", ZH: "忙碌"},
+    "report.idle": {EN: "idle", ZH: "空闲"},
+    "report.speed_unknown": {EN: "speed not measured yet", ZH: "速度尚未测量"},
+    "report.up_to": {EN: ", up to {mp:.1f} MP", ZH: "，最大 {mp:.1f} MP"},
+    "report.worker": {
+        EN: "`{name}` — {host}, {gpu}, plan {plan}{size} — {state} — {done} done, {failed} failed — {speed}",
+        ZH: "`{name}` — {host}，{gpu}，方案 {plan}{size} — {state} — {done} 个完成，{failed} 个失败 — {speed}",
+    },
+    "report.worker_no_plan": {EN: "not loaded", ZH: "未加载"},
+    # /memory
+    "report.plan_now": {
+        EN: "**Plan now:** {plan} (asked: {mode}) on {device}{free}",
+        ZH: "**当前方案：** {plan}（请求：{mode}），设备 {device}{free}",
+    },
+    "report.free": {EN: " · {gib:.1f} GiB free", ZH: " · 空闲 {gib:.1f} GiB"},
+    "report.measured_here": {
+        EN: "Measured here: {step_s:.2f} s/step at the native size.",
+        ZH: "本机实测：原生尺寸下 {step_s:.2f} 秒/步。",
+    },
+    "report.reference": {
+        EN: "Measured on a reference GPU (peak memory · per step · per image · fidelity vs bf16):",
+        ZH: "在参考 GPU 上的测量（峰值显存 · 每步 · 每张 · 相对 bf16 的保真度）：",
+    },
+    "report.per_step": {EN: "{step_s:.2f} s/step", ZH: "{step_s:.2f} 秒/步"},
+    "report.per_step_unknown": {EN: "? s/step", ZH: "? 秒/步"},
+    "report.per_image": {EN: "{image_s:.0f} s/image", ZH: "{image_s:.0f} 秒/张"},
+    "report.per_image_unknown": {EN: "? s/image", ZH: "? 秒/张"},
+    "report.bf16": {EN: "reference", ZH: "基准"},
+    "report.not_here": {EN: "not available here", ZH: "本机不可用"},
+    "report.switch": {
+        EN: "Switch with `/memory plan:<name>` (or `auto`); it applies between jobs and is remembered.",
+        ZH: "用 `/memory plan:<名称>`（或 `auto`）切换；在任务之间生效，并会被记住。",
+    },
+}
