@@ -118,6 +118,9 @@ async def test_synced_commands_carry_chinese_localizations(world: World, tiny_mo
     for key, entry in CATALOGUE.items():
         if key.startswith("cmd."):
             assert sent.get(entry[EN]) == entry[ZH], key
+    # ...and no command reaches Discord without a Chinese name (the owner's commands included).
+    for name, command in commands.items():
+        assert (command.get("name_localizations") or {}).get("zh-CN"), name
 
 
 @pytest.mark.parametrize(

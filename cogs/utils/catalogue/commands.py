@@ -80,6 +80,46 @@ COMMANDS: Entries = {
     },
     "cmd.quota": {EN: "quota", ZH: "配额"},
     "cmd.quota.description": {EN: "How many images you can still make today", ZH: "你今天还能生成多少张图片"},
+    # The owner's commands.
+    "cmd.memory": {EN: "memory", ZH: "显存"},
+    "cmd.memory.description": {EN: "Show or switch the GPU memory plan (admins)", ZH: "查看或切换显存方案（管理员）"},
+    "cmd.plan": {EN: "plan", ZH: "方案"},
+    "cmd.memory.plan.description": {
+        EN: "auto, or a plan name; the switch applies between jobs and is remembered",
+        ZH: "auto 或方案名称；在任务之间切换，并会被记住",
+    },
+    "cmd.pause": {EN: "pause", ZH: "暂停"},
+    "cmd.pause.description": {
+        EN: "Stop starting new jobs; the running one finishes (admins)",
+        ZH: "不再开始新任务；正在运行的任务会完成（管理员）",
+    },
+    "cmd.resume": {EN: "resume", ZH: "恢复"},
+    "cmd.resume.description": {
+        EN: "Start jobs again after /pause (admins)",
+        ZH: "在 /pause 之后重新开始任务（管理员）",
+    },
+    "cmd.purge": {EN: "purge", ZH: "清空队列"},
+    "cmd.purge.description": {
+        EN: "Remove waiting jobs, of everyone or of one user (admins)",
+        ZH: "移除排队中的任务：所有人的，或某个用户的（管理员）",
+    },
+    "cmd.user": {EN: "user", ZH: "用户"},
+    "cmd.purge.user.description": {
+        EN: "Only this user's jobs (default: everyone's)",
+        ZH: "只移除这个用户的任务（默认：所有人的）",
+    },
+    "cmd.status": {EN: "status", ZH: "状态"},
+    "cmd.status.description": {EN: "Engine, plan, speed and queue (admins)", ZH: "引擎、方案、速度和队列（管理员）"},
+    "cmd.spoilers": {EN: "spoilers", ZH: "隐藏结果"},
+    "cmd.spoilers.description": {
+        EN: "Post this server's results as spoilers, or not (admins)",
+        ZH: "是否将本服务器的结果以剧透（点击后显示）方式发布（管理员）",
+    },
+    "cmd.enabled": {EN: "enabled", ZH: "开启"},
+    "cmd.spoilers.enabled.description": {
+        EN: "On: images are hidden until clicked; off: shown at once",
+        ZH: "开：图片在点击前隐藏；关：立即显示",
+    },
     # The message command (right-click a message → Apps); Discord shows it by this name.
     "cmd.vary_this_image": {EN: "Vary this image", ZH: "变化这张图片"},
 }
