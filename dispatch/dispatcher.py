@@ -23,16 +23,12 @@ from db.models import Job
 from engine.png import encode_job_pngs
 from engine.rules import InvalidRequest
 from engine.service import Engine, Prefetch
-from engine.types import EngineError, EngineUnavailable, GenerationResult, JobCancelled, Progress
+from engine.types import ENGINE_TEXTS, EngineError, EngineUnavailable, GenerationResult, JobCancelled, Progress
 
 log = logging.getLogger(__name__)
 
-UNEXPECTED = (
-    "Something went wrong while making your image (logged as job #{id}). Try again; "
-    "if it keeps happening, tell the bot owner."
-)
 # Stored as the job's error: shown if the job finally fails, so it must not promise a retry.
-DISK_FULL = "The bot's disk is full, so the image could not be saved; the bot owner needs to free some space."
+DISK_FULL = ENGINE_TEXTS["engine.disk_full"]
 DISK_FULL_HOLD_S = 30.0  # no new job starts for this long after a full disk, so jobs don't burn their attempts
 RECORD_RETRY_MAX_S = 30.0
 
@@ -173,7 +169,7 @@ class Dispatcher:
                 return
             except Exception:
                 log.exception("Job #%s failed", job.id)
-                error = UNEXPECTED.format(id=job.id)
+                error = ENGINE_TEXTS["engine.unexpected"].format(id=job.id)
                 await self._record(job, "the failure", lambda: self.source.fail(job.id, self.worker_id, error))
                 return
             for note in result.notes:
@@ -196,9 +192,7 @@ class Dispatcher:
             return await self.source.inputs.get(digest)
         except FileNotFoundError:
             log.warning("Job #%s: start image %s is not stored", job.id, digest)
-            raise InvalidRequest(
-                "The picture this job starts from is no longer stored (it may have been purged); send it again."
-            ) from None
+            raise EngineError(code="engine.start_image_gone") from None
 
     @staticmethod
     def _on_progress(running: _Running, progress: Progress) -> None:
@@ -229,7 +223,8 @@ class Dispatcher:
             paths = await self.source.results.save(job.id, pngs)
         except OSError as exc:
             full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
-            message = DISK_FULL if full else f"The image could not be saved ({exc.strerror or exc})."
+            reason = exc.strerror or str(exc)
+            message = DISK_FULL if full else ENGINE_TEXTS["engine.save_failed"].format(reason=reason)
             log.error(
                 "Job #%s: could not save the images in %s (%s); it goes back in the queue (while it has tries left)"
                 " and no job starts for %.0f s",

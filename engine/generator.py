@@ -99,10 +99,7 @@ class Generator:
                 note = self.plans.recover_from_oom(step_down=attempt == 1)
                 if note is None:
                     self._failed(holder)
-                    raise OutOfMemory(
-                        f"The GPU ran out of memory (plan {self.plans.plan_name}). Try a smaller size or fewer "
-                        "images, or close other programs that use the GPU."
-                    ) from None
+                    raise OutOfMemory(code="engine.oom", plan=self.plans.plan_name) from None
                 notes.append(note)
             except Exception:
                 self._failed(holder)

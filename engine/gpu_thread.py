@@ -44,7 +44,7 @@ class GpuThread:
     def submit(self, fn: Callable[[], Any]) -> concurrent.futures.Future:
         """Queue `fn` behind the commands already waiting; its result or exception lands in the future."""
         if self._thread is None:
-            raise EngineUnavailable("The engine is not started.")
+            raise EngineUnavailable(code="engine.not_started")
         future: concurrent.futures.Future = concurrent.futures.Future()
         self._commands.put((fn, future))
         return future

@@ -40,11 +40,8 @@ def resolve_model_folder(model_id: str, progress: LoadProgress | None = None) ->
     try:
         return Path(snapshot_download(model_id))
     except Exception as exc:  # offline, unknown repo, gated model, disk full: all say the same to the user
-        raise EngineUnavailable(
-            f"Could not get {model_id} from Hugging Face ({exc.__class__.__name__}: {str(exc)[:200]}). "
-            "Check the internet connection and the MODEL_ID spelling, or set MODEL_ID to a local folder; "
-            "a half-finished download resumes on the next start."
-        ) from exc
+        reason = f"{exc.__class__.__name__}: {str(exc)[:200]}"
+        raise EngineUnavailable(code="engine.download", model=model_id, reason=reason) from exc
 
 
 def nf4_config(library: str) -> Any:

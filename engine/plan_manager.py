@@ -74,7 +74,7 @@ class PlanManager:
 
     def require_runner(self) -> Any:
         if self.state is EngineState.FAILED or self.runner is None:
-            raise EngineUnavailable(f"The image engine is not available: {self.error or 'not loaded'}")
+            raise EngineUnavailable(code="engine.unavailable", reason=self.error or "not loaded")
         return self.runner
 
     def max_area(self) -> int:
@@ -129,10 +129,7 @@ class PlanManager:
             self.device_name = "CPU"
             return torch.device("cpu")
         if not torch.cuda.is_available():
-            raise EngineUnavailable(
-                "DEVICE=cuda but PyTorch sees no CUDA GPU. Install the CUDA build of torch "
-                "(see README → Requirements) or set DEVICE=auto."
-            )
+            raise EngineUnavailable(code="engine.no_cuda")
         from engine.device import set_memory_cap
 
         set_memory_cap(self.config.memory_cap_gib)
@@ -166,10 +163,7 @@ class PlanManager:
                 self._teardown()
                 leaner = self.leaner(plan.name)
                 if not allow_step_down or not leaner:
-                    raise OutOfMemory(
-                        f"The GPU ran out of memory while loading plan {plan.name}. Close other GPU programs "
-                        "or pick a leaner plan with /memory."
-                    ) from None
+                    raise OutOfMemory(code="engine.oom_loading", plan=plan.name) from None
                 notes.append(f"Ran out of GPU memory loading {plan.name}; using {leaner[0]} instead.")
                 plan = plan_catalog.PLANS[leaner[0]]
         self.plan_note = " ".join(notes) or None

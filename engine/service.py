@@ -137,7 +137,7 @@ class Engine:
         if start_image is None:
             self.generator.check_fits(request)
         if self.plan_manager.state is EngineState.FAILED:
-            raise EngineUnavailable(f"The image engine is not available: {self.plan_manager.error}")
+            raise EngineUnavailable(code="engine.unavailable", reason=self.plan_manager.error)
         loop = asyncio.get_running_loop()
 
         def report(progress: Progress) -> None:

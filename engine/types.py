@@ -7,6 +7,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from db.models import CodedError
+
 if TYPE_CHECKING:
     from db.models import JobRequest
     from db.workers import WorkerInfo
@@ -22,8 +24,45 @@ class EngineState(StrEnum):
     STOPPED = "stopped"
 
 
-class EngineError(Exception):
-    """A failure the user may read: the message says what happened and what to do."""
+# The English of every engine failure a job may end with, by code (cogs.utils.catalogue has the Chinese: a
+# job's stored error is matched back to its code there, so a channel post speaks the requester's language).
+ENGINE_TEXTS: dict[str, str] = {
+    "engine.oom": (
+        "The GPU ran out of memory (plan {plan}). Try a smaller size or fewer images, or close other programs that "
+        "use the GPU."
+    ),
+    "engine.oom_loading": (
+        "The GPU ran out of memory while loading plan {plan}. Close other GPU programs or pick a leaner plan with "
+        "/memory."
+    ),
+    "engine.unavailable": "The image engine is not available: {reason}",
+    "engine.not_started": "The engine is not started.",
+    "engine.no_cuda": (
+        "DEVICE=cuda but PyTorch sees no CUDA GPU. Install the CUDA build of torch (see README → Requirements) or "
+        "set DEVICE=auto."
+    ),
+    "engine.download": (
+        "Could not get {model} from Hugging Face ({reason}). Check the internet connection and the MODEL_ID "
+        "spelling, or set MODEL_ID to a local folder; a half-finished download resumes on the next start."
+    ),
+    "engine.start_image_gone": (
+        "The picture this job starts from is no longer stored (it may have been purged); send it again."
+    ),
+    "engine.unexpected": (
+        "Something went wrong while making your image (logged as job #{id}). Try again; if it keeps happening, "
+        "tell the bot owner."
+    ),
+    "engine.disk_full": (
+        "The bot's disk is full, so the image could not be saved; the bot owner needs to free some space."
+    ),
+    "engine.save_failed": "The image could not be saved ({reason}).",
+}
+
+
+class EngineError(CodedError):
+    """A failure the user may read: the message says what happened and what to do (a code of ENGINE_TEXTS)."""
+
+    TEXTS = ENGINE_TEXTS
 
 
 class EngineUnavailable(EngineError):

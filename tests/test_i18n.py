@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import string
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from discord import app_commands
 
 from cogs.utils.checks import Refused
 from cogs.utils.errors import user_message
-from cogs.utils.i18n import CATALOGUE, EN, LANGUAGES, NAME_RULE, ZH, Translator, fields_of, msg, t
+from cogs.utils.i18n import CATALOGUE, EN, LANGUAGES, NAME_RULE, ZH, Translator, fields_of, msg, stored_text, t
 from cogs.utils.notices import compose
 from cogs.utils.reports import status_report
 from cogs.utils.status import Snapshot, engine_note, snapshot, status_text
@@ -40,7 +41,7 @@ from db.models import (
 )
 from db.results import FolderResults
 from engine.rules import RULE_TEXTS, InvalidRequest
-from engine.types import EngineState, EngineStatus
+from engine.types import ENGINE_TEXTS, EngineState, EngineStatus, OutOfMemory
 from tests.conftest import World
 from tests.e2e.harness import ephemeral_reply, queued_reply, running_bot, settings_for
 
@@ -231,19 +232,24 @@ async def test_channel_refusal_in_chinese(world: World, tiny_model: Path, tmp_pa
 
 CODED_SOURCES = [
     *sorted((ROOT / "db").rglob("*.py")),
-    ROOT / "engine" / "rules.py",
+    *sorted((ROOT / "engine").rglob("*.py")),
+    *sorted((ROOT / "dispatch").rglob("*.py")),
+    *sorted((ROOT / "cluster").rglob("*.py")),
     *sorted((ROOT / "cogs").rglob("*.py")),
 ]
 
 
 def raised_codes() -> dict[str, str]:
-    """Every error code written in the product: a ``code=`` argument or a class's ``code = ...`` → where."""
+    """Every error code written in the product: a ``code=`` argument, a class's ``code = ...`` or an
+    ``ENGINE_TEXTS["..."]`` the dispatcher stores as a job's error → where."""
     found: dict[str, str] = {}
     for path in CODED_SOURCES:
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             values: list[ast.expr] = []
             if isinstance(node, ast.Call):
                 values = [kw.value for kw in node.keywords if kw.arg == "code"]
+            elif isinstance(node, ast.Subscript) and getattr(node.value, "id", None) == "ENGINE_TEXTS":
+                values = [node.slice]
             elif isinstance(node, ast.ClassDef):
                 values = [
                     stmt.value
@@ -262,9 +268,9 @@ def test_every_raised_error_code_has_both_languages_and_none_is_left_over() -> N
     assert {"queue.full", "queue.cooldown", "job.not_found", "rules.steps", "rules.area"} <= set(raised)
     for code, where in raised.items():
         assert code in CATALOGUE, f"{where}: {code} has no catalogue entry"
-    assert set(QUEUE_TEXTS) | set(RULE_TEXTS) == set(raised)  # no English text that nothing raises
+    assert set(QUEUE_TEXTS) | set(RULE_TEXTS) | set(ENGINE_TEXTS) == set(raised)  # no English nothing raises
     for code in raised:
-        english = {**QUEUE_TEXTS, **RULE_TEXTS}[code]
+        english = {**QUEUE_TEXTS, **RULE_TEXTS, **ENGINE_TEXTS}[code]
         assert CATALOGUE[code] == {EN: english, ZH: CATALOGUE[code][ZH]}
         assert fields_of(CATALOGUE[code][ZH]) == fields_of(english), code
 
@@ -445,6 +451,33 @@ async def test_notices_in_the_jobs_language(tmp_path: Path) -> None:
     assert lost.content == "<@42> 正在生成你的任务 #7 的 GPU 工作机停止了；任务已重新排队。"
     missing = await compose(Notice(5, NoticeKind.RESULT, replace(done, result_paths=[]), 0), results)
     assert missing.content.startswith("<@42> 任务 #7 已完成，但它的图片文件已不在机器人的磁盘上")
+
+
+def _sample(spec: str, index: int) -> object:
+    return {",": 2_097_152, "g": 2.5}.get(spec, f"v{index}")
+
+
+@pytest.mark.parametrize("code", sorted({**QUEUE_TEXTS, **RULE_TEXTS, **ENGINE_TEXTS}))
+def test_a_stored_error_is_matched_back_to_its_code(code: str) -> None:
+    """A job keeps its error as English text; every coded text is found again from it, fields and all."""
+    english = {**QUEUE_TEXTS, **RULE_TEXTS, **ENGINE_TEXTS}[code]
+    fields = {name: _sample(spec, i) for i, (_, name, spec, _) in enumerate(string.Formatter().parse(english)) if name}
+    stored = english.format(**fields)
+    assert stored_text(stored, "zh-CN") == t(code, "zh-CN", **fields)
+    assert stored_text(stored, "en-US") is None and stored_text(stored, None) is None
+    assert stored_text("A sentence no code has.", "zh-CN") is None
+
+
+async def test_a_failed_jobs_engine_reason_is_posted_in_the_jobs_language(tmp_path: Path) -> None:
+    results = FolderResults(tmp_path)
+    reason = str(OutOfMemory(code="engine.oom", plan="nf4_swap"))
+    chinese = await compose(Notice(2, NoticeKind.FAILED, a_job("zh-CN", JobState.FAILED), 0, reason), results)
+    assert chinese.content == (
+        "<@42> 任务 #7 失败：GPU 显存不足（方案 nf4\\_swap）。请换小一点的尺寸或少生成几张，或关闭其他占用 GPU 的程序。"
+        "\n> 一只猫"
+    )
+    english = await compose(Notice(2, NoticeKind.FAILED, a_job("en-US", JobState.FAILED), 0, reason), results)
+    assert "The GPU ran out of memory (plan nf4\\_swap)." in english.content and "显存" not in english.content
 
 
 def test_result_buttons_are_labelled_in_the_posts_language() -> None:

@@ -27,7 +27,7 @@ from cogs.utils.catalogue import LANGUAGES as LANGUAGES
 from cogs.utils.catalogue.admin import ADMIN
 from cogs.utils.catalogue.commands import COMMANDS
 from cogs.utils.catalogue.posts import POSTS
-from cogs.utils.catalogue.refusals import REFUSALS
+from cogs.utils.catalogue.refusals import REFUSALS, TEXTS_BY_CODE
 from cogs.utils.catalogue.replies import REPLIES
 from db.models import CodedError, JobState
 
@@ -103,6 +103,47 @@ def localize_error_text(error: BaseException, locale: Locale) -> str | None:
         return t(error.code, locale, **error.fields)
     first = error.args[0] if error.args else None
     return first.to(locale) if isinstance(first, Text) else None
+
+
+def stored_text(text: str, locale: Locale) -> str | None:
+    """A job's stored English error in the locale's language, where it is one of the coded texts (queue,
+    request rules, engine) with its fields filled in; else None. Matched back by its template: the queue
+    keeps the sentence, not the code."""
+    if language(locale) == EN:
+        return None
+    for code, pattern in _STORED_PATTERNS.items():
+        match = pattern.fullmatch(text)
+        if match:
+            return _fill(CATALOGUE[code][ZH], match.groupdict())
+    return None
+
+
+def _pattern(template: str) -> re.Pattern[str]:
+    parts = []
+    for literal, name, _spec, _conversion in string.Formatter().parse(template):
+        parts.append(re.escape(literal))
+        if name:
+            parts.append(f"(?P=f_{name})" if f"(?P<f_{name}>" in "".join(parts) else f"(?P<f_{name}>.+?)")
+    return re.compile("".join(parts), re.DOTALL)
+
+
+def _fill(template: str, found: dict[str, str]) -> str:
+    """The template with the matched text of each field, as it was written (format specs already applied)."""
+    return "".join(
+        literal + (found[f"f_{name}"] if name else "") for literal, name, _s, _c in string.Formatter().parse(template)
+    )
+
+
+def _literal_length(template: str) -> int:
+    return sum(len(literal) for literal, *_ in string.Formatter().parse(template))
+
+
+# The most specific first: "There is no job #{job} to start from." before "There is no job #{job}.", whose field
+# would otherwise swallow the rest of the sentence.
+_STORED_PATTERNS = {
+    code: _pattern(english)
+    for code, english in sorted(TEXTS_BY_CODE.items(), key=lambda item: -_literal_length(item[1]))
+}
 
 
 def fields_of(text: str) -> set[str]:

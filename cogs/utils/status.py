@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cogs.utils.i18n import Locale, localize, msg, t
+from cogs.utils.i18n import Locale, localize, msg, stored_text, t
 from cogs.utils.text import bar, clip, params_line, quote, relative, seconds_text, whole_minutes
 from db.models import ADMIN_CANCEL, CRASH_ERROR, PURGED, Job, JobState
 from engine.types import EngineState, EngineStatus
@@ -97,7 +97,7 @@ def _first_line(job: Job, snap: Snapshot, eta_s: float | None, now: float) -> st
 
 def reason_text(error: str, locale: Locale) -> str:
     """A job's stored error in the locale's language when it is one the queue writes itself (an admin's cancel,
-    a purge, repeated crashes); an error the engine worded stays as it is."""
+    a purge, repeated crashes) or one of the coded texts of the queue, the rules and the engine; else as it is."""
     if error == ADMIN_CANCEL:
         return t("reason.admin_cancel", locale)
     if error == PURGED:
@@ -106,4 +106,4 @@ def reason_text(error: str, locale: Locale) -> str:
     count = error.removeprefix(before).removesuffix(after)
     if error.startswith(before) and error.endswith(after) and count.isdigit():
         return t("reason.crashed", locale, n=int(count))
-    return error
+    return stored_text(error, locale) or error

@@ -1,7 +1,8 @@
 """Why a request was refused: the codes the queue and the request rules raise, then the cogs' own refusals.
 
-The English of a code lives where it is raised (`db.models.QUEUE_TEXTS`, `engine.rules.RULE_TEXTS`: db/ and
-engine/ never import this catalogue); here it is paired with its Chinese, so the two cannot drift apart.
+The English of a code lives where it is raised (`db.models.QUEUE_TEXTS`, `engine.rules.RULE_TEXTS`,
+`engine.types.ENGINE_TEXTS`: db/ and engine/ never import this catalogue); here it is paired with its Chinese,
+so the two cannot drift apart.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from cogs.utils.catalogue import EN, ZH, Entries
 from db.models import QUEUE_TEXTS
 from engine.rules import RULE_TEXTS
+from engine.types import ENGINE_TEXTS
 
 _CHINESE: dict[str, str] = {
     # db.models.QUEUE_TEXTS
@@ -44,9 +46,29 @@ _CHINESE: dict[str, str] = {
     "rules.prompt_tokens": "提示词太长（{tokens} 个 token）：请少于 {limit} 个 token。",
     "rules.negative_tokens": "反向提示词太长（{tokens} 个 token）：请少于 {limit} 个 token。",
     "rules.no_pixels": "图片没有像素（{width}×{height}）。",
+    # engine.types.ENGINE_TEXTS (a failed job's reason, stored in English and matched back to its code)
+    "engine.oom": "GPU 显存不足（方案 {plan}）。请换小一点的尺寸或少生成几张，或关闭其他占用 GPU 的程序。",
+    "engine.oom_loading": (
+        "加载方案 {plan} 时 GPU 显存不足。请关闭其他占用 GPU 的程序，或用 /memory 选择更省显存的方案。"
+    ),
+    "engine.unavailable": "图片引擎暂不可用：{reason}",
+    "engine.not_started": "引擎尚未启动。",
+    "engine.no_cuda": (
+        "DEVICE=cuda，但 PyTorch 找不到 CUDA GPU。请安装 CUDA 版的 torch（见 README → Requirements），"
+        "或设置 DEVICE=auto。"
+    ),
+    "engine.download": (
+        "无法从 Hugging Face 获取 {model}（{reason}）。请检查网络连接和 MODEL_ID 的拼写，或将 MODEL_ID 设为本地文件夹；"
+        "未完成的下载会在下次启动时继续。"
+    ),
+    "engine.start_image_gone": "这个任务的起始图片已不再保存（可能已被清除）；请重新发送。",
+    "engine.unexpected": "生成图片时出了问题（已记录为任务 #{id}）。请再试一次；如果一直出现，请告诉机器人管理者。",
+    "engine.disk_full": "机器人的磁盘已满，图片无法保存；需要机器人管理者释放一些空间。",
+    "engine.save_failed": "图片无法保存（{reason}）。",
 }
 
-RAISED: Entries = {code: {EN: english, ZH: _CHINESE[code]} for code, english in {**QUEUE_TEXTS, **RULE_TEXTS}.items()}
+TEXTS_BY_CODE: dict[str, str] = {**QUEUE_TEXTS, **RULE_TEXTS, **ENGINE_TEXTS}
+RAISED: Entries = {code: {EN: english, ZH: _CHINESE[code]} for code, english in TEXTS_BY_CODE.items()}
 
 REFUSALS: Entries = {
     **RAISED,
