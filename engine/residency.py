@@ -75,7 +75,7 @@ def available_bytes(device: torch.device) -> int:
 
 
 def _nbytes(tensor: torch.Tensor) -> int:
-    return tensor.numel() * tensor.element_size()
+    return _spec_bytes(tensor.shape, tensor.dtype)
 
 
 class HostCopy:
@@ -126,7 +126,7 @@ class HostCopy:
 
 
 def _spec_bytes(shape: torch.Size, dtype: torch.dtype) -> int:
-    return shape.numel() * torch.empty((), dtype=dtype).element_size()
+    return shape.numel() * dtype.itemsize
 
 
 def _register(buffer: torch.Tensor) -> bool:

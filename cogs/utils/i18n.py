@@ -119,11 +119,12 @@ def stored_text(text: str, locale: Locale) -> str | None:
 
 
 def _pattern(template: str) -> re.Pattern[str]:
-    parts = []
+    parts, seen = [], set()
     for literal, name, _spec, _conversion in string.Formatter().parse(template):
         parts.append(re.escape(literal))
         if name:
-            parts.append(f"(?P=f_{name})" if f"(?P<f_{name}>" in "".join(parts) else f"(?P<f_{name}>.+?)")
+            parts.append(f"(?P=f_{name})" if name in seen else f"(?P<f_{name}>.+?)")
+            seen.add(name)
     return re.compile("".join(parts), re.DOTALL)
 
 
