@@ -61,7 +61,12 @@ def apply_placement(
         _to(te, cpu)
         _to(transformer, device)
         _to(vae, device)
-        residency = Residency({"text_encoder": te, "transformer": transformer, "vae": vae}, device, ram_bytes=ram_bytes)
+        residency = Residency(
+            {"text_encoder": te, "transformer": transformer, "vae": vae},
+            device,
+            ram_bytes=ram_bytes,
+            stays_on_host={"text_encoder": te.get_input_embeddings()},  # a lookup table: 1.2 GiB less to visit
+        )
     elif placement is Placement.MODEL_OFFLOAD:
         for module in (te, transformer, vae):
             _to(module, cpu)

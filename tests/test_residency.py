@@ -122,3 +122,33 @@ def test_a_component_loaded_on_the_host_is_moved_into_its_buffer_not_duplicated(
     base = swap.copy.buffer.untyped_storage().data_ptr()
     assert all(p.untyped_storage().data_ptr() == base for p in module.parameters())
     assert all(torch.equal(v, before[k]) for k, v in module.state_dict().items())
+
+
+class _Encoder(torch.nn.Module):
+    """A text encoder's shape: a token table, then layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed_tokens = torch.nn.Embedding(100, 16)
+        self.layer = torch.nn.Linear(16, 16)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.layer(self.embed_tokens(ids))
+
+
+def test_the_token_table_stays_on_the_host_and_only_the_layers_visit() -> None:
+    torch.manual_seed(0)
+    encoder = _Encoder()
+    table = encoder.embed_tokens.weight
+    expected = encoder(torch.tensor([[1, 2, 3]]))
+    swap = ComponentSwap(
+        encoder, torch.device("meta"), HostMode(keep=False, pin=False), stays_on_host=encoder.embed_tokens
+    )
+    layer_bytes = sum(p.numel() * p.element_size() for p in encoder.layer.parameters())
+    assert swap.nbytes == layer_bytes  # what a visit moves: 1.2 GiB less for CogView4's encoder
+    assert swap.host_bytes() >= layer_bytes + table.numel() * table.element_size()  # both counted as host memory
+    assert encoder.layer.weight.untyped_storage().data_ptr() == swap.copy.buffer.untyped_storage().data_ptr()
+    assert encoder.embed_tokens.weight is table  # never copied into the buffer, never moved
+    assert torch.equal(encoder(torch.tensor([[1, 2, 3]])), expected)  # the lookup runs through the hooks unchanged
+    swap.close()
+    assert not encoder.embed_tokens._forward_hooks and not encoder.embed_tokens._forward_pre_hooks
