@@ -337,7 +337,8 @@ def test_numbers_stay_on_the_error_and_a_plain_sentence_stays_uncoded() -> None:
 
 # --- every key the cogs name exists, and every entry is used -----------------------------------------------
 
-DYNAMIC_PREFIXES = ("cmd.", "button.", "state.", "kind.", "reason.")  # found by name at run time
+# Found by name at run time.
+DYNAMIC_PREFIXES = ("cmd.", "button.", "state.", "kind.", "reason.", "engine_state.", "plan.")
 
 
 def used_keys() -> dict[str, str]:
@@ -505,7 +506,39 @@ def test_admin_reports_in_the_admins_language() -> None:
     stats = QueueStats(queued=2, running=1, done=4, failed=0, cancelled=1, paused=True)
     zh = status_report(engine, stats, uptime_s=7200, locale="zh-CN")
     assert "**速度：** 原生尺寸下 1.50 秒/步" in zh and "**运行时间：** 2.0 小时" in zh
+    assert "**引擎：** 就绪，设备 CPU" in zh
     assert "**队列：** 2 个等待，1 个运行中 · 累计 4 个完成，0 个失败，1 个取消 · **已暂停**" in zh
     assert "**Queue:** 2 waiting, 1 running · all time 4 done, 0 failed, 1 cancelled · **paused**" in status_report(
         engine, stats, uptime_s=7200
     )
+
+
+def test_every_engine_state_and_plan_summary_has_both_languages() -> None:
+    from cogs.utils.reports import memory_report
+    from engine import plans as catalog
+    from engine.plans import PLANS, load_table
+
+    for state in EngineState:
+        assert {EN, ZH} <= set(CATALOGUE[f"engine_state.{state.value}"]), state
+    for name, plan in PLANS.items():
+        assert CATALOGUE[f"plan.{name}"][EN] == plan.summary  # the plan catalogue's own English
+    engine = EngineStatus(
+        state=EngineState.SWITCHING,
+        requested_mode="auto",
+        plan="nf4_swap",
+        plan_note=None,
+        load_message="",
+        load_fraction=1.0,
+        device_name="GPU",
+        free_vram_gib=7.3,
+        step_s=None,
+        jobs_done=0,
+        jobs_failed=0,
+        started_at=0.0,
+    )
+    rows = catalog.plan_rows(load_table(), has_gpu=None)
+    zh = memory_report(engine, rows, locale="zh-CN")
+    assert "`nf4_swap` —" in zh and "4 位 transformer 常驻，文本编码器每批调入一次" in zh
+    assert PLANS["nf4_swap"].summary in memory_report(engine, rows)
+    stats = QueueStats(queued=0, running=0, done=0, failed=0, cancelled=0, paused=False)
+    assert "**引擎：** 正在切换方案" in status_report(engine, stats, uptime_s=1, locale="zh-CN")

@@ -1,11 +1,11 @@
 """Text of the admin reports (/status, /memory), as pure functions of what the engine and queue say, in the
-admin's language (what the engine and the plan table say of themselves stays as they word it)."""
+admin's language (what the engine says of a moment, such as why a plan cannot run, stays as it words it)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from cogs.utils.i18n import Locale, t
+from cogs.utils.i18n import CATALOGUE, Locale, t
 from cogs.utils.text import clip, seconds_text
 from db.models import QueueStats
 from db.workers import WorkerInfo
@@ -16,7 +16,8 @@ OFFLINE = frozenset({"offline", "stopped", "failed"})
 
 
 def status_report(engine: EngineStatus, stats: QueueStats, *, uptime_s: float, locale: Locale = None) -> str:
-    lines = [t("report.engine", locale, state=engine.state.value, device=engine.device_name)]
+    state = t(f"engine_state.{engine.state.value}", locale)
+    lines = [t("report.engine", locale, state=state, device=engine.device_name)]
     if engine.state in (EngineState.STARTING, EngineState.LOADING):
         lines.append(t("report.warming", locale, message=engine.load_message, fraction=engine.load_fraction))
     if engine.error:
@@ -110,7 +111,8 @@ def memory_report(engine: EngineStatus, rows: Sequence[PlanRow], locale: Locale 
                     t("report.bf16", locale) if row.fidelity_db is None else f"{row.fidelity_db:.0f} dB",
                 ]
             )
-            lines.append(f"✅ `{row.name}` — {numbers} — {row.summary}")
+            summary = t(f"plan.{row.name}", locale) if f"plan.{row.name}" in CATALOGUE else row.summary
+            lines.append(f"✅ `{row.name}` — {numbers} — {summary}")
         else:
             lines.append(f"❌ `{row.name}` — {_first_sentence(row.why_not or t('report.not_here', locale))}")
     lines.append(t("report.switch", locale))

@@ -1,12 +1,43 @@
 """The admin commands' private replies (cogs.admin) and reports (cogs.utils.reports), in the admin's language.
 
-What the engine and the plan table say of themselves (a plan's summary, why a plan cannot run, a load step)
-stays as they word it.
+A plan's one-line summary is the plan catalogue's English with a Chinese line beside it; what the engine says
+of a moment (why a plan cannot run, a load step, why it switched) stays as it words it.
 """
 
 from __future__ import annotations
 
 from cogs.utils.catalogue import EN, ZH, Entries
+from engine.plans import PLANS
+from engine.types import EngineState
+
+ENGINE_STATES: Entries = {
+    f"engine_state.{EngineState.STARTING}": {EN: "starting", ZH: "启动中"},
+    f"engine_state.{EngineState.LOADING}": {EN: "loading", ZH: "加载中"},
+    f"engine_state.{EngineState.READY}": {EN: "ready", ZH: "就绪"},
+    f"engine_state.{EngineState.SWITCHING}": {EN: "switching plans", ZH: "正在切换方案"},
+    f"engine_state.{EngineState.FAILED}": {EN: "failed", ZH: "失败"},
+    f"engine_state.{EngineState.STOPPED}": {EN: "stopped", ZH: "已停止"},
+}
+
+_PLAN_SUMMARIES_ZH = {
+    "bf16_fast": "全部以 bf16 放在 GPU 上，CFG 合批，已编译",
+    "bf16_resident": "全部以 bf16 放在 GPU 上（画质最好，约 34 GiB）",
+    "fp8_resident": "8 位 transformer、4 位文本编码器，全部放在 GPU 上",
+    "fp8_swap": "8 位 transformer 常驻，4 位文本编码器每批调入一次",
+    "mixed_resident": "bf16 transformer、4 位文本编码器，全部放在 GPU 上",
+    "mixed_swap": "bf16 transformer 常驻，4 位文本编码器每批调入一次",
+    "nf4_resident": "4 位 transformer 和文本编码器，全部放在 GPU 上",
+    "nf4_swap": "4 位 transformer 常驻，文本编码器每批调入一次",
+    "bf16_model_offload": "bf16，各模型轮流整体移到 GPU",
+    "nf4_model_offload": "4 位，各模型轮流整体移到 GPU",
+    "bf16_group_block": "bf16，按块流式送入 GPU（CUDA 流）",
+    "bf16_group_leaf": "bf16，按层流式送入 GPU（CUDA 流）",
+    "bf16_sequential": "bf16，每一层依次送入（最慢，约 5 GiB）",
+    "nf4_sequential": "4 位加顺序卸载（上游有缺陷）",
+}
+PLAN_SUMMARIES: Entries = {
+    f"plan.{name}": {EN: plan.summary, ZH: _PLAN_SUMMARIES_ZH[name]} for name, plan in PLANS.items()
+}
 
 ADMIN: Entries = {
     "admin.memory_switched": {
@@ -40,6 +71,8 @@ ADMIN: Entries = {
         ZH: "已关闭剧透：从现在起发布的结果生效。",
     },
     # /status
+    **ENGINE_STATES,
+    **PLAN_SUMMARIES,
     "report.engine": {EN: "**Engine:** {state} on {device}", ZH: "**引擎：** {state}，设备 {device}"},
     "report.warming": {
         EN: "**Warming up:** {message} ({fraction:.0%})",
