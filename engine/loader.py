@@ -65,6 +65,22 @@ def store_fp8(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
+# Quantizing the 4-bit text encoder on the GPU holds all of it there plus one bf16 weight: measured to run
+# out of memory on a 6 GB card (5.3 GiB usable). Below this much free memory, a text encoder that waits on
+# the host anyway is quantized there (slower, once: the result is cached) and loaded there from the cache.
+QUANTIZE_ON_GPU_FROM_GIB = 6.5
+
+
+def quantizes_on_host(device: torch.device, on_gpu: bool) -> bool:
+    """Whether a component that waits on the host is better quantized and loaded there than on this GPU."""
+    if on_gpu or device.type != "cuda":
+        return False
+    from engine.device import free_gib
+
+    free = free_gib()
+    return free is not None and free < QUANTIZE_ON_GPU_FROM_GIB
+
+
 def parks_on_gpu(plan: Plan, component: str) -> bool:
     """Where a component waits between uses under this plan (offload plans keep it on the CPU)."""
     if plan.placement is Placement.RESIDENT:
@@ -203,9 +219,13 @@ def load_components(
         if reuse is not None:
             reuse.text_encoder = None  # type: ignore[assignment]  # free before loading the replacement
             _free(device)
-        report(f"Loading text encoder ({plan.text_encoder})", 0.05)
         on_gpu = parks_on_gpu(plan, "text_encoder")
-        text_encoder = load_text_encoder(folder, plan.text_encoder, device, on_gpu, cache)
+        where = device
+        if plan.text_encoder != "bf16" and quantizes_on_host(device, on_gpu):
+            where = torch.device("cpu")
+            log.info("Too little GPU memory to quantize the text encoder there: quantizing it on the CPU")
+        report(f"Loading text encoder ({plan.text_encoder}{', on the CPU' if where != device else ''})", 0.05)
+        text_encoder = load_text_encoder(folder, plan.text_encoder, where, on_gpu, cache)
     _park(text_encoder, parks_on_gpu(plan, "text_encoder"), device)
     text_encoder.eval()
 

@@ -257,3 +257,20 @@ def test_cli_generate_checks_every_rule_at_its_own_edge(tiny_model: Path, tmp_pa
         "index": 0,
     }
     assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize(
+    ("free_gib", "on_gpu", "expected"),
+    [
+        (5.32, False, True),  # a 6 GB card: the 4-bit text encoder would not fit while quantizing
+        (7.32, False, False),  # an 8 GB card quantizes on the GPU (faster)
+        (5.32, True, False),  # a component that lives on the GPU is loaded there
+        (None, False, False),  # no CUDA: everything is on the host already
+    ],
+)
+def test_a_small_card_quantizes_the_text_encoder_on_the_host(monkeypatch, free_gib, on_gpu, expected) -> None:
+    from engine import device, loader
+
+    monkeypatch.setattr(device, "free_gib", lambda: free_gib)
+    assert loader.quantizes_on_host(torch.device("cuda"), on_gpu) is expected
+    assert loader.quantizes_on_host(torch.device("cpu"), on_gpu) is False
