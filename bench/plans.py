@@ -550,7 +550,9 @@ def table(args: argparse.Namespace) -> None:
         if row["plan"] == "auto":
             continue  # auto rows test the choice; the table holds named plans
         peak = max(row.get("peak_reserved_gib", 0), row.get("load_peak_reserved_gib", 0))
-        cap = row.get("card_gib") or row.get("cap_gib") or 0  # a card row stands for a real card of that size
+        # What PyTorch could allocate: on a card row the card less its CUDA context, which is what a real card
+        # of that size reports free (the planner compares the two).
+        cap = round(row.get("cap_gib") or 0, 2)
         entry = {
             "plan": name,
             "peak_gib": round(peak, 2),
@@ -609,6 +611,8 @@ def table(args: argparse.Namespace) -> None:
             "host_peak_gib": "the same, peak while loading (sampled every 50 ms), GiB",
         },
         "context_gib": next((r.get("context_gib") for r in rows if r.get("context_gib")), None),
+        "cap": "measured_cap_gib: the most PyTorch could allocate in the run that proved the plan (a real card less "
+        "its CUDA context), compared with the free VRAM PyTorch reports",
         "plans": sorted(plans.values(), key=lambda p: p["peak_gib"]),
     }
     if args.write:

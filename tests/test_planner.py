@@ -70,7 +70,10 @@ def test_the_committed_table_is_measured_data_for_known_plans() -> None:
             assert m.peak_gib > 0 and m.step_s > 0
     # What the measured table implies for common cards (fails if a new measurement changes the picture):
     assert choose_auto(6.0, table).plan.name == "nf4_swap"
-    assert choose_auto(6.0 - 0.68, table).plan.name == "nf4_swap"  # a real 6 GB card: its CUDA context
+    real_6gb = choose_auto(6.0 - 0.68, table)  # a real 6 GB card: its CUDA context takes 0.68 GiB
+    assert real_6gb.plan.name == "nf4_swap" and real_6gb.note is None  # proven on that card: no warning
+    real_12gb = choose_auto(12.0 - 0.68, table, capability=(8, 9))
+    assert real_12gb.plan.name == "fp8_swap" and real_12gb.note is None
     assert choose_auto(8.0, table).plan.name == "nf4_swap"
     assert choose_auto(24.0, table).plan.name == "mixed_swap"
     assert choose_auto(79.0, table, allow_compile=True).plan.name == "bf16_fast"
