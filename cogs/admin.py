@@ -18,7 +18,7 @@ from discord.ext import commands
 from cogs.utils.checks import admin_only
 from cogs.utils.errors import reply_private
 from cogs.utils.host import MEMORY_KEY, Host, spoilers_key
-from cogs.utils.i18n import t
+from cogs.utils.i18n import EngineSaid, t
 from cogs.utils.reports import memory_report, status_report, workers_report
 from cogs.utils.text import clip
 from db.models import JobState, QueueError
@@ -57,7 +57,8 @@ class Admin(commands.Cog):
             raise
         await self.bot.queue.kv_set(MEMORY_KEY, plan)
         await self._audit(interaction, "memory", f"{plan}: {sentence}")
-        await reply_private(interaction, t("admin.memory_switched", interaction.locale, sentence=sentence))
+        said = EngineSaid(sentence)
+        await reply_private(interaction, t("admin.memory_switched", interaction.locale, sentence=said))
 
     @app_commands.command(name="pause", description="Stop starting new jobs; the running one finishes (admins)")
     @admin_only()

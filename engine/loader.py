@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from engine.notes import note
 from engine.plans import Placement, Plan, Quant
 from engine.weight_cache import WeightCache
 
@@ -36,7 +37,7 @@ def resolve_model_folder(model_id: str, progress: LoadProgress | None = None) ->
     from engine.types import EngineUnavailable
 
     if progress:
-        progress(f"Downloading {model_id} (first start only; resumable)", 0.0)
+        progress(note("load.download", model=model_id), 0.0)
     try:
         return Path(snapshot_download(model_id))
     except Exception as exc:  # offline, unknown repo, gated model, disk full: all say the same to the user
@@ -209,7 +210,7 @@ def load_components(
     def reusable(name: str, quant: Quant) -> bool:
         return reuse is not None and getattr(reuse, name) is not None and getattr(reuse, f"{name}_quant") == quant
 
-    report("Loading tokenizer and scheduler", 0.02)
+    report(note("load.tokenizer"), 0.02)
     tokenizer = reuse.tokenizer if reuse else AutoTokenizer.from_pretrained(folder / "tokenizer")
     scheduler = reuse.scheduler if reuse else FlowMatchEulerDiscreteScheduler.from_pretrained(folder / "scheduler")
 
@@ -224,7 +225,8 @@ def load_components(
         if plan.text_encoder != "bf16" and quantizes_on_host(device, on_gpu):
             where = torch.device("cpu")
             log.info("Too little GPU memory to quantize the text encoder there: quantizing it on the CPU")
-        report(f"Loading text encoder ({plan.text_encoder}{', on the CPU' if where != device else ''})", 0.05)
+        on_cpu = where != device
+        report(note("load.text_encoder_on_cpu" if on_cpu else "load.text_encoder", quant=plan.text_encoder), 0.05)
         text_encoder = load_text_encoder(folder, plan.text_encoder, where, on_gpu, cache)
     _park(text_encoder, parks_on_gpu(plan, "text_encoder"), device)
     text_encoder.eval()
@@ -235,19 +237,19 @@ def load_components(
         if reuse is not None:
             reuse.transformer = None  # type: ignore[assignment]
             _free(device)
-        report(f"Loading transformer ({plan.transformer})", 0.55)
+        report(note("load.transformer", quant=plan.transformer), 0.55)
         transformer = load_transformer(folder, plan.transformer, device, parks_on_gpu(plan, "transformer"), cache)
     _park(transformer, parks_on_gpu(plan, "transformer"), device)
     transformer.eval()
 
-    report("Loading VAE", 0.92)
+    report(note("load.vae"), 0.92)
     if reuse is not None and reuse.vae is not None:
         vae = reuse.vae
     else:
         vae = AutoencoderKL.from_pretrained(folder / "vae", dtype=DTYPE)
     _park(vae, parks_on_gpu(plan, "vae"), device)
     vae.eval()
-    report("Loaded", 1.0)
+    report(note("load.done"), 1.0)
     return Components(
         folder=folder,
         tokenizer=tokenizer,

@@ -16,6 +16,7 @@ from typing import Any
 from db.models import JobRequest
 from engine import plans as plan_catalog
 from engine.device import host_ram
+from engine.notes import note
 from engine.plans import Measurement, Plan, PlanError, Resolved
 from engine.rules import ModelLimits, limits_for_model, limits_from_folder
 from engine.types import EngineConfig, EngineError, EngineState, EngineUnavailable, OutOfMemory, PlanSwitchFailed
@@ -31,7 +32,7 @@ class PlanManager:
         self.requested_mode = config.memory_mode
         self.state = EngineState.STARTING
         self.plan_note: str | None = None
-        self.load_message = "Waiting to load the model"
+        self.load_message = note("load.waiting")
         self.load_fraction = 0.0
         self.error: str | None = None
         self.device_name = "unknown"
@@ -164,7 +165,7 @@ class PlanManager:
                 leaner = self.leaner(plan.name)
                 if not allow_step_down or not leaner:
                     raise OutOfMemory(code="engine.oom_loading", plan=plan.name) from None
-                notes.append(f"Ran out of GPU memory loading {plan.name}; using {leaner[0]} instead.")
+                notes.append(note("plan.step_down_loading", plan=plan.name, leaner=leaner[0]))
                 plan = plan_catalog.PLANS[leaner[0]]
         self.plan_note = " ".join(notes) or None
         if self.plan_note:
@@ -229,7 +230,7 @@ class PlanManager:
         )
         runner = Runner(pipe, plan, self.device, options, residency=residency)
         if compiled:
-            self._on_load_progress("Compiling the model for this GPU (once per start)…", 0.97)
+            self._on_load_progress(note("load.compiling"), 0.97)
             runner.warm_up(self.limits.native_size)
         if embeddings is not None:
             runner.embeddings = embeddings  # same encoder weights: the embeddings stay valid
@@ -261,29 +262,29 @@ class PlanManager:
             self.load(mode)
             if self.state is not EngineState.READY:
                 raise PlanSwitchFailed(self.error or "The model failed to load.")
-            return f"Loaded with plan {self.plan_name}."
+            return note("plan.loaded", plan=self.plan_name)
         try:
             resolved = self._resolve(mode)
         except PlanError as exc:
             raise PlanSwitchFailed(str(exc)) from None
         previous = self.runner.plan if self.runner is not None else None
         if previous is not None and previous.name == resolved.plan.name:
-            return f"Already using plan {previous.name}." + (f" {resolved.note}" if resolved.note else "")
+            return note("plan.already", plan=previous.name) + (f" {resolved.note}" if resolved.note else "")
         self.state = EngineState.SWITCHING
         try:
             self._install(resolved, allow_step_down=False)
         except Exception as exc:
             log.exception("Switching to %s failed", resolved.plan.name)
-            reason = str(exc) if isinstance(exc, EngineError) else f"{exc.__class__.__name__}: {exc}"
+            reason = str(exc).rstrip(".") if isinstance(exc, EngineError) else f"{exc.__class__.__name__}: {exc}"
             if previous is None:
                 self.state = EngineState.FAILED
-                raise PlanSwitchFailed(f"Could not switch to {resolved.plan.name}: {reason}") from None
+                failed = note("plan.switch_failed_none", plan=resolved.plan.name, reason=reason)
+                raise PlanSwitchFailed(failed) from None
             self._restore(previous, resolved.plan.name)
-            raise PlanSwitchFailed(
-                f"Could not switch to {resolved.plan.name}: {reason}. Still using {self.plan_name}."
-            ) from None
+            failed = note("plan.switch_failed", plan=resolved.plan.name, reason=reason, current=self.plan_name)
+            raise PlanSwitchFailed(failed) from None
         self.state = EngineState.READY
-        message = f"Now using plan {self.plan_name}."
+        message = note("plan.now", plan=self.plan_name)
         return message + (f" {self.plan_note}" if self.plan_note else "")
 
     def _restore(self, previous: Plan, wanted: str) -> None:
@@ -292,7 +293,7 @@ class PlanManager:
         except Exception:
             log.exception("Falling back to %s failed too", previous.name)
             self.state = EngineState.FAILED
-            self.error = f"Switching to {wanted} failed and {previous.name} could not be restored."
+            self.error = note("plan.restore_failed", wanted=wanted, previous=previous.name)
             raise PlanSwitchFailed(self.error) from None
         self.state = EngineState.READY
 

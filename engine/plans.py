@@ -16,6 +16,7 @@ from enum import StrEnum
 from importlib import resources
 from typing import Any, Literal
 
+from engine.notes import note as engine_note
 from engine.types import PlanRow
 
 # fp8: stored in float8 e4m3, computed in bf16 (diffusers layerwise casting), 8-bit quality at half of bf16.
@@ -77,12 +78,7 @@ PLANS: dict[str, Plan] = {
 
 # Plans that must never be attempted as asked, with the plan used instead and why.
 REMAPS: dict[str, tuple[str, str]] = {
-    "nf4_sequential": (
-        "nf4_model_offload",
-        "4-bit weights with sequential CPU offload crash inside diffusers/accelerate "
-        '("Cannot copy out of meta tensor; no data!"); 4-bit with model offload fits the same '
-        "small cards and is much faster",
-    ),
+    "nf4_sequential": ("nf4_model_offload", engine_note("plan.sequential_nf4_crashes")),
 }
 
 # What works on a machine without a CUDA GPU (tests, CPU-only PCs): the resident plans whose
@@ -113,11 +109,7 @@ def fp8_refusal(name: str, capability: tuple[int, int] | None) -> str | None:
     if capability is None or not uses_fp8(PLANS[name]) or tuple(capability) >= FP8_MIN_CAPABILITY:
         return None
     major, minor = capability
-    return (
-        f"{name} stores weights in 8-bit floating point (FP8), which needs an NVIDIA GPU of compute "
-        f"capability 8.9 or newer (RTX 40xx, L4, H100); this one is {major}.{minor}. "
-        "Use mixed_swap (needs ~16 GiB) or nf4_swap instead."
-    )
+    return engine_note("plan.needs_fp8", name=name, capability=f"{major}.{minor}")
 
 
 def resolve(name: str, *, has_gpu: bool, capability: tuple[int, int] | None = None) -> Resolved:
@@ -125,18 +117,15 @@ def resolve(name: str, *, has_gpu: bool, capability: tuple[int, int] | None = No
 
     `capability`: the GPU's CUDA compute capability when known; FP8 plans are refused below 8.9."""
     if name not in PLANS:
-        raise PlanError(f"Unknown memory plan {name!r}. Choose auto or one of: {', '.join(PLANS)}.")
+        raise PlanError(engine_note("plan.unknown", name=repr(name), plans=", ".join(PLANS)))
     note = None
     if name in REMAPS:
         target, why = REMAPS[name]
-        note = f"{name} is not used: {why}. Using {target} instead."
+        note = engine_note("plan.remapped", name=name, why=why, target=target)
         name = target
     plan = PLANS[name]
     if not has_gpu and name not in CPU_PLANS:
-        raise PlanError(
-            f"{name} needs an NVIDIA GPU with CUDA, and none is available here. "
-            f"On this machine use one of: {', '.join(CPU_PLANS)}."
-        )
+        raise PlanError(engine_note("plan.needs_cuda", name=name, plans=", ".join(CPU_PLANS)))
     refusal = fp8_refusal(name, capability) if has_gpu else None
     if refusal:
         raise PlanError(refusal)
@@ -294,18 +283,15 @@ def choose_auto(
     the VRAM, the fastest plan within 15 % of it is tried, else the leanest, with a note saying why.
     """
     if free_gib is None:
-        return Resolved(PLANS["bf16_resident"], "No CUDA GPU found: running on the CPU (very slow).")
+        return Resolved(PLANS["bf16_resident"], engine_note("plan.cpu"))
     if quality not in Quality.__members__.values():
-        raise PlanError(f"Unknown QUALITY {quality!r}. Choose one of: {', '.join(Quality)}.")
+        raise PlanError(engine_note("plan.unknown_quality", quality=repr(quality), choices=", ".join(Quality)))
     candidates = [m for m in _usable(table, allow_compile) if fp8_refusal(m.plan, capability) is None]
     if not candidates:
-        raise PlanError("No measured plan is available; run bench/plans.py or pick a plan by name.")
+        raise PlanError(engine_note("plan.none_measured"))
     candidates = [m for m in candidates if _fits_ram(m, ram_gib)]
     if not candidates:
-        raise PlanError(
-            f"Every measured plan needs more host RAM than this machine's {ram_gib:.1f} GiB leaves beside "
-            f"the system ({HOST_RESERVE_GIB:.0f} GiB kept free). Add RAM or pick a plan by name."
-        )
+        raise PlanError(engine_note("plan.no_ram", ram=f"{ram_gib:.1f}", reserve=f"{HOST_RESERVE_GIB:.0f}"))
     fitting = [m for m in candidates if m.need_gib() <= free_gib]
     if fitting:
         return Resolved(PLANS[_by_quality(fitting, table, Quality(quality), steps).plan])
@@ -313,8 +299,7 @@ def choose_auto(
     pick = min(near, key=lambda m: m.image_s(steps)) if near else min(candidates, key=lambda m: m.need_gib())
     return Resolved(
         PLANS[pick.plan],
-        f"Only {free_gib:.1f} GiB of GPU memory is free; {pick.plan} was measured needing "
-        f"{pick.need_gib():.1f} GiB, so it may run out of memory. Close other GPU programs.",
+        engine_note("plan.tight", free=f"{free_gib:.1f}", plan=pick.plan, need=f"{pick.need_gib():.1f}"),
     )
 
 

@@ -89,9 +89,9 @@ def forbidden(imp: Import) -> str | None:
     if (
         where == "cogs"
         and under(target, ("engine",))
-        and not under(target, ("engine.types", "engine.rules", "engine.plans"))
+        and not under(target, ("engine.types", "engine.rules", "engine.plans", "engine.notes"))
     ):
-        return "cogs see the engine only through engine.types (EngineView), engine.rules and plan names"
+        return "cogs see the engine only through engine.types (EngineView), engine.rules, plan names and its notes"
     if where == "cogs" and under(target, ("dispatch", "cluster", "tools", "bot", "launcher")):
         return "cogs reach services through the bot, not by importing them"
     if where in ("engine", "db", "dispatch", "cluster", "tools") and under(target, ("discord", "cogs", "bot")):

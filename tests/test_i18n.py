@@ -13,7 +13,19 @@ from discord import app_commands
 
 from cogs.utils.checks import Refused
 from cogs.utils.errors import user_message
-from cogs.utils.i18n import CATALOGUE, EN, LANGUAGES, NAME_RULE, ZH, Translator, fields_of, msg, stored_text, t
+from cogs.utils.i18n import (
+    CATALOGUE,
+    EN,
+    LANGUAGES,
+    NAME_RULE,
+    ZH,
+    Translator,
+    fields_of,
+    localize,
+    msg,
+    stored_text,
+    t,
+)
 from cogs.utils.notices import compose
 from cogs.utils.reports import status_report
 from cogs.utils.status import Snapshot, engine_note, snapshot, status_text
@@ -339,6 +351,8 @@ def test_numbers_stay_on_the_error_and_a_plain_sentence_stays_uncoded() -> None:
 
 # Found by name at run time.
 DYNAMIC_PREFIXES = ("cmd.", "button.", "state.", "kind.", "reason.", "engine_state.", "plan.")
+# Engine notes: written in engine/ (engine_note_codes), matched back by engine_text.
+DYNAMIC_PREFIXES += ("engine.load.", "engine.plan.")
 
 
 def used_keys() -> dict[str, str]:
@@ -542,3 +556,84 @@ def test_every_engine_state_and_plan_summary_has_both_languages() -> None:
     assert PLANS["nf4_swap"].summary in memory_report(engine, rows)
     stats = QueueStats(queued=0, running=0, done=0, failed=0, cancelled=0, paused=False)
     assert "**引擎：** 正在切换方案" in status_report(engine, stats, uptime_s=1, locale="zh-CN")
+
+
+# --- what the engine says of a moment (engine.notes), matched back to its code ------------------------------
+
+
+def engine_note_codes() -> dict[str, str]:
+    """Every literal code passed to engine.notes.note (imported as ``note`` or ``engine_note``) → where."""
+    found: dict[str, str] = {}
+    for path in sorted((ROOT / "engine").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("note", "engine_note"):
+                first = node.args[0]
+                where = f"{path.relative_to(ROOT)}:{node.lineno}"
+                for code in (first.body, first.orelse) if isinstance(first, ast.IfExp) else (first,):
+                    assert isinstance(code, ast.Constant) and isinstance(code.value, str), f"{where}: a literal code"
+                    found[code.value] = where
+    return found
+
+
+def test_every_engine_note_is_written_somewhere_and_has_both_languages() -> None:
+    from engine.notes import ENGINE_NOTES
+
+    assert set(engine_note_codes()) == set(ENGINE_NOTES)  # none missing, none left over
+    for code, english in ENGINE_NOTES.items():
+        assert CATALOGUE[f"engine.{code}"][EN] == english  # the engine's own English, byte for byte
+
+
+@pytest.mark.parametrize("code", sorted(__import__("engine.notes").notes.ENGINE_NOTES))
+def test_an_engine_note_is_said_again_in_chinese(code: str) -> None:
+    from cogs.utils.i18n import engine_text
+    from engine.notes import note
+
+    names = sorted(fields_of(CATALOGUE[f"engine.{code}"][EN]))
+    values = {name: f"v{i}_{name}" for i, name in enumerate(names)}
+    english = note(code, **values)
+    assert engine_text(english, discord.Locale.chinese) == CATALOGUE[f"engine.{code}"][ZH].format(**values)
+    assert engine_text(english, discord.Locale.american_english) == english
+
+
+def test_engine_sentences_in_a_row_and_nested_errors_are_each_translated() -> None:
+    from cogs.utils.i18n import engine_text
+    from engine.notes import note
+
+    tight = note("plan.tight", free="5.3", plan="nf4_swap", need="6.0")
+    assert engine_text(f"{note('plan.now', plan='nf4_swap')} {tight}", "zh-CN") == (
+        "现在使用方案 nf4_swap。GPU 仅有 5.3 GiB 空闲显存；nf4_swap 实测需要 6.0 GiB，可能显存不足。"
+        "请关闭其他使用 GPU 的程序。"
+    )
+    loading = str(OutOfMemory(code="engine.oom_loading", plan="bf16_fast")).rstrip(".")
+    failed = note("plan.switch_failed", plan="bf16_fast", reason=loading, current="nf4_swap")
+    chinese = engine_text(failed, "zh-CN")
+    assert chinese.startswith("无法切换到 bf16_fast：加载方案 bf16_fast 时") and chinese.endswith("仍在使用 nf4_swap。")
+    # A sentence the catalogue does not know stays as written, and the ones around it are still translated.
+    mixed = engine_text(f"Something new. {note('plan.loaded', plan='x')}", "zh-CN")
+    assert mixed == "Something new. 已使用方案 x 加载。"
+
+
+def test_warming_up_speaks_the_readers_language() -> None:
+    from engine.notes import note
+
+    loading = EngineStatus(
+        state=EngineState.LOADING,
+        requested_mode="auto",
+        plan=None,
+        plan_note=note("plan.tight", free="5.3", plan="nf4_swap", need="6.0"),
+        load_message=note("load.text_encoder_on_cpu", quant="nf4"),
+        load_fraction=0.05,
+        device_name="GPU",
+        free_vram_gib=5.3,
+        step_s=None,
+        jobs_done=0,
+        jobs_failed=0,
+        started_at=0.0,
+    )
+    stats = QueueStats(queued=1, running=0, done=0, failed=0, cancelled=0, paused=False)
+    zh = status_report(loading, stats, uptime_s=5, locale="zh-CN")
+    assert "正在加载文本编码器（nf4，在 CPU 上）" in zh and "GPU 仅有 5.3 GiB 空闲显存" in zh
+    assert "Loading text encoder (nf4, on the CPU)" in status_report(loading, stats, uptime_s=5)
+    waiting = engine_note(loading)  # the line under every queued job's status while the model loads
+    assert waiting is not None and "正在加载文本编码器" in localize(waiting, "zh-CN")
+    assert "Loading text encoder" in localize(waiting, "en-US")

@@ -14,7 +14,7 @@ from discord import app_commands
 
 from cogs.utils.checks import Refused
 from cogs.utils.flags import FlagError
-from cogs.utils.i18n import localize_error_text, t
+from cogs.utils.i18n import engine_text, localize_error_text, t
 from cogs.utils.text import NO_MENTIONS, clip, quote
 from db.models import QueueError
 from engine.rules import InvalidRequest
@@ -32,7 +32,7 @@ def user_message(error: BaseException, locale: discord.Locale | str | None = Non
     if isinstance(error, app_commands.CommandInvokeError):
         error = error.original
     if isinstance(error, _KNOWN):
-        return localize_error_text(error, locale) or str(error) or None
+        return localize_error_text(error, locale) or engine_text(str(error), locale) or None
     if isinstance(error, app_commands.TransformerError):
         return t("error.bad_value", locale, value=quote(str(error.value), 60))
     if isinstance(error, app_commands.CommandOnCooldown):

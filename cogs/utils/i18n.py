@@ -26,6 +26,7 @@ from cogs.utils.catalogue import EN, ZH
 from cogs.utils.catalogue import LANGUAGES as LANGUAGES
 from cogs.utils.catalogue.admin import ADMIN
 from cogs.utils.catalogue.commands import COMMANDS
+from cogs.utils.catalogue.notes import NOTES
 from cogs.utils.catalogue.posts import POSTS
 from cogs.utils.catalogue.refusals import REFUSALS, TEXTS_BY_CODE
 from cogs.utils.catalogue.replies import REPLIES
@@ -44,7 +45,7 @@ def _join(*parts: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
     return joined
 
 
-CATALOGUE = _join(COMMANDS, REPLIES, REFUSALS, POSTS, ADMIN)
+CATALOGUE = _join(COMMANDS, REPLIES, REFUSALS, POSTS, ADMIN, NOTES)
 
 _BY_ENGLISH = {entry[EN]: entry[ZH] for key, entry in CATALOGUE.items() if key.startswith("cmd.")}
 # Discord's rule for command and option names (and their localizations).
@@ -145,6 +146,58 @@ _STORED_PATTERNS = {
     code: _pattern(english)
     for code, english in sorted(TEXTS_BY_CODE.items(), key=lambda item: -_literal_length(item[1]))
 }
+
+
+# What the engine may write in English (its notes and its errors), most specific first. A template that ends
+# in a field (": {reason}") takes the rest of the text; any other is one sentence followed by the next.
+_ENGINE_PATTERNS = [
+    (code, _pattern(CATALOGUE[code][EN]), CATALOGUE[code][EN].endswith("}"))
+    for code in sorted([*NOTES, *TEXTS_BY_CODE], key=lambda code: -_literal_length(CATALOGUE[code][EN]))
+]
+_SENTENCE_END = ("。", "！", "？", "）")
+
+
+def engine_text(text: str, locale: Locale) -> str:
+    """English the engine wrote (a load step, a sentence about plans, an error; several sentences in a row)
+    in the locale's language: each sentence it knows is matched back to its code, and its fields said the
+    same way; anything else stays as written."""
+    if language(locale) == EN or not text:
+        return text
+    pieces, rest = [], text
+    while rest:
+        for code, pattern, takes_the_rest in _ENGINE_PATTERNS:
+            found = pattern.fullmatch(rest) if takes_the_rest else pattern.match(rest)
+            if found and (found.end() == len(rest) or rest[found.end()] == " "):
+                fields = {name: _engine_field(value, locale) for name, value in found.groupdict().items()}
+                pieces.append(_fill(CATALOGUE[code][ZH], fields))
+                rest = rest[found.end() :].lstrip(" ")
+                break
+        else:  # a sentence the catalogue does not know: as written, up to the next one
+            cut = rest.find(". ")
+            pieces.append(rest if cut < 0 else rest[: cut + 1])
+            rest = "" if cut < 0 else rest[cut + 2 :]
+    return "".join(p if i == 0 or pieces[i - 1].endswith(_SENTENCE_END) else " " + p for i, p in enumerate(pieces))
+
+
+def _engine_field(value: str, locale: Locale) -> str:
+    """A field of an engine sentence; a nested sentence may have lost its full stop ("...: {reason}. Still...")."""
+    said = engine_text(value, locale)
+    if said == value and not value.endswith("."):
+        dotted = engine_text(value + ".", locale)
+        return dotted.rstrip("。") if dotted != value + "." else said
+    return said
+
+
+class EngineSaid(Text):
+    """Engine English kept as a field of a catalogue text, said in the language that text is said in."""
+
+    def __new__(cls, english: str) -> EngineSaid:
+        made = str.__new__(cls, english)
+        made.key, made.fields = "", {}
+        return made
+
+    def to(self, locale: Locale) -> str:
+        return engine_text(str(self), locale)
 
 
 def fields_of(text: str) -> set[str]:

@@ -1,11 +1,12 @@
 """Text of the admin reports (/status, /memory), as pure functions of what the engine and queue say, in the
-admin's language (what the engine says of a moment, such as why a plan cannot run, stays as it words it)."""
+admin's language (what the engine wrote in English, such as a load step or why a plan cannot run, is matched back
+to its code by cogs.utils.i18n.engine_text)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from cogs.utils.i18n import CATALOGUE, Locale, t
+from cogs.utils.i18n import CATALOGUE, EngineSaid, Locale, engine_text, t
 from cogs.utils.text import clip, seconds_text
 from db.models import QueueStats
 from db.workers import WorkerInfo
@@ -19,14 +20,15 @@ def status_report(engine: EngineStatus, stats: QueueStats, *, uptime_s: float, l
     state = t(f"engine_state.{engine.state.value}", locale)
     lines = [t("report.engine", locale, state=state, device=engine.device_name)]
     if engine.state in (EngineState.STARTING, EngineState.LOADING):
-        lines.append(t("report.warming", locale, message=engine.load_message, fraction=engine.load_fraction))
+        message = EngineSaid(engine.load_message)
+        lines.append(t("report.warming", locale, message=message, fraction=engine.load_fraction))
     if engine.error:
-        lines.append(t("report.error", locale, error=engine.error))
+        lines.append(t("report.error", locale, error=EngineSaid(engine.error)))
     plan = engine.plan or t("report.not_loaded", locale)
     mode = t("report.asked", locale, mode=engine.requested_mode) if engine.requested_mode != engine.plan else ""
     lines.append(t("report.plan", locale, plan=plan, mode=mode))
     if engine.plan_note:
-        lines.append(f"-# {engine.plan_note}")
+        lines.append(f"-# {engine_text(engine.plan_note, locale)}")
     if engine.free_vram_gib is not None:
         lines.append(t("report.free_vram", locale, gib=engine.free_vram_gib))
     if engine.step_s:
@@ -114,7 +116,8 @@ def memory_report(engine: EngineStatus, rows: Sequence[PlanRow], locale: Locale 
             summary = t(f"plan.{row.name}", locale) if f"plan.{row.name}" in CATALOGUE else row.summary
             lines.append(f"✅ `{row.name}` — {numbers} — {summary}")
         else:
-            lines.append(f"❌ `{row.name}` — {_first_sentence(row.why_not or t('report.not_here', locale))}")
+            why = engine_text(row.why_not, locale) if row.why_not else t("report.not_here", locale)
+            lines.append(f"❌ `{row.name}` — {_first_sentence(why)}")
     lines.append(t("report.switch", locale))
     return clip("\n".join(lines))
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cogs.utils.i18n import Locale, localize, msg, stored_text, t
+from cogs.utils.i18n import EngineSaid, Locale, localize, msg, stored_text, t
 from cogs.utils.text import bar, clip, params_line, quote, relative, seconds_text, whole_minutes
 from db.models import ADMIN_CANCEL, CRASH_ERROR, PURGED, Job, JobState
 from engine.types import EngineState, EngineStatus
@@ -30,11 +30,12 @@ class Snapshot:
 def engine_note(status: EngineStatus) -> str | None:
     """Why jobs are not moving, if the engine is the reason."""
     if status.state in (EngineState.STARTING, EngineState.LOADING):
-        return msg("status.warming", message=status.load_message, fraction=status.load_fraction)
+        return msg("status.warming", message=EngineSaid(status.load_message), fraction=status.load_fraction)
     if status.state is EngineState.SWITCHING:
         return msg("status.switching")
     if status.state is EngineState.FAILED:
-        return msg("status.engine_failed", error=status.error or msg("status.unknown_error"))
+        error = EngineSaid(status.error) if status.error else msg("status.unknown_error")
+        return msg("status.engine_failed", error=error)
     return None
 
 

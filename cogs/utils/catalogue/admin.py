@@ -1,7 +1,7 @@
 """The admin commands' private replies (cogs.admin) and reports (cogs.utils.reports), in the admin's language.
 
 A plan's one-line summary is the plan catalogue's English with a Chinese line beside it; what the engine says
-of a moment (why a plan cannot run, a load step, why it switched) stays as it words it.
+of a moment (why a plan cannot run, a load step, why it switched) is in `notes`.
 """
 
 from __future__ import annotations

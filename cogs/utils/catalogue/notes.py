@@ -1,0 +1,50 @@
+"""What the engine says of a moment (engine.notes: its load steps and sentences about plans), in Chinese.
+
+The English is the engine's own, byte for byte; `cogs.utils.i18n.engine_text` matches a sentence the engine
+wrote back to its code here and says it in the reader's language.
+"""
+
+from __future__ import annotations
+
+from cogs.utils.catalogue import EN, ZH, Entries
+from engine.notes import ENGINE_NOTES
+
+_CHINESE = {
+    "load.waiting": "等待加载模型",
+    "load.download": "正在下载 {model}（仅首次启动；可断点续传）",
+    "load.tokenizer": "正在加载分词器和调度器",
+    "load.text_encoder": "正在加载文本编码器（{quant}）",
+    "load.text_encoder_on_cpu": "正在加载文本编码器（{quant}，在 CPU 上）",
+    "load.transformer": "正在加载 transformer（{quant}）",
+    "load.vae": "正在加载 VAE",
+    "load.done": "已加载",
+    "load.compiling": "正在为此 GPU 编译模型（每次启动一次）…",
+    "plan.cpu": "未找到 CUDA GPU：在 CPU 上运行（非常慢）。",
+    "plan.unknown": "未知的显存方案 {name}。请选择 auto 或以下之一：{plans}。",
+    "plan.unknown_quality": "未知的 QUALITY {quality}。请选择以下之一：{choices}。",
+    "plan.needs_cuda": "{name} 需要带 CUDA 的 NVIDIA GPU，而本机没有。本机可用：{plans}。",
+    "plan.needs_fp8": (
+        "{name} 以 8 位浮点（FP8）存储权重，需要计算能力 8.9 或更新的 NVIDIA GPU（RTX 40 系列、L4、H100）；"
+        "本机为 {capability}。请改用 mixed_swap（约需 16 GiB）或 nf4_swap。"
+    ),
+    "plan.none_measured": "没有可用的实测方案；请运行 bench/plans.py，或按名称选择方案。",
+    "plan.no_ram": (
+        "每个实测方案所需的内存都超过本机 {ram} GiB 在系统之外剩余的部分（保留 {reserve} GiB）。"
+        "请增加内存或按名称选择方案。"
+    ),
+    "plan.sequential_nf4_crashes": (
+        '4 位权重配合顺序 CPU 卸载会在 diffusers/accelerate 内部崩溃（"Cannot copy out of meta tensor; no data!"）；'
+        "4 位加模型卸载适合同样的小显卡，而且快得多"
+    ),
+    "plan.tight": "GPU 仅有 {free} GiB 空闲显存；{plan} 实测需要 {need} GiB，可能显存不足。请关闭其他使用 GPU 的程序。",
+    "plan.remapped": "不使用 {name}：{why}。改用 {target}。",
+    "plan.step_down_loading": "加载 {plan} 时 GPU 显存不足；改用 {leaner}。",
+    "plan.loaded": "已使用方案 {plan} 加载。",
+    "plan.already": "已经在使用方案 {plan}。",
+    "plan.now": "现在使用方案 {plan}。",
+    "plan.switch_failed": "无法切换到 {plan}：{reason}。仍在使用 {current}。",
+    "plan.switch_failed_none": "无法切换到 {plan}：{reason}",
+    "plan.restore_failed": "切换到 {wanted} 失败，且无法恢复 {previous}。",
+}
+
+NOTES: Entries = {f"engine.{code}": {EN: english, ZH: _CHINESE[code]} for code, english in ENGINE_NOTES.items()}

@@ -1,0 +1,59 @@
+"""What the engine says of a moment, as English templates by code: the load steps shown while the model
+warms up, and the sentences about plans (why this one, a switch, a step down).
+
+The engine fills them in and hands over plain English, as it does for its errors (engine.types.ENGINE_TEXTS);
+cogs.utils.catalogue pairs each code with its Chinese, and the bot matches a sentence back to its code to
+show it in the reader's language. The engine never imports the catalogue.
+"""
+
+from __future__ import annotations
+
+ENGINE_NOTES: dict[str, str] = {
+    # Load steps (/status and every job's "warming up" line)
+    "load.waiting": "Waiting to load the model",
+    "load.download": "Downloading {model} (first start only; resumable)",
+    "load.tokenizer": "Loading tokenizer and scheduler",
+    "load.text_encoder": "Loading text encoder ({quant})",
+    "load.text_encoder_on_cpu": "Loading text encoder ({quant}, on the CPU)",
+    "load.transformer": "Loading transformer ({quant})",
+    "load.vae": "Loading VAE",
+    "load.done": "Loaded",
+    "load.compiling": "Compiling the model for this GPU (once per start)…",
+    # Plans (/status, /memory)
+    "plan.cpu": "No CUDA GPU found: running on the CPU (very slow).",
+    "plan.unknown": "Unknown memory plan {name}. Choose auto or one of: {plans}.",
+    "plan.unknown_quality": "Unknown QUALITY {quality}. Choose one of: {choices}.",
+    "plan.needs_cuda": (
+        "{name} needs an NVIDIA GPU with CUDA, and none is available here. On this machine use one of: {plans}."
+    ),
+    "plan.needs_fp8": (
+        "{name} stores weights in 8-bit floating point (FP8), which needs an NVIDIA GPU of compute capability 8.9 "
+        "or newer (RTX 40xx, L4, H100); this one is {capability}. Use mixed_swap (needs ~16 GiB) or nf4_swap instead."
+    ),
+    "plan.none_measured": "No measured plan is available; run bench/plans.py or pick a plan by name.",
+    "plan.no_ram": (
+        "Every measured plan needs more host RAM than this machine's {ram} GiB leaves beside the system ({reserve} "
+        "GiB kept free). Add RAM or pick a plan by name."
+    ),
+    "plan.sequential_nf4_crashes": (
+        '4-bit weights with sequential CPU offload crash inside diffusers/accelerate ("Cannot copy out of meta '
+        'tensor; no data!"); 4-bit with model offload fits the same small cards and is much faster'
+    ),
+    "plan.tight": (
+        "Only {free} GiB of GPU memory is free; {plan} was measured needing {need} GiB, so it may run out of "
+        "memory. Close other GPU programs."
+    ),
+    "plan.remapped": "{name} is not used: {why}. Using {target} instead.",
+    "plan.step_down_loading": "Ran out of GPU memory loading {plan}; using {leaner} instead.",
+    "plan.loaded": "Loaded with plan {plan}.",
+    "plan.already": "Already using plan {plan}.",
+    "plan.now": "Now using plan {plan}.",
+    "plan.switch_failed": "Could not switch to {plan}: {reason}. Still using {current}.",
+    "plan.switch_failed_none": "Could not switch to {plan}: {reason}",
+    "plan.restore_failed": "Switching to {wanted} failed and {previous} could not be restored.",
+}
+
+
+def note(code: str, **fields: object) -> str:
+    """The English sentence for `code` with its fields filled in."""
+    return ENGINE_NOTES[code].format(**fields)
