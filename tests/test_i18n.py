@@ -56,6 +56,7 @@ from engine.rules import RULE_TEXTS, InvalidRequest
 from engine.types import ENGINE_TEXTS, EngineState, EngineStatus, OutOfMemory
 from tests.conftest import World
 from tests.e2e.harness import ephemeral_reply, queued_reply, running_bot, settings_for
+from tests.test_bot_messages import engine_status
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -536,20 +537,7 @@ def test_every_engine_state_and_plan_summary_has_both_languages() -> None:
         assert {EN, ZH} <= set(CATALOGUE[f"engine_state.{state.value}"]), state
     for name, plan in PLANS.items():
         assert CATALOGUE[f"plan.{name}"][EN] == plan.summary  # the plan catalogue's own English
-    engine = EngineStatus(
-        state=EngineState.SWITCHING,
-        requested_mode="auto",
-        plan="nf4_swap",
-        plan_note=None,
-        load_message="",
-        load_fraction=1.0,
-        device_name="GPU",
-        free_vram_gib=7.3,
-        step_s=None,
-        jobs_done=0,
-        jobs_failed=0,
-        started_at=0.0,
-    )
+    engine = engine_status(EngineState.SWITCHING, plan="nf4_swap", device_name="GPU", free_vram_gib=7.3)
     rows = catalog.plan_rows(load_table(), has_gpu=None)
     zh = memory_report(engine, rows, locale="zh-CN")
     assert "`nf4_swap` —" in zh and "4 位 transformer 常驻，文本编码器每批调入一次" in zh
@@ -616,19 +604,12 @@ def test_engine_sentences_in_a_row_and_nested_errors_are_each_translated() -> No
 def test_warming_up_speaks_the_readers_language() -> None:
     from engine.notes import note
 
-    loading = EngineStatus(
-        state=EngineState.LOADING,
-        requested_mode="auto",
+    loading = engine_status(
+        EngineState.LOADING,
         plan=None,
         plan_note=note("plan.tight", free="5.3", plan="nf4_swap", need="6.0"),
         load_message=note("load.text_encoder_on_cpu", quant="nf4"),
-        load_fraction=0.05,
         device_name="GPU",
-        free_vram_gib=5.3,
-        step_s=None,
-        jobs_done=0,
-        jobs_failed=0,
-        started_at=0.0,
     )
     stats = QueueStats(queued=1, running=0, done=0, failed=0, cancelled=0, paused=False)
     zh = status_report(loading, stats, uptime_s=5, locale="zh-CN")
