@@ -261,8 +261,8 @@ def _fits_ram(m: Measurement, ram_gib: float | None) -> bool:
 
 # A plan measured a little above the free memory is still worth trying before a much slower one:
 # swap plans shrink to fit (the VAE leaves while denoising, CFG runs as two passes), and an OOM steps
-# down anyway. 15 %: a real 6 GB card leaves PyTorch 5.3 GiB, and the 4-bit swap plan was proven under
-# a bare 6.0 GiB cap; without the margin that card got the sequential plan, 17x slower.
+# down anyway. 15 %: a plan proven on one card is worth trying on a slightly smaller one (or beside another
+# program's memory) before a plan many times slower (the sequential plan is ~17x slower than the swap plan).
 NEAR_FIT = 1.15
 
 
