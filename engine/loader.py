@@ -221,12 +221,11 @@ def load_components(
             reuse.text_encoder = None  # type: ignore[assignment]  # free before loading the replacement
             _free(device)
         on_gpu = parks_on_gpu(plan, "text_encoder")
-        where = device
-        if plan.text_encoder != "bf16" and quantizes_on_host(device, on_gpu):
-            where = torch.device("cpu")
+        on_cpu = plan.text_encoder != "bf16" and quantizes_on_host(device, on_gpu)
+        if on_cpu:
             log.info("Too little GPU memory to quantize the text encoder there: quantizing it on the CPU")
-        on_cpu = where != device
         report(note("load.text_encoder_on_cpu" if on_cpu else "load.text_encoder", quant=plan.text_encoder), 0.05)
+        where = torch.device("cpu") if on_cpu else device
         text_encoder = load_text_encoder(folder, plan.text_encoder, where, on_gpu, cache)
     _park(text_encoder, parks_on_gpu(plan, "text_encoder"), device)
     text_encoder.eval()

@@ -48,7 +48,7 @@ ENGINE_NOTES: dict[str, str] = {
     "plan.loaded": "Loaded with plan {plan}.",
     "plan.already": "Already using plan {plan}.",
     "plan.now": "Now using plan {plan}.",
-    "plan.switch_failed": "Could not switch to {plan}: {reason}. Still using {current}.",
+    "plan.switch_failed": "Could not switch to {plan}: {reason} Still using {current}.",
     "plan.switch_failed_none": "Could not switch to {plan}: {reason}",
     "plan.restore_failed": "Switching to {wanted} failed and {previous} could not be restored.",
 }

@@ -277,7 +277,8 @@ class PlanManager:
             self._install(resolved, allow_step_down=False)
         except Exception as exc:
             log.exception("Switching to %s failed", resolved.plan.name)
-            reason = str(exc).rstrip(".") if isinstance(exc, EngineError) else f"{exc.__class__.__name__}: {exc}"
+            reason = str(exc) if isinstance(exc, EngineError) else f"{exc.__class__.__name__}: {exc}"
+            reason = reason if reason.endswith(".") else reason + "."  # a sentence of its own
             if previous is None:
                 self.state = EngineState.FAILED
                 failed = note("plan.switch_failed_none", plan=resolved.plan.name, reason=reason)

@@ -179,6 +179,13 @@ def _get(owner: Any, key: str) -> torch.Tensor:
     return owner._buffers[key[7:]] if key.startswith("buffer:") else owner._parameters[key].data
 
 
+def _set(owner: Any, key: str, tensor: torch.Tensor) -> None:
+    if key.startswith("buffer:"):
+        owner._buffers[key[7:]] = tensor
+    else:
+        owner._parameters[key].data = tensor
+
+
 def weight_bytes(module: torch.nn.Module, skip: torch.nn.Module | None = None) -> int:
     return sum(_nbytes(_get(*slot)) for slot in _weights(module, skip))
 
@@ -205,7 +212,7 @@ class ComponentSwap:
             if not key.startswith("buffer:") and getattr(owner._parameters[key], "quant_state", None) is not None
         ]
         self.nbytes = sum(_nbytes(_get(*slot)) for slot in self._slots)
-        self.stays_on_host = stays_on_host
+        self._stays_bytes = weight_bytes(stays_on_host) if stays_on_host is not None else 0
         self._hooks: list[RemovableHandle] = []
         if stays_on_host is not None:
             stays_on_host.to("cpu")
@@ -222,13 +229,6 @@ class ComponentSwap:
             hook.remove()
         self._hooks = []
 
-    @staticmethod
-    def _assign(owner: Any, key: str, tensor: torch.Tensor) -> None:
-        if key.startswith("buffer:"):
-            owner._buffers[key[7:]] = tensor
-        else:
-            owner._parameters[key].data = tensor
-
     def _take_copy(self) -> None:
         """Copy every weight into one new host buffer, each weight re-pointed at its place in it."""
         slots = self._slots
@@ -236,14 +236,13 @@ class ComponentSwap:
         self.copy = HostCopy(
             specs,
             lambda i: _get(*slots[i]),
-            lambda i, view: self._assign(*slots[i], view),
+            lambda i, view: _set(*slots[i], view),
             pin=self.mode.pin,
             from_gpu=self.on_gpu and self.device.type == "cuda",
         )
 
     def host_bytes(self) -> int:
-        stays = weight_bytes(self.stays_on_host) if self.stays_on_host is not None else 0
-        return stays + (self.copy.nbytes if self.copy is not None else 0)
+        return self._stays_bytes + (self.copy.nbytes if self.copy is not None else 0)
 
     def pinned_bytes(self) -> int:
         return self.copy.nbytes if self.copy is not None and self.copy.pinned else 0
@@ -253,7 +252,7 @@ class ComponentSwap:
             return
         assert self.copy is not None
         for (owner, key), host in zip(self._slots, self.copy.views, strict=True):
-            self._assign(owner, key, host.to(self.device, non_blocking=True))
+            _set(owner, key, host.to(self.device, non_blocking=True))
         for state in self._quant_states:
             state.to(self.device)
         self.on_gpu = True
@@ -270,7 +269,7 @@ class ComponentSwap:
             self._take_copy()
         else:
             for (owner, key), view in zip(self._slots, self.copy.views, strict=True):
-                self._assign(owner, key, view)
+                _set(owner, key, view)
         for state in self._quant_states:
             state.to("cpu")
         self.on_gpu = False

@@ -592,7 +592,7 @@ def test_engine_sentences_in_a_row_and_nested_errors_are_each_translated() -> No
         "现在使用方案 nf4_swap。GPU 仅有 5.3 GiB 空闲显存；nf4_swap 实测需要 6.0 GiB，可能显存不足。"
         "请关闭其他使用 GPU 的程序。"
     )
-    loading = str(OutOfMemory(code="engine.oom_loading", plan="bf16_fast")).rstrip(".")
+    loading = str(OutOfMemory(code="engine.oom_loading", plan="bf16_fast"))
     failed = note("plan.switch_failed", plan="bf16_fast", reason=loading, current="nf4_swap")
     chinese = engine_text(failed, "zh-CN")
     assert chinese.startswith("无法切换到 bf16_fast：加载方案 bf16_fast 时") and chinese.endswith("仍在使用 nf4_swap。")

@@ -142,17 +142,18 @@ def _literal_length(template: str) -> int:
 
 # The most specific first: "There is no job #{job} to start from." before "There is no job #{job}.", whose field
 # would otherwise swallow the rest of the sentence.
-_STORED_PATTERNS = {
-    code: _pattern(english)
-    for code, english in sorted(TEXTS_BY_CODE.items(), key=lambda item: -_literal_length(item[1]))
-}
+def _most_specific_first(codes: list[str]) -> list[str]:
+    return sorted(codes, key=lambda code: -_literal_length(CATALOGUE[code][EN]))
+
+
+_STORED_PATTERNS = {code: _pattern(CATALOGUE[code][EN]) for code in _most_specific_first([*TEXTS_BY_CODE])}
 
 
 # What the engine may write in English (its notes and its errors), most specific first. A template that ends
 # in a field (": {reason}") takes the rest of the text; any other is one sentence followed by the next.
 _ENGINE_PATTERNS = [
     (code, _pattern(CATALOGUE[code][EN]), CATALOGUE[code][EN].endswith("}"))
-    for code in sorted([*NOTES, *TEXTS_BY_CODE], key=lambda code: -_literal_length(CATALOGUE[code][EN]))
+    for code in _most_specific_first([*NOTES, *TEXTS_BY_CODE])
 ]
 _SENTENCE_END = ("。", "！", "？", "）")
 
@@ -168,7 +169,7 @@ def engine_text(text: str, locale: Locale) -> str:
         for code, pattern, takes_the_rest in _ENGINE_PATTERNS:
             found = pattern.fullmatch(rest) if takes_the_rest else pattern.match(rest)
             if found and (found.end() == len(rest) or rest[found.end()] == " "):
-                fields = {name: _engine_field(value, locale) for name, value in found.groupdict().items()}
+                fields = {name: engine_text(value, locale) for name, value in found.groupdict().items()}
                 pieces.append(_fill(CATALOGUE[code][ZH], fields))
                 rest = rest[found.end() :].lstrip(" ")
                 break
@@ -177,15 +178,6 @@ def engine_text(text: str, locale: Locale) -> str:
             pieces.append(rest if cut < 0 else rest[: cut + 1])
             rest = "" if cut < 0 else rest[cut + 2 :]
     return "".join(p if i == 0 or pieces[i - 1].endswith(_SENTENCE_END) else " " + p for i, p in enumerate(pieces))
-
-
-def _engine_field(value: str, locale: Locale) -> str:
-    """A field of an engine sentence; a nested sentence may have lost its full stop ("...: {reason}. Still...")."""
-    said = engine_text(value, locale)
-    if said == value and not value.endswith("."):
-        dotted = engine_text(value + ".", locale)
-        return dotted.rstrip("。") if dotted != value + "." else said
-    return said
 
 
 class EngineSaid(Text):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from cogs.utils.i18n import CATALOGUE, EngineSaid, Locale, engine_text, t
+from cogs.utils.i18n import EngineSaid, Locale, engine_text, t
 from cogs.utils.text import clip, seconds_text
 from db.models import QueueStats
 from db.workers import WorkerInfo
@@ -113,8 +113,7 @@ def memory_report(engine: EngineStatus, rows: Sequence[PlanRow], locale: Locale 
                     t("report.bf16", locale) if row.fidelity_db is None else f"{row.fidelity_db:.0f} dB",
                 ]
             )
-            summary = t(f"plan.{row.name}", locale) if f"plan.{row.name}" in CATALOGUE else row.summary
-            lines.append(f"✅ `{row.name}` — {numbers} — {summary}")
+            lines.append(f"✅ `{row.name}` — {numbers} — {t(f'plan.{row.name}', locale)}")
         else:
             why = engine_text(row.why_not, locale) if row.why_not else t("report.not_here", locale)
             lines.append(f"❌ `{row.name}` — {_first_sentence(why)}")

@@ -42,7 +42,7 @@ _CHINESE = {
     "plan.loaded": "已使用方案 {plan} 加载。",
     "plan.already": "已经在使用方案 {plan}。",
     "plan.now": "现在使用方案 {plan}。",
-    "plan.switch_failed": "无法切换到 {plan}：{reason}。仍在使用 {current}。",
+    "plan.switch_failed": "无法切换到 {plan}：{reason}仍在使用 {current}。",
     "plan.switch_failed_none": "无法切换到 {plan}：{reason}",
     "plan.restore_failed": "切换到 {wanted} 失败，且无法恢复 {previous}。",
 }
