@@ -315,6 +315,7 @@ def measure_engine(args: argparse.Namespace) -> dict[str, Any]:
             )
         final = engine.status()
         weights = weights_on_host(engine)
+        measured_work = engine.plan_manager.runner.measured_work_gib
         await engine.stop()
         row = {
             "weights_host_after_load": weights_after_load,
@@ -327,6 +328,8 @@ def measure_engine(args: argparse.Namespace) -> dict[str, Any]:
             "torch_pinned_gib": None if pinned is None else round(pinned, 2),
             "images": images,
             "plan_used": final.plan,
+            # One transformer pass's working memory per megapixel, as the runner measured it on its first step.
+            "work_gib": None if measured_work is None else round(measured_work, 3),
             "plan_note": final.plan_note,
         }
         if args.cache_dir and args.reload:
@@ -560,7 +563,7 @@ def table(args: argparse.Namespace) -> None:
             "encode_s": row["encode_s"],
             "decode_s": row["decode_s"],
             "measured_cap_gib": cap,
-            **{k: row[k] for k in ("psnr_db", "host_gib", "host_peak_gib") if row.get(k) is not None},
+            **{k: row[k] for k in ("psnr_db", "host_gib", "host_peak_gib", "work_gib") if row.get(k) is not None},
         }
         best = plans.get(name)
         # What a plan needs: swap plans adapt to the card, so their smallest successful cap is

@@ -64,7 +64,8 @@ class RunnerOptions:
     step_delay_s: float = 0.0  # testing knob: slow every step down (crash soak)
     batched_cfg: bool = False
     text_bucket: int = 0  # > 0: pad text to a multiple of this many tokens (static shapes for compile)
-    # Working memory of one image pass per megapixel, GiB: the plan table's `work_gib` where measured.
+    # Working memory of one image pass per megapixel, GiB, until the runner has measured its own (the first
+    # job's first step): the plan table's `work_gib` where measured, else this cautious figure.
     # A batch of two passes is run only where it fits; else the two passes run one after the other.
     work_gib: float = 2.0
     # The VAE's working memory per megapixel, GiB (bf16 decode; its encoder needs less): a full-size
@@ -76,6 +77,24 @@ class RunnerOptions:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+class PassMemory:
+    """What a denoising step needs beyond what is already allocated. The cache is emptied first, so every
+    byte its passes take (activations, dequantized weights, fragmentation) shows as newly reserved: on a
+    real card that is what has to fit. Measured, because an estimate either wastes a small card's room for
+    a batch of 2 or, on Windows, spills into shared memory instead of failing."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.base = 0
+
+    def start(self) -> None:
+        torch.cuda.empty_cache()
+        self.base = torch.cuda.memory_allocated(self.device)
+
+    def used(self) -> int:
+        return torch.cuda.memory_reserved(self.device) - self.base
 
 
 class Runner:
@@ -99,6 +118,8 @@ class Runner:
         self.encoder_visits = 0  # times the encoder was brought in for a batch of texts
         self.batch_oom_area: int | None = None  # smallest image area at which a CFG batch of 2 ran out of memory
         self.unbatched_steps = 0  # CFG steps run as two passes although batching was on (tests, benchmarks)
+        self.pass_memory = PassMemory(device) if device.type == "cuda" else None
+        self.measured_work_gib: float | None = None  # one image pass's working memory per megapixel, here
         self._preview_map: Any = None  # engine.preview.LatentRGB of this pipeline's VAE, once asked for
 
     # --- text encoder ---------------------------------------------------------------------
@@ -124,8 +145,15 @@ class Runner:
 
     def warm_up(self, size: int) -> None:
         """Make one throwaway 2-step image so the first job does not pay for compiling the
-        transformer (and the first CUDA calls of each component); nothing is kept."""
-        self.generate(prompt="warm-up", negative_prompt="", width=size, height=size, steps=2, guidance=5.0, seed=0)
+        transformer (and the first CUDA calls of each component); nothing is kept. Its first step measures a
+        pass's working memory; where that changes whether CFG runs as one batch, a second image compiles
+        the batch's shapes too."""
+        batched = self.batch_fits(size * size)
+        for _ in range(2):
+            self.generate(prompt="warm-up", negative_prompt="", width=size, height=size, steps=2, guidance=5.0, seed=0)
+            if self.batch_fits(size * size) == batched:
+                break
+            batched = not batched
         self.embeddings.drop_unheld()
         self.encoder_calls = self.encoder_visits = 0
 
@@ -289,9 +317,12 @@ class Runner:
             else:
                 prompt_embeds = text
 
+        meter = self.pass_memory if self.measured_work_gib is None else None
         for i, t in enumerate(timesteps):
             model_input = latents.to(transformer_dtype)
             timestep = t.expand(latents.shape[0])
+            if meter is not None and i == 0:
+                meter.start()
             if batched:
                 try:
                     pred = transformer(
@@ -339,6 +370,8 @@ class Runner:
                             return_dict=False,
                         )[0]
                     noise_pred = noise_uncond + guidance * (noise_pred - noise_uncond)
+            if meter is not None and i == 0:
+                self._measured(meter.used() / (2 if batched else 1), width * height)
             previous = latents
             latents = scheduler.step(noise_pred, t, latents, return_dict=False)[0]
             if device.type == "cuda":
@@ -355,9 +388,15 @@ class Runner:
                 on_step(i + 1, total)
         return latents
 
+    def _measured(self, pass_bytes: float, area: int) -> None:
+        self.measured_work_gib = pass_bytes / GIB * (1024 * 1024) / area
+        log.info("one transformer pass needs %.2f GiB per megapixel here", self.measured_work_gib)
+
     def _pass_bytes(self, area: int) -> int:
-        """Working memory of one transformer pass at this image area (an estimate per megapixel)."""
-        return int(self.options.work_gib * GIB * area / (1024 * 1024))
+        """Working memory of one transformer pass at this image area: it grows with the image's tokens
+        (attention runs on kernels whose memory is linear in them), so per megapixel."""
+        per_megapixel = self.measured_work_gib or self.options.work_gib
+        return int(per_megapixel * GIB * area / (1024 * 1024))
 
     def _vae_bytes(self, area: int) -> int:
         """Above its tile size (tiling is enabled at placement) the VAE works one tile at a time."""

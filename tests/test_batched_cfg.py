@@ -115,6 +115,60 @@ def test_a_batch_of_two_is_run_only_where_it_fits(room_gib: float, work_gib: flo
     assert runner.batch_fits(side * side) is fits
 
 
+class MeterReading:
+    """A CUDA memory meter whose step always reserved `used` bytes beyond the weights."""
+
+    def __init__(self, used: int) -> None:
+        self.reading = used
+        self.starts = 0
+
+    def start(self) -> None:
+        self.starts += 1
+
+    def used(self) -> int:
+        return self.reading
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_the_first_step_measures_a_pass_and_later_batches_are_decided_by_it(tiny_model: Path, batched: bool) -> None:
+    runner = make_runner(tiny_model, "bf16_resident")
+    install(runner.pipe.transformer)
+    images_in_step = 2 if batched else 1
+    meter = MeterReading(int(0.3 * GIB * images_in_step * 64 * 64 / (1024 * 1024)))  # 0.3 GiB/MP per image
+    runner.pass_memory = meter  # type: ignore[assignment]
+    pixels(runner, PROMPTS[0], batched_cfg=batched, text_bucket=64)
+    assert meter.starts == 1
+    assert runner.measured_work_gib == pytest.approx(0.3, rel=1e-3)
+    pixels(runner, PROMPTS[1], batched_cfg=batched, text_bucket=64)
+    assert meter.starts == 1, "measured once, on the first job"
+    # Two passes of 0.3 GiB fit 1 GiB of room at one megapixel; the cautious estimate (2 GiB a pass) does not.
+    runner.device = torch.device("cuda")
+    runner.residency = RoomOnly(1 * GIB)
+    assert runner.batch_fits(1024 * 1024) and not runner.batch_fits(2048 * 2048)
+    runner.measured_work_gib = None
+    assert not runner.batch_fits(1024 * 1024)
+
+
+def test_a_warm_up_whose_measurement_allows_a_batch_also_compiles_the_batch(tiny_model: Path) -> None:
+    runner = make_runner(tiny_model, "bf16_resident")
+    install(runner.pipe.transformer)
+    runner.options = RunnerOptions(batched_cfg=True, text_bucket=64)
+    runner.pass_memory = MeterReading(1)  # type: ignore[assignment]
+    runner.batch_fits = lambda area: runner.measured_work_gib is not None  # type: ignore[method-assign]
+    generate = runner.generate
+    batch_sizes: list[bool] = []
+
+    def counted(**kwargs: object) -> object:
+        batch_sizes.append(runner.batch_fits(64 * 64))
+        return generate(**kwargs)  # type: ignore[arg-type]
+
+    runner.generate = counted  # type: ignore[method-assign]
+    runner.warm_up(64)
+    assert batch_sizes == [False, True], "two passes first (the cautious estimate), then the measured batch"
+    runner.warm_up(64)
+    assert batch_sizes == [False, True, True]
+
+
 def test_resident_plans_use_the_free_vram(monkeypatch: pytest.MonkeyPatch) -> None:
     import engine.residency
 
