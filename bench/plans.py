@@ -525,6 +525,8 @@ def matrix(args: argparse.Namespace) -> None:
             "decode_s",
             "first_image_encode_s",
             "steady_image_s_50",
+            "queue_image_s",
+            "work_gib",
             "peak_reserved_gib",
             "load_peak_reserved_gib",
             "card_gib",
