@@ -209,6 +209,8 @@ class Quality(StrEnum):
 #   balanced: the fastest of at least 40 dB, unless it is more than 2x slower than the fastest plan
 #             (a small card whose only faithful plans stream weights every step): then the fastest.
 #   best:     the fastest of at least 43 dB however slow; if none fits, the most faithful.
+# Where that settles below the floor, swap plans proven on a card up to 15 % larger (NEAR_FIT) count
+# too, with a note that they may run out of memory.
 # bf16 everywhere is the reference (infinite dB). The default is balanced: an 8 GiB card keeps
 # 4-bit (33 dB), a 12–16 GiB card gets the 8-bit transformer (44 dB measured with a 4-bit text encoder).
 QUALITY_RULES: dict[Quality, tuple[float, float]] = {
@@ -293,9 +295,20 @@ def choose_auto(
     if not candidates:
         raise PlanError(engine_note("plan.no_ram", ram=f"{ram_gib:.1f}", reserve=f"{HOST_RESERVE_GIB:.0f}"))
     fitting = [m for m in candidates if m.need_gib() <= free_gib]
-    if fitting:
-        return Resolved(PLANS[_by_quality(fitting, table, Quality(quality), steps).plan])
     near = [m for m in candidates if m.need_gib() <= free_gib * NEAR_FIT]
+    if fitting:
+        pick = _by_quality(fitting, table, Quality(quality), steps)
+        if _db(pick, table) < QUALITY_RULES[Quality(quality)][0]:
+            # The rule settled below its floor: a swap plan proven on a card up to 15 % larger is tried first
+            # (a 12 GB card beside a desktop keeps the 8-bit tier). Swap plans shrink to fit; an OOM steps down.
+            swaps = [m for m in near if m not in fitting and PLANS[m.plan].placement is Placement.SWAP]
+            pick = _by_quality(fitting + swaps, table, Quality(quality), steps)
+        if pick.need_gib() <= free_gib:
+            return Resolved(PLANS[pick.plan])
+        return Resolved(
+            PLANS[pick.plan],
+            engine_note("plan.tight", free=f"{free_gib:.1f}", plan=pick.plan, need=f"{pick.need_gib():.1f}"),
+        )
     pick = min(near, key=lambda m: m.image_s(steps)) if near else min(candidates, key=lambda m: m.need_gib())
     return Resolved(
         PLANS[pick.plan],
@@ -303,19 +316,20 @@ def choose_auto(
     )
 
 
+def _db(m: Measurement, table: dict[str, Measurement]) -> float:
+    value = fidelity_db(m.plan, table)
+    return math.inf if value is None else value
+
+
 def _by_quality(fitting: list[Measurement], table: dict[str, Measurement], quality: Quality, steps: int) -> Measurement:
     def speed(m: Measurement) -> tuple[float, float]:
         return (m.image_s(steps), m.need_gib())
 
-    def db(m: Measurement) -> float:
-        value = fidelity_db(m.plan, table)
-        return math.inf if value is None else value
-
     floor, patience = QUALITY_RULES[quality]
     fastest = min(fitting, key=speed)
-    faithful = [m for m in fitting if db(m) >= floor]
+    faithful = [m for m in fitting if _db(m, table) >= floor]
     if not faithful:
-        return max(fitting, key=lambda m: (db(m), -m.image_s(steps))) if quality is Quality.BEST else fastest
+        return max(fitting, key=lambda m: (_db(m, table), -m.image_s(steps))) if quality is Quality.BEST else fastest
     pick = min(faithful, key=speed)
     return pick if pick.image_s(steps) <= patience * fastest.image_s(steps) else fastest
 

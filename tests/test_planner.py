@@ -31,8 +31,10 @@ SYNTHETIC = {
         (34.8, True, "mixed_swap", False),  # 34.7 GiB peak + headroom does not fit in 34.8
         (24.0, True, "mixed_swap", False),
         (16.0, True, "mixed_swap", False),
-        (15.9, True, "nf4_resident", False),
-        (15.0, True, "nf4_swap", False),
+        # Below that only 4-bit transformers fit; the bf16 swap plan proven at 16 GiB is tried first (within 15 %).
+        (15.9, True, "mixed_swap", True),
+        (15.0, True, "mixed_swap", True),
+        (13.5, True, "nf4_swap", False),
         (8.0, True, "nf4_swap", False),
         (6.0, True, "nf4_swap", False),
         (5.6, True, "nf4_swap", True),  # within 15 %: still the best bet, with a warning
@@ -44,6 +46,12 @@ def test_auto_picks_the_fastest_plan_that_fits(free_gib: float, compile_ok: bool
     chosen = choose_auto(free_gib, SYNTHETIC, allow_compile=compile_ok)
     assert chosen.plan.name == expected
     assert (chosen.note is not None) == warns
+
+
+@pytest.mark.parametrize(("free_gib", "expected"), [(15.9, "nf4_resident"), (15.0, "nf4_swap")])
+def test_fastest_quality_takes_the_4_bit_plan_that_fits_rather_than_a_near_fit(free_gib: float, expected: str) -> None:
+    chosen = choose_auto(free_gib, SYNTHETIC, quality="fastest")
+    assert chosen.plan.name == expected and chosen.note is None
 
 
 def test_no_gpu_means_the_cpu_plan() -> None:
@@ -74,6 +82,12 @@ def test_the_committed_table_is_measured_data_for_known_plans() -> None:
     assert real_6gb.plan.name == "nf4_swap" and real_6gb.note is None  # proven on that card: no warning
     real_12gb = choose_auto(12.0 - 0.68, table, capability=(8, 9))
     assert real_12gb.plan.name == "fp8_swap" and real_12gb.note is None
+    # The same card beside a desktop that holds 0.8 GiB: nothing faithful fits, so the 8-bit swap plan
+    # proven on the whole card is tried (it shrinks to fit), with a warning; `fastest` takes the 4-bit plan.
+    desktop_12gb = choose_auto(12.0 - 0.68 - 0.8, table, capability=(8, 9))
+    assert desktop_12gb.plan.name == "fp8_swap" and desktop_12gb.note and "may run out of memory" in desktop_12gb.note
+    assert choose_auto(12.0 - 0.68 - 0.8, table, capability=(8, 9), quality="fastest").plan.name == "nf4_swap"
+    assert choose_auto(12.0 - 0.68 - 0.8, table, capability=(8, 6)).plan.name == "nf4_swap", "no FP8 on Ampere"
     assert choose_auto(8.0, table).plan.name == "nf4_swap"
     assert choose_auto(24.0, table).plan.name == "mixed_swap"
     assert choose_auto(79.0, table, allow_compile=True).plan.name == "bf16_fast"

@@ -124,9 +124,10 @@ def test_the_committed_table_carries_fidelity_and_says_where_it_came_from() -> N
     assert choose_auto(12.0, table, capability=ADA).plan.name == "fp8_swap"
     assert choose_auto(12.0, table, capability=AMPERE).plan.name == "nf4_swap"
     assert choose_auto(8.0, table, quality="fastest").plan.name == "nf4_swap"
-    # At 12 GiB the measured FP8 plan is also the faster one, so `fastest` agrees with `balanced`.
-    assert table["fp8_swap"].image_s(50) < table["nf4_swap"].image_s(50)
-    assert choose_auto(12.0, table, quality="fastest", capability=ADA).plan.name == "fp8_swap"
+    # Eager, the 4-bit plan with batched CFG is a little faster (its passes need less room): `fastest` takes it,
+    # `balanced` keeps the 8-bit transformer, being well within 2x of it.
+    assert table["nf4_swap"].image_s(50) < table["fp8_swap"].image_s(50) < 2 * table["nf4_swap"].image_s(50)
+    assert choose_auto(12.0, table, quality="fastest", capability=ADA).plan.name == "nf4_swap"
 
 
 def test_doctor_and_memory_show_fidelity_beside_speed_and_memory() -> None:
