@@ -303,13 +303,10 @@ def choose_auto(
             # (a 12 GB card beside a desktop keeps the 8-bit tier). Swap plans shrink to fit; an OOM steps down.
             swaps = [m for m in near if m not in fitting and PLANS[m.plan].placement is Placement.SWAP]
             pick = _by_quality(fitting + swaps, table, Quality(quality), steps)
-        if pick.need_gib() <= free_gib:
-            return Resolved(PLANS[pick.plan])
-        return Resolved(
-            PLANS[pick.plan],
-            engine_note("plan.tight", free=f"{free_gib:.1f}", plan=pick.plan, need=f"{pick.need_gib():.1f}"),
-        )
-    pick = min(near, key=lambda m: m.image_s(steps)) if near else min(candidates, key=lambda m: m.need_gib())
+    else:
+        pick = min(near, key=lambda m: m.image_s(steps)) if near else min(candidates, key=lambda m: m.need_gib())
+    if pick.need_gib() <= free_gib:
+        return Resolved(PLANS[pick.plan])
     return Resolved(
         PLANS[pick.plan],
         engine_note("plan.tight", free=f"{free_gib:.1f}", plan=pick.plan, need=f"{pick.need_gib():.1f}"),

@@ -149,11 +149,9 @@ class Runner:
         pass's working memory; where that changes whether CFG runs as one batch, a second image compiles
         the batch's shapes too."""
         batched = self.batch_fits(size * size)
-        for _ in range(2):
+        self.generate(prompt="warm-up", negative_prompt="", width=size, height=size, steps=2, guidance=5.0, seed=0)
+        if self.batch_fits(size * size) != batched:
             self.generate(prompt="warm-up", negative_prompt="", width=size, height=size, steps=2, guidance=5.0, seed=0)
-            if self.batch_fits(size * size) == batched:
-                break
-            batched = not batched
         self.embeddings.drop_unheld()
         self.encoder_calls = self.encoder_visits = 0
 
