@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import platform
@@ -331,6 +332,9 @@ def measure_engine(args: argparse.Namespace) -> dict[str, Any]:
             # One transformer pass's working memory per megapixel, as the runner measured it on its first step.
             "work_gib": None if measured_work is None else round(measured_work, 3),
             "plan_note": final.plan_note,
+            "plan_reason": list(final.plan_reason),
+            # This card's figures as the engine measured them at start (engine.card_profile).
+            "card": None if engine.plan_manager.card is None else dataclasses.asdict(engine.plan_manager.card),
         }
         if args.cache_dir and args.reload:
             # The second start: quantized weights from the cache, read from disk, not the page cache.

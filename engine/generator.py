@@ -42,6 +42,15 @@ class Generator:
         """Seconds per step at the native size, measured under the plan in place now (None before)."""
         return self._step_s if self._step_s_load == self.plans.model_loads else None
 
+    @property
+    def image_s(self) -> float | None:
+        """Seconds per 50-step image at the native size under the plan in place, measured here (None before)."""
+        step_s = self.step_s
+        measured = self.plans.table.get(self.plans.plan_name or "")
+        if step_s is None:
+            return None
+        return 50 * step_s + (measured.encode_s + measured.decode_s if measured is not None else 0.0)
+
     def check_fits(self, request: JobRequest) -> None:
         """What this model can make at all; every other rule was checked where the request came in."""
         check_size(request.width, request.height, self.plans.limits)
@@ -74,6 +83,7 @@ class Generator:
         `start_image` (the stored bytes of request.start_image) makes it image-to-image or an upscale."""
         import torch
 
+        from engine.quant8 import KernelFailed
         from engine.runner import Cancelled
 
         self.plans.require_runner()
@@ -94,6 +104,13 @@ class Generator:
             except Cancelled:
                 self.release([holder])
                 raise JobCancelled() from None
+            except KernelFailed as exc:
+                log.warning("The 8-bit matmul failed under plan %s", self.plans.plan_name, exc_info=True)
+                note = self.plans.recover_from_kernel_failure(exc.kernel, str(exc.__cause__ or exc)[:200])
+                if note is None:
+                    self._failed(holder)
+                    raise
+                notes.append(note)
             except torch.OutOfMemoryError:
                 log.warning("CUDA out of memory under plan %s", self.plans.plan_name, exc_info=True)
                 note = self.plans.recover_from_oom(step_down=attempt == 1)

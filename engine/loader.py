@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from engine.notes import note
-from engine.plans import Placement, Plan, Quant
+from engine.plans import COMPUTE_KERNEL, Placement, Plan, Quant
 from engine.weight_cache import WeightCache
 
 log = logging.getLogger(__name__)
@@ -114,11 +114,22 @@ def _park(module: torch.nn.Module, on_gpu: bool, device: torch.device) -> torch.
     return module
 
 
+def eight_bit_matmuls(model: torch.nn.Module, quant: Quant, device: torch.device) -> torch.nn.Module:
+    """The transformer's block linears quantized for the card's 8-bit matmuls (engine.quant8), one block at a
+    time on `device`: the GPU holds the 8-bit blocks so far plus one bf16 block, never a bf16 model."""
+    from engine.quant8 import quantize_block
+
+    for block in model.transformer_blocks:
+        quantize_block(block.to(device), COMPUTE_KERNEL[quant])  # type: ignore[arg-type]
+    return model
+
+
 def _load_kwargs(library: str, quant: Quant, device: torch.device, on_gpu: bool) -> dict[str, Any]:
-    """NF4 quantizes while weights land on the GPU; FP8 is cast on the host (a bf16 copy on the GPU
-    would need twice the room); bf16 goes straight to where it will live."""
+    """NF4 quantizes while weights land on the GPU; FP8 and the 8-bit matmul formats start on the host (a
+    bf16 copy on the GPU would need twice the room) and are cast block by block; bf16 goes straight to where
+    it will live."""
     kwargs: dict[str, Any] = {"dtype": DTYPE}
-    if quant == "fp8":
+    if quant in ("fp8", "fp8mm", "int8mm"):
         return kwargs
     if quant == "nf4":
         kwargs["quantization_config"] = nf4_config(library)
@@ -133,8 +144,13 @@ def _load(
 ) -> torch.nn.Module:
     """Load one component, through the quantized cache for NF4 and FP8 when there is one."""
 
+    eight_bit = quant in ("fp8mm", "int8mm")
+    where = device if on_gpu else torch.device("cpu")
+
     def build() -> torch.nn.Module:
         model = cls.from_pretrained(source, **_load_kwargs(library, quant, device, on_gpu))
+        if eight_bit:
+            return eight_bit_matmuls(model, quant, where)
         return store_fp8(model) if quant == "fp8" else model
 
     if cache is None or quant == "bf16":
@@ -146,7 +162,7 @@ def _load(
             return
         from safetensors.torch import save_file
 
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / FP8_WEIGHTS))
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / _weights_file(quant)))
         (model.save_config if library == "diffusers" else model.config.save_pretrained)(folder)
 
     def load(folder: Path) -> torch.nn.Module:
@@ -158,13 +174,22 @@ def _load(
         config = cls.load_config(folder) if library == "diffusers" else cls.config_class.from_pretrained(folder)
         with init_empty_weights():
             model = cls.from_config(config) if library == "diffusers" else cls(config)
-        model.load_state_dict(load_file(str(folder / FP8_WEIGHTS)), strict=True, assign=True)
+        if eight_bit:
+            from engine.quant8 import quantize_blocks
+
+            quantize_blocks(model, COMPUTE_KERNEL[quant])  # type: ignore[arg-type]  # the 8-bit modules, empty
+            # Straight to where the weights live: no host copy of the whole component on the way.
+            state = load_file(str(folder / _weights_file(quant)), device=str(where))
+            model.load_state_dict(state, strict=True, assign=True)
+            return model
+        model.load_state_dict(load_file(str(folder / _weights_file(quant))), strict=True, assign=True)
         return store_fp8(model)
 
     return cache.load_or_build(source.name, quant, source, build, save, load)
 
 
-FP8_WEIGHTS = "fp8.safetensors"
+def _weights_file(quant: Quant) -> str:
+    return f"{quant}.safetensors"
 
 
 def load_text_encoder(

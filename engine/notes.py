@@ -12,6 +12,7 @@ ENGINE_NOTES: dict[str, str] = {
     # Load steps (/status and every job's "warming up" line)
     "load.waiting": "Waiting to load the model",
     "load.download": "Downloading {model} (first start only; resumable)",
+    "load.measuring_card": "Timing this GPU's matmul kernels (first start on this card only)",
     "load.tokenizer": "Loading tokenizer and scheduler",
     "load.text_encoder": "Loading text encoder ({quant})",
     "load.text_encoder_on_cpu": "Loading text encoder ({quant}, on the CPU)",
@@ -26,9 +27,25 @@ ENGINE_NOTES: dict[str, str] = {
     "plan.needs_cuda": (
         "{name} needs an NVIDIA GPU with CUDA, and none is available here. On this machine use one of: {plans}."
     ),
-    "plan.needs_fp8": (
-        "{name} stores weights in 8-bit floating point (FP8), which needs an NVIDIA GPU of compute capability 8.9 "
-        "or newer (RTX 40xx, L4, H100); this one is {capability}. Use mixed_swap (needs ~16 GiB) or nf4_swap instead."
+    "plan.needs_capability": (
+        "{name} needs {quant} support, which needs an NVIDIA GPU of compute capability {needed} or newer (FP8: RTX "
+        "40xx, L4, H100; int8 matmuls: RTX 30xx and newer); this one is {capability}. auto picks a plan that runs here."
+    ),
+    "plan.kernel_failed": (
+        "{name} cannot run here: this GPU's {kernel} matmul failed when it was tested ({error}). Update the NVIDIA "
+        "driver, or let auto pick another plan."
+    ),
+    "plan.kernel_step_down": "The {kernel} matmul failed under {plan}; using {leaner} instead.",
+    "plan.reason.balanced": (
+        "auto chose {plan} (QUALITY=balanced): the fastest plan here that fits with at least {floor} dB of fidelity."
+    ),
+    "plan.reason.best": (
+        "auto chose {plan} (QUALITY=best): the most faithful plan that fits within {patience}x of the fastest here."
+    ),
+    "plan.reason.fastest": "auto chose {plan} (QUALITY=fastest): the fastest plan here that fits.",
+    "plan.projected": (
+        "Times on this {gpu} are projected from one transformer block timed here: the {kernel} step {ratio}x, "
+        "bf16 {bf16}x the {reference} the table was measured on; host to GPU copies {gbps} GB/s."
     ),
     "plan.none_measured": "No measured plan is available; run bench/plans.py or pick a plan by name.",
     "plan.no_ram": (

@@ -18,7 +18,7 @@ from db.models import JobRequest
 from engine import plans as plan_catalog
 from engine.device import host_ram
 from engine.notes import note
-from engine.plans import Measurement, Plan, PlanError, Resolved
+from engine.plans import CardProfile, Measurement, Plan, PlanError, Resolved
 from engine.rules import ModelLimits, limits_for_model, limits_from_folder
 from engine.types import EngineConfig, EngineError, EngineState, EngineUnavailable, OutOfMemory, PlanSwitchFailed
 
@@ -37,6 +37,11 @@ class PlanManager:
         self.load_fraction = 0.0
         self.error: str | None = None
         self.device_name = "unknown"
+        # This card's measured figures (engine.card_profile) and those of the GPU the table was measured on:
+        # auto projects every plan's time onto this card from the two.
+        self.card: CardProfile | None = None
+        self.reference = plan_catalog.table_card()
+        self.auto_reason: tuple[str, ...] = ()  # why auto chose the plan it chose, in a sentence or two
         self.model_loads = 0  # times weights were placed on the device: 1 unless the plan changed
         self.loaded = threading.Event()  # set once the first load succeeded or failed
         # Set on the GPU thread only:
@@ -71,8 +76,15 @@ class PlanManager:
         major, minor = torch.cuda.get_device_capability(self.device)
         return (major, minor)
 
-    def plan_rows(self) -> list[Any]:
-        return plan_catalog.plan_rows(self.table, has_gpu=self.has_gpu, capability=self.capability)
+    def plan_rows(self, seen_here: dict[str, float] | None = None) -> list[Any]:
+        return plan_catalog.plan_rows(
+            self.table,
+            has_gpu=self.has_gpu,
+            capability=self.capability,
+            card=self.card,
+            reference=self.reference,
+            seen_here=seen_here,
+        )
 
     def require_runner(self) -> Any:
         if self.state is EngineState.FAILED or self.runner is None:
@@ -100,6 +112,7 @@ class PlanManager:
             self.device = self._pick_device()
             self._folder = resolve_model_folder(self.config.model_id, self._on_load_progress)
             self.limits = limits_from_folder(self._folder)
+            self.card = self._measure_card()
             self._install(self._resolve(mode), allow_step_down=True)
         except EngineError as exc:
             self._fail_load(str(exc))
@@ -139,17 +152,42 @@ class PlanManager:
         self.device_name = torch.cuda.get_device_name(0)
         return torch.device("cuda", 0)
 
+    def _measure_card(self) -> CardProfile | None:
+        """This card's figures, measured on its first start (seconds) and kept beside the quantized weights."""
+        if not self.has_gpu or self._folder is None:
+            return None
+        import json
+
+        from engine import card_profile
+
+        self._on_load_progress(note("load.measuring_card"), 0.01)
+        try:
+            config = json.loads((self._folder / "transformer" / "config.json").read_text(encoding="utf-8"))
+            return card_profile.load_or_measure(
+                self.device, card_profile.block_config_of(config), self.config.quantized_cache_dir
+            )
+        except Exception:  # the table's figures still stand: auto then chooses as measured there
+            log.warning("Could not measure this card; plans are timed as on the table's GPU", exc_info=True)
+            return None
+
     def _resolve(self, mode: str) -> Resolved:
         if mode == "auto":
-            return plan_catalog.choose_auto(
+            resolved = plan_catalog.choose_auto(
                 self.free_gib(),
                 self.table,
                 allow_compile=self.config.torch_compile,
                 quality=self.config.quality,
                 ram_gib=host_ram(self.config.host_ram_gib),
                 capability=self.capability,
+                card=self.card,
+                reference=self.reference,
             )
-        return plan_catalog.resolve(mode, has_gpu=self.has_gpu, capability=self.capability)
+            self.auto_reason = plan_catalog.auto_reason(
+                resolved.plan.name, self.config.quality, self.card, self.reference
+            )
+            log.info("%s", " ".join(self.auto_reason))
+            return resolved
+        return plan_catalog.resolve(mode, has_gpu=self.has_gpu, capability=self.capability, card=self.card)
 
     def _install(self, resolved: Resolved, *, allow_step_down: bool) -> None:
         """Place the plan; on OOM while loading, step down to leaner plans if allowed."""
@@ -251,7 +289,7 @@ class PlanManager:
         result = []
         for name in plan_catalog.leaner_plans(current, self.table):
             try:
-                plan_catalog.resolve(name, has_gpu=self.has_gpu, capability=self.capability)
+                plan_catalog.resolve(name, has_gpu=self.has_gpu, capability=self.capability, card=self.card)
             except PlanError:
                 continue
             result.append(name)
@@ -313,6 +351,20 @@ class PlanManager:
         previous = self.plan_name
         self._install(Resolved(plan_catalog.PLANS[leaner[0]]), allow_step_down=True)
         return f"The GPU ran out of memory with plan {previous}; switched to {self.plan_name} and retried."
+
+    def recover_from_kernel_failure(self, kernel: str, error: str) -> str | None:
+        """After the card's 8-bit matmul failed in a job: rule its plans out on this card (as if it had
+        failed when the card was measured) and step down as after running out of memory."""
+        from dataclasses import replace
+
+        if self.card is not None:
+            self.card = replace(self.card, refused={**self.card.refused, kernel: error})
+        previous = self.plan_name
+        leaner = self.leaner(previous or "")
+        if not leaner:
+            return None
+        self._install(Resolved(plan_catalog.PLANS[leaner[0]]), allow_step_down=True)
+        return note("plan.kernel_step_down", kernel=kernel, plan=previous, leaner=self.plan_name)
 
     def step_down_if_tight(self, request: JobRequest) -> str | None:
         """In auto mode, move to a leaner plan before a job that would not fit in free VRAM."""

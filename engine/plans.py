@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from enum import StrEnum
 from importlib import resources
 from typing import Any, Literal
@@ -20,7 +21,11 @@ from engine.notes import note as engine_note
 from engine.types import PlanRow
 
 # fp8: stored in float8 e4m3, computed in bf16 (diffusers layerwise casting), 8-bit quality at half of bf16.
-Quant = Literal["bf16", "nf4", "fp8"]
+# fp8mm / int8mm: stored in 8 bits and multiplied in 8 bits on the card's FP8 or int8 tensor cores
+# (engine.quant8; the transformer only).
+Quant = Literal["bf16", "nf4", "fp8", "fp8mm", "int8mm"]
+# The matmul kernel a transformer format runs on: what a card is timed in (engine.card_profile).
+COMPUTE_KERNEL: dict[str, str] = {"bf16": "bf16", "nf4": "bf16", "fp8": "bf16", "fp8mm": "fp8", "int8mm": "int8"}
 
 GIB = 1024**3
 
@@ -61,6 +66,10 @@ PLANS: dict[str, Plan] = {
     for p in (
         _plan("bf16_fast", "bf16", "bf16", P.RESIDENT, "Everything on the GPU in bf16, batched CFG, compiled", True),
         _plan("bf16_resident", "bf16", "bf16", P.RESIDENT, "Everything on the GPU in bf16 (best quality, ~34 GiB)"),
+        _plan("fp8mm_resident", "nf4", "fp8mm", P.RESIDENT, "FP8 matmuls, 4-bit text encoder, all on the GPU"),
+        _plan("fp8mm_swap", "nf4", "fp8mm", P.SWAP, "FP8 matmuls (RTX 40/50), 4-bit text encoder visits per batch"),
+        _plan("int8mm_resident", "nf4", "int8mm", P.RESIDENT, "int8 matmuls, 4-bit text encoder, all on the GPU"),
+        _plan("int8mm_swap", "nf4", "int8mm", P.SWAP, "int8 matmuls (RTX 30), 4-bit text encoder visits per batch"),
         _plan("fp8_resident", "nf4", "fp8", P.RESIDENT, "8-bit transformer, 4-bit text encoder, all on the GPU"),
         _plan("fp8_swap", "nf4", "fp8", P.SWAP, "8-bit transformer resident, 4-bit text encoder visits per batch"),
         _plan("mixed_resident", "nf4", "bf16", P.RESIDENT, "bf16 transformer, 4-bit text encoder, all on the GPU"),
@@ -83,7 +92,7 @@ REMAPS: dict[str, tuple[str, str]] = {
 
 # What works on a machine without a CUDA GPU (tests, CPU-only PCs): the resident plans whose
 # transformer is bf16 or FP8 (diffusers quantizes transformers with bitsandbytes only on a GPU).
-CPU_PLANS = ("bf16_resident", "mixed_resident", "fp8_resident")
+CPU_PLANS = ("bf16_resident", "mixed_resident", "fp8_resident", "fp8mm_resident", "int8mm_resident")
 
 
 class PlanError(ValueError):
@@ -96,26 +105,41 @@ class Resolved:
     note: str | None = None  # why the engine uses another plan than the one asked for
 
 
-# FP8 storage needs float8 support in the GPU: Ada (RTX 40xx, L4) and Hopper, compute capability 8.9+.
-FP8_MIN_CAPABILITY = (8, 9)
+# The oldest GPUs each format runs on (compute capability): FP8 (storage or matmuls) from Ada (RTX 40xx, L4)
+# and Hopper on, int8 matmuls from Ampere (RTX 30xx) on.
+MIN_CAPABILITY: dict[str, tuple[int, int]] = {"fp8": (8, 9), "fp8mm": (8, 9), "int8mm": (8, 0)}
 
 
-def uses_fp8(plan: Plan) -> bool:
-    return "fp8" in (plan.text_encoder, plan.transformer)
-
-
-def fp8_refusal(name: str, capability: tuple[int, int] | None) -> str | None:
-    """Why plan `name` cannot run on a GPU of this compute capability (None: it can, or unknown GPU)."""
-    if capability is None or not uses_fp8(PLANS[name]) or tuple(capability) >= FP8_MIN_CAPABILITY:
+def kernel_refusal(name: str, capability: tuple[int, int] | None, card: CardProfile | None = None) -> str | None:
+    """Why plan `name` cannot run on this GPU (None: it can, or the GPU is not known): its format needs a
+    newer card, or the card's 8-bit matmul failed when it was measured here."""
+    if capability is None:
         return None
-    major, minor = capability
-    return engine_note("plan.needs_fp8", name=name, capability=f"{major}.{minor}")
+    plan = PLANS[name]
+    for quant in (plan.text_encoder, plan.transformer):
+        needed = MIN_CAPABILITY.get(quant)
+        if needed is not None and tuple(capability) < needed:
+            major, minor = capability
+            return engine_note(
+                "plan.needs_capability",
+                name=name,
+                quant=quant,
+                capability=f"{major}.{minor}",
+                needed=f"{needed[0]}.{needed[1]}",
+            )
+    kernel = COMPUTE_KERNEL[plan.transformer]
+    if card is not None and kernel in card.refused:
+        return engine_note("plan.kernel_failed", name=name, kernel=kernel, error=card.refused[kernel])
+    return None
 
 
-def resolve(name: str, *, has_gpu: bool, capability: tuple[int, int] | None = None) -> Resolved:
+def resolve(
+    name: str, *, has_gpu: bool, capability: tuple[int, int] | None = None, card: CardProfile | None = None
+) -> Resolved:
     """Map a requested plan name to one that can run here, explaining any change.
 
-    `capability`: the GPU's CUDA compute capability when known; FP8 plans are refused below 8.9."""
+    `capability`: the GPU's CUDA compute capability when known (see MIN_CAPABILITY); `card`: its measured
+    profile, whose failed 8-bit kernels rule their plans out."""
     if name not in PLANS:
         raise PlanError(engine_note("plan.unknown", name=repr(name), plans=", ".join(PLANS)))
     note = None
@@ -126,7 +150,7 @@ def resolve(name: str, *, has_gpu: bool, capability: tuple[int, int] | None = No
     plan = PLANS[name]
     if not has_gpu and name not in CPU_PLANS:
         raise PlanError(engine_note("plan.needs_cuda", name=name, plans=", ".join(CPU_PLANS)))
-    refusal = fp8_refusal(name, capability) if has_gpu else None
+    refusal = kernel_refusal(name, capability, card) if has_gpu else None
     if refusal:
         raise PlanError(refusal)
     return Resolved(plan, note)
@@ -180,6 +204,7 @@ class Measurement:
 FORMAT_PSNR_DB: dict[tuple[str, str], float] = {
     ("transformer", "nf4"): 33.2,
     ("transformer", "fp8"): 44.1,
+    ("transformer", "fp8mm"): 44.6,  # torchao's per-tensor FP8 recipe, same layers, H100, 20 steps
     ("text_encoder", "nf4"): 45.0,
     ("text_encoder", "fp8"): 45.2,
 }
@@ -204,22 +229,60 @@ class Quality(StrEnum):
     FASTEST = "fastest"
 
 
-# auto's rule, set by QUALITY. Among the plans that fit the free VRAM and the machine's RAM:
-#   fastest:  the fastest, whatever its fidelity.
-#   balanced: the fastest of at least 40 dB, unless it is more than 2x slower than the fastest plan
-#             (a small card whose only faithful plans stream weights every step): then the fastest.
-#   best:     the fastest of at least 43 dB however slow; if none fits, the most faithful.
-# Where that settles below the floor, swap plans proven on a card up to 15 % larger (NEAR_FIT) count
-# too, with a note that they may run out of memory.
-# bf16 everywhere is the reference (infinite dB). The default is balanced: an 8 GiB card keeps
-# 4-bit (33 dB), a 12–16 GiB card gets the 8-bit transformer (44 dB measured with a 4-bit text encoder).
-QUALITY_RULES: dict[Quality, tuple[float, float]] = {
-    Quality.BEST: (43.0, math.inf),
-    Quality.BALANCED: (40.0, 2.0),
-    Quality.FASTEST: (0.0, 1.0),
-}
+# auto's rule, set by QUALITY, over the plans that fit the free VRAM and the machine's RAM, each timed as it
+# would run on this card (`projected_image_s`):
+#   balanced: the fastest plan of at least 43 dB (8-bit quality), unless it is more than 2x slower than the
+#             fastest (a card whose only faithful plans stream every layer every step); else the fastest.
+#   best:     the most faithful plan within 1.15x of the fastest (bf16 everywhere where it is that close).
+#   fastest:  the fastest, whatever its fidelity (4-bit only where it is faster here or nothing else fits).
+# Where that settles below 43 dB, swap plans proven on a card up to 15 % larger (NEAR_FIT) count too, with
+# a note that they may run out of memory. bf16 everywhere is the reference (infinite dB).
+FIDELITY_FLOOR_DB = 43.0
+BALANCED_PATIENCE = 2.0
+BEST_PATIENCE = 1.15
 # RAM left for the OS and everything else running beside the bot (Discord, a browser), GiB.
 HOST_RESERVE_GIB = 2.0
+
+
+@dataclass(frozen=True)
+class CardProfile:
+    """What decides the plan on one card, measured there (engine.card_profile): seconds for one transformer
+    block at the native size per matmul kernel ("bf16", "fp8", "int8": those that ran), the host → device copy
+    speed from page-locked memory, and the kernels that failed with their error."""
+
+    key: str
+    gpu: str
+    capability: tuple[int, int]
+    block_s: dict[str, float]
+    h2d_gbps: float
+    refused: dict[str, str] = field(default_factory=dict)
+    measured_at: str = ""
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CardProfile:
+        fields_ = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        return cls(**{**fields_, "capability": tuple(data["capability"])})
+
+
+def speed_ratio(plan: Plan, card: CardProfile | None, reference: CardProfile | None) -> tuple[float, float]:
+    """How much slower this card runs the plan's transformer step and its bf16 phases (encode, decode) than
+    the GPU the table was measured on: (step ratio, bf16 ratio). (1, 1) where either card is not measured."""
+    if card is None or reference is None:
+        return 1.0, 1.0
+    kernel = COMPUTE_KERNEL[plan.transformer]
+    bf16 = card.block_s["bf16"] / reference.block_s["bf16"]
+    if kernel not in card.block_s or kernel not in reference.block_s:
+        return bf16, bf16
+    return card.block_s[kernel] / reference.block_s[kernel], bf16
+
+
+def projected_image_s(
+    m: Measurement, card: CardProfile | None, reference: CardProfile | None, steps: int = 50
+) -> float:
+    """The plan's seconds per image on this card: the table's phases scaled by this card's block times
+    (its step by the plan's matmul kernel, encode and decode by bf16). Without a card profile: as measured."""
+    step, bf16 = speed_ratio(PLANS[m.plan], card, reference)
+    return (m.encode_s + m.decode_s) * bf16 + steps * m.step_s * step
 
 
 def load_table(data: dict[str, Any] | None = None) -> dict[str, Measurement]:
@@ -232,6 +295,12 @@ def load_table(data: dict[str, Any] | None = None) -> dict[str, Measurement]:
         fields = {k: row[k] for k in Measurement.__dataclass_fields__ if k in row}
         table[row["plan"]] = Measurement(**fields)
     return table
+
+
+def table_card() -> CardProfile | None:
+    """The figures of the GPU the committed table was measured on (None: not recorded)."""
+    card = table_meta().get("card")
+    return CardProfile.from_json(card) if card else None
 
 
 def table_meta() -> dict[str, Any]:
@@ -277,34 +346,42 @@ def choose_auto(
     quality: str = Quality.BALANCED,
     ram_gib: float | None = None,
     capability: tuple[int, int] | None = None,
+    card: CardProfile | None = None,
+    reference: CardProfile | None = None,
 ) -> Resolved:
-    """The fastest measured plan that fits in free VRAM and host RAM, within the QUALITY rule above.
+    """The plan QUALITY's rule picks among those that fit in free VRAM and host RAM, timed on this card.
 
-    `free_gib` None means no CUDA GPU: the CPU plan. `ram_gib`: the machine's RAM (None: unknown,
-    not checked); `capability`: the GPU's compute capability (FP8 plans need 8.9). If nothing fits
-    the VRAM, the fastest plan within 15 % of it is tried, else the leanest, with a note saying why.
+    `free_gib` None means no CUDA GPU: the CPU plan. `ram_gib`: the machine's RAM (None: unknown, not
+    checked); `capability`: the GPU's compute capability (see MIN_CAPABILITY); `card` and `reference`: this
+    card's measured profile and the table's GPU's, to project each plan's time here. If nothing fits the
+    VRAM, the fastest plan within 15 % of it is tried, else the leanest, with a note saying why.
     """
     if free_gib is None:
         return Resolved(PLANS["bf16_resident"], engine_note("plan.cpu"))
     if quality not in Quality.__members__.values():
         raise PlanError(engine_note("plan.unknown_quality", quality=repr(quality), choices=", ".join(Quality)))
-    candidates = [m for m in _usable(table, allow_compile) if fp8_refusal(m.plan, capability) is None]
+    rule = Quality(quality)
+    candidates = [m for m in _usable(table, allow_compile) if kernel_refusal(m.plan, capability, card) is None]
     if not candidates:
         raise PlanError(engine_note("plan.none_measured"))
     candidates = [m for m in candidates if _fits_ram(m, ram_gib)]
     if not candidates:
         raise PlanError(engine_note("plan.no_ram", ram=f"{ram_gib:.1f}", reserve=f"{HOST_RESERVE_GIB:.0f}"))
+
+    def seconds(m: Measurement) -> float:
+        return projected_image_s(m, card, reference, steps)
+
     fitting = [m for m in candidates if m.need_gib() <= free_gib]
     near = [m for m in candidates if m.need_gib() <= free_gib * NEAR_FIT]
     if fitting:
-        pick = _by_quality(fitting, table, Quality(quality), steps)
-        if _db(pick, table) < QUALITY_RULES[Quality(quality)][0]:
-            # The rule settled below its floor: a swap plan proven on a card up to 15 % larger is tried first
-            # (a 12 GB card beside a desktop keeps the 8-bit tier). Swap plans shrink to fit; an OOM steps down.
+        pick = _by_quality(fitting, table, rule, seconds)
+        if _db(pick, table) < FIDELITY_FLOOR_DB and rule is not Quality.FASTEST:
+            # Below 8-bit quality: a swap plan proven on a card up to 15 % larger is tried first (a 12 GB card
+            # beside a desktop keeps the 8-bit tier). Swap plans shrink to fit; an OOM steps down.
             swaps = [m for m in near if m not in fitting and PLANS[m.plan].placement is Placement.SWAP]
-            pick = _by_quality(fitting + swaps, table, Quality(quality), steps)
+            pick = _by_quality(fitting + swaps, table, rule, seconds)
     else:
-        pick = min(near, key=lambda m: m.image_s(steps)) if near else min(candidates, key=lambda m: m.need_gib())
+        pick = min(near, key=seconds) if near else min(candidates, key=lambda m: m.need_gib())
     if pick.need_gib() <= free_gib:
         return Resolved(PLANS[pick.plan])
     return Resolved(
@@ -318,38 +395,53 @@ def _db(m: Measurement, table: dict[str, Measurement]) -> float:
     return math.inf if value is None else value
 
 
-def _by_quality(fitting: list[Measurement], table: dict[str, Measurement], quality: Quality, steps: int) -> Measurement:
+def _by_quality(
+    fitting: list[Measurement], table: dict[str, Measurement], quality: Quality, seconds: Callable[[Measurement], float]
+) -> Measurement:
     def speed(m: Measurement) -> tuple[float, float]:
-        return (m.image_s(steps), m.need_gib())
+        return (seconds(m), m.need_gib())
 
-    floor, patience = QUALITY_RULES[quality]
     fastest = min(fitting, key=speed)
-    faithful = [m for m in fitting if _db(m, table) >= floor]
+    if quality is Quality.FASTEST:
+        return fastest
+    if quality is Quality.BEST:
+        close = [m for m in fitting if seconds(m) <= BEST_PATIENCE * seconds(fastest)]
+        return max(close, key=lambda m: (_db(m, table), -seconds(m)))
+    faithful = [m for m in fitting if _db(m, table) >= FIDELITY_FLOOR_DB]
     if not faithful:
-        return max(fitting, key=lambda m: (_db(m, table), -m.image_s(steps))) if quality is Quality.BEST else fastest
+        return fastest
     pick = min(faithful, key=speed)
-    return pick if pick.image_s(steps) <= patience * fastest.image_s(steps) else fastest
+    return pick if seconds(pick) <= BALANCED_PATIENCE * seconds(fastest) else fastest
 
 
 def plan_rows(
-    table: dict[str, Measurement], *, has_gpu: bool | None, capability: tuple[int, int] | None = None
+    table: dict[str, Measurement],
+    *,
+    has_gpu: bool | None,
+    capability: tuple[int, int] | None = None,
+    card: CardProfile | None = None,
+    reference: CardProfile | None = None,
+    seen_here: dict[str, float] | None = None,
 ) -> list[PlanRow]:
-    """Every plan with its measured cost, fidelity and, if it cannot be used, why (what /memory shows).
+    """Every plan with its measured cost, fidelity, its time per image on this card and, if it cannot be
+    used, why (what /memory and the doctor show).
 
-    `has_gpu` None: the machine is not known here (a bot whose workers run elsewhere)."""
+    `has_gpu` None: the machine is not known here (a bot whose workers run elsewhere). `seen_here`: s/image
+    the engine measured here, by plan (the plan in use); the others are projected from `card`."""
     rows = []
     for name, plan in PLANS.items():
         m = table.get(name)
         why = None
         if has_gpu is not None:
             try:
-                resolve(name, has_gpu=has_gpu, capability=capability)
+                resolve(name, has_gpu=has_gpu, capability=capability, card=card)
             except PlanError as exc:
                 why = str(exc)
         if name in REMAPS:
             why = REMAPS[name][1]
         elif m is not None and not m.ok:
             why = m.note or "failed when measured"
+        here = (seen_here or {}).get(name)
         rows.append(
             PlanRow(
                 name=name,
@@ -360,6 +452,35 @@ def plan_rows(
                 available=why is None,
                 why_not=why,
                 fidelity_db=fidelity_db(name, table),
+                need_gib=m.need_gib() if m else None,
+                here_s=here if here is not None else projected_image_s(m, card, reference) if m and card else None,
+                here_measured=here is not None,
             )
         )
     return rows
+
+
+def auto_reason(chosen: str, quality: str, card: CardProfile | None, reference: CardProfile | None) -> tuple[str, ...]:
+    """Why auto chose this plan, in a sentence or two: QUALITY's rule and, where the card was measured,
+    what its times here rest on."""
+    rule = Quality(quality)
+    if rule is Quality.BEST:
+        said = [engine_note("plan.reason.best", plan=chosen, patience=BEST_PATIENCE)]
+    elif rule is Quality.FASTEST:
+        said = [engine_note("plan.reason.fastest", plan=chosen)]
+    else:
+        said = [engine_note("plan.reason.balanced", plan=chosen, floor=f"{FIDELITY_FLOOR_DB:.0f}")]
+    if card is not None and reference is not None:
+        step, bf16 = speed_ratio(PLANS[chosen], card, reference)
+        said.append(
+            engine_note(
+                "plan.projected",
+                gpu=card.gpu,
+                kernel=COMPUTE_KERNEL[PLANS[chosen].transformer],
+                ratio=f"{step:.2f}",
+                bf16=f"{bf16:.2f}",
+                reference=reference.gpu,
+                gbps=f"{card.h2d_gbps:.0f}",
+            )
+        )
+    return tuple(said)

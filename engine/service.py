@@ -92,13 +92,15 @@ class Engine:
             started_at=self._started_at,
             error=plans.error,
             current_job=self._current_job,
+            plan_reason=plans.auto_reason,
         )
 
     def estimate_seconds(self, request: JobRequest) -> float:
         return self.generator.estimate_seconds(request)
 
     def plan_rows(self) -> list[PlanRow]:
-        return self.plan_manager.plan_rows()
+        plan, seconds = self.plan_manager.plan_name, self.generator.image_s
+        return self.plan_manager.plan_rows({plan: seconds} if plan and seconds else None)
 
     def workers(self) -> list[WorkerInfo]:
         return []  # one machine: its GPU is this engine, shown by status()

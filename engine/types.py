@@ -114,6 +114,9 @@ class PlanRow:
     available: bool
     why_not: str | None = None
     fidelity_db: float | None = None  # final-image PSNR against bf16 resident; None: bf16 itself
+    need_gib: float | None = None  # VRAM it needs: the card it was proven on, else its peak plus headroom
+    here_s: float | None = None  # s/image on this card: measured here, or projected from its card profile
+    here_measured: bool = False
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,7 @@ class EngineStatus:
     started_at: float
     error: str | None = None
     current_job: int | None = None  # the job the local engine is making now; a cluster view leaves it None
+    plan_reason: tuple[str, ...] = ()  # why auto chose the plan in place, figures of this card included
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,11 @@ TABLE = {
         Measurement("bf16_resident", 34.7, 0.32, 0.1, 0.2),
         Measurement("mixed_resident", 23.9, 0.31, 0.1, 0.2, psnr_db=45.0),
         Measurement("mixed_swap", 15.7, 0.30, 0.1, 0.4, measured_cap_gib=16, psnr_db=45.0, host_gib=20.0),
-        Measurement("fp8_resident", 18.9, 0.40, 0.1, 0.2, psnr_db=41.5),
-        Measurement("fp8_swap", 9.5, 0.42, 0.1, 1.2, measured_cap_gib=12, psnr_db=41.5, host_gib=9.0),
+        Measurement("fp8mm_resident", 14.5, 0.22, 0.1, 0.4, psnr_db=44.6),
+        Measurement("fp8mm_swap", 7.0, 0.25, 0.1, 0.4, measured_cap_gib=8, psnr_db=44.6, host_gib=9.0),
+        Measurement("int8mm_swap", 7.0, 0.32, 0.1, 0.4, measured_cap_gib=8, psnr_db=43.5, host_gib=9.0),
+        Measurement("fp8_resident", 18.9, 0.40, 0.1, 0.2, psnr_db=44.1),
+        Measurement("fp8_swap", 9.5, 0.42, 0.1, 1.2, measured_cap_gib=12, psnr_db=44.1, host_gib=9.0),
         Measurement("nf4_resident", 15.3, 0.35, 0.1, 0.2, psnr_db=32.9),
         Measurement("nf4_swap", 5.9, 0.36, 0.1, 1.2, measured_cap_gib=6, psnr_db=32.9, host_gib=8, host_peak_gib=11),
         Measurement("bf16_group_block", 6.5, 1.09, 0.1, 0.3, measured_cap_gib=8, host_gib=4.0),
@@ -30,23 +33,25 @@ TABLE = {
 @pytest.mark.parametrize(
     ("free_gib", "ram_gib", "quality", "capability", "expected"),
     [
-        (80.0, 64.0, "balanced", ADA, "bf16_fast"),
-        (24.0, 64.0, "balanced", ADA, "mixed_swap"),  # the fastest plan that fits is also faithful
-        (24.0, 64.0, "best", ADA, "mixed_swap"),
-        (16.0, 64.0, "balanced", ADA, "mixed_swap"),
-        (12.0, 64.0, "balanced", ADA, "fp8_swap"),  # 8-bit at 41.5 dB beats 4-bit (33 dB), 17 % slower
-        (12.0, 64.0, "fastest", ADA, "nf4_swap"),  # the admin asked for speed
-        (12.0, 64.0, "best", ADA, "bf16_group_block"),  # >= 43 dB however slow
-        (12.0, 64.0, "balanced", AMPERE, "nf4_swap"),  # no FP8 here; bf16 streaming is 3x slower
-        (12.0, 64.0, "balanced", None, "fp8_swap"),  # GPU generation unknown: not held against FP8
-        (8.0, 64.0, "balanced", ADA, "nf4_swap"),  # FP8 does not fit; faithful plans stream weights
-        (8.0, 64.0, "best", ADA, "bf16_group_block"),
-        (6.0, 64.0, "best", ADA, "bf16_sequential"),  # the only faithful plan that fits
+        (80.0, 64.0, "balanced", ADA, "bf16_fast"),  # the fastest plan that fits is also faithful
+        (80.0, 64.0, "best", ADA, "bf16_fast"),  # bf16 within 1.15x of the fastest: best keeps it
+        (24.0, 64.0, "balanced", ADA, "fp8mm_resident"),  # FP8 matmuls: faster than bf16, 44.6 dB
+        (24.0, 64.0, "best", ADA, "fp8mm_resident"),  # mixed_swap (45 dB) is 1.35x slower
+        (24.0, 64.0, "balanced", AMPERE, "mixed_swap"),  # no FP8 here; int8 (43.5 dB) is slower than bf16 here
+        (12.0, 64.0, "balanced", ADA, "fp8mm_swap"),
+        (12.0, 64.0, "fastest", ADA, "fp8mm_swap"),  # 8-bit is also the fastest: 4-bit only where it is faster
+        (12.0, 64.0, "best", ADA, "fp8mm_swap"),
+        (12.0, 64.0, "balanced", AMPERE, "int8mm_swap"),  # RTX 30: int8 matmuls instead of FP8
+        (12.0, 64.0, "balanced", TURING, "nf4_swap"),  # no 8-bit tensor cores; bf16 streaming is 3x slower
+        (12.0, 64.0, "balanced", None, "fp8mm_swap"),  # GPU generation unknown: not held against FP8
+        (8.0, 64.0, "balanced", ADA, "fp8mm_swap"),  # 8-bit where only 4-bit fitted before
+        (8.0, 64.0, "best", ADA, "fp8mm_swap"),
+        (6.0, 64.0, "balanced", ADA, "nf4_swap"),  # nothing 8-bit fits: 4-bit as the last resort
+        (6.0, 64.0, "best", ADA, "nf4_swap"),  # the only faithful plan that fits is 17x slower
         (12.0, 10.5, "balanced", ADA, "bf16_group_block"),  # no plan needing more RAM than there is
-        (12.0, 12.5, "fastest", ADA, "fp8_swap"),  # nf4_swap peaks at 11 GiB, + 2 GiB left to the OS
-        (12.0, 13.0, "fastest", ADA, "nf4_swap"),
-        (24.0, 21.0, "balanced", ADA, "fp8_resident"),  # mixed_swap holds 20 GiB of host RAM
-        (24.0, None, "balanced", ADA, "mixed_swap"),  # RAM unknown: not checked
+        (12.0, 12.5, "fastest", ADA, "fp8mm_swap"),  # nf4_swap peaks at 11 GiB, + 2 GiB left to the OS
+        (24.0, 21.0, "balanced", AMPERE, "int8mm_swap"),  # mixed_swap holds 20 GiB of host RAM, int8mm_swap 9
+        (24.0, None, "balanced", AMPERE, "mixed_swap"),  # RAM unknown: not checked
     ],
 )
 def test_auto_trades_fidelity_only_as_quality_allows(
@@ -58,7 +63,8 @@ def test_auto_trades_fidelity_only_as_quality_allows(
 
 
 def test_without_compile_the_compiled_measurement_is_not_offered() -> None:
-    assert choose_auto(80.0, TABLE, allow_compile=False).plan.name == "mixed_swap"
+    assert choose_auto(80.0, TABLE, allow_compile=False).plan.name == "fp8mm_resident"
+    assert choose_auto(80.0, TABLE, allow_compile=False, capability=AMPERE).plan.name == "mixed_swap"
 
 
 def test_quality_is_checked_and_ram_can_rule_out_everything() -> None:
@@ -106,7 +112,7 @@ def test_plan_rows_show_fidelity_and_why_fp8_is_unavailable() -> None:
 
 @pytest.mark.parametrize(
     ("name", "expected"),
-    [("bf16_resident", None), ("mixed_swap", 45.0), ("nf4_swap", 32.9), ("fp8_swap", 41.5)],
+    [("bf16_resident", None), ("mixed_swap", 45.0), ("nf4_swap", 32.9), ("fp8_swap", 41.5), ("fp8mm_swap", 41.8)],
 )
 def test_estimated_fidelity_adds_the_errors_of_each_component(name: str, expected: float | None) -> None:
     assert estimated_psnr(catalog.PLANS[name]) == expected

@@ -96,6 +96,7 @@ def memory_report(engine: EngineStatus, rows: Sequence[PlanRow], locale: Locale 
     free = t("report.free", locale, gib=engine.free_vram_gib) if engine.free_vram_gib is not None else ""
     plan = engine.plan or t("report.not_loaded", locale)
     lines = [t("report.plan_now", locale, plan=plan, mode=engine.requested_mode, device=engine.device_name, free=free)]
+    lines.extend(f"-# {engine_text(sentence, locale)}" for sentence in engine.plan_reason)
     if engine.step_s:
         lines.append(t("report.measured_here", locale, step_s=engine.step_s))
     lines.append(t("report.reference", locale))
@@ -112,6 +113,17 @@ def memory_report(engine: EngineStatus, rows: Sequence[PlanRow], locale: Locale 
                     else t("report.per_image_unknown", locale),
                     t("report.bf16", locale) if row.fidelity_db is None else f"{row.fidelity_db:.0f} dB",
                 ]
+                + (
+                    [
+                        t(
+                            "report.here_measured" if row.here_measured else "report.here_projected",
+                            locale,
+                            image_s=row.here_s,
+                        )
+                    ]
+                    if row.here_s
+                    else []
+                )
             )
             lines.append(f"✅ `{row.name}` — {numbers} — {t(f'plan.{row.name}', locale)}")
         else:

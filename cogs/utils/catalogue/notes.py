@@ -12,6 +12,7 @@ from engine.notes import ENGINE_NOTES
 _CHINESE = {
     "load.waiting": "等待加载模型",
     "load.download": "正在下载 {model}（仅首次启动；可断点续传）",
+    "load.measuring_card": "正在测量此 GPU 的矩阵乘内核速度（仅在此显卡首次启动时）",
     "load.tokenizer": "正在加载分词器和调度器",
     "load.text_encoder": "正在加载文本编码器（{quant}）",
     "load.text_encoder_on_cpu": "正在加载文本编码器（{quant}，在 CPU 上）",
@@ -23,9 +24,25 @@ _CHINESE = {
     "plan.unknown": "未知的显存方案 {name}。请选择 auto 或以下之一：{plans}。",
     "plan.unknown_quality": "未知的 QUALITY {quality}。请选择以下之一：{choices}。",
     "plan.needs_cuda": "{name} 需要带 CUDA 的 NVIDIA GPU，而本机没有。本机可用：{plans}。",
-    "plan.needs_fp8": (
-        "{name} 以 8 位浮点（FP8）存储权重，需要计算能力 8.9 或更新的 NVIDIA GPU（RTX 40 系列、L4、H100）；"
-        "本机为 {capability}。请改用 mixed_swap（约需 16 GiB）或 nf4_swap。"
+    "plan.needs_capability": (
+        "{name} 需要 {quant} 支持，即计算能力 {needed} 或更新的 NVIDIA GPU（FP8：RTX 40 系列、L4、H100；"
+        "int8 矩阵乘：RTX 30 系列及更新）；本机为 {capability}。auto 会选择能在本机运行的方案。"
+    ),
+    "plan.kernel_failed": (
+        "{name} 无法在本机运行：测试时此 GPU 的 {kernel} 矩阵乘失败（{error}）。"
+        "请更新 NVIDIA 驱动，或让 auto 选择其他方案。"
+    ),
+    "plan.kernel_step_down": "{plan} 下的 {kernel} 矩阵乘失败；改用 {leaner}。",
+    "plan.reason.balanced": (
+        "auto 选择了 {plan}（QUALITY=balanced）：本机上保真度不低于 {floor} dB 且放得下的最快方案。"
+    ),
+    "plan.reason.best": (
+        "auto 选择了 {plan}（QUALITY=best）：本机上在最快方案 {patience} 倍时间以内、放得下的最高保真度方案。"
+    ),
+    "plan.reason.fastest": "auto 选择了 {plan}（QUALITY=fastest）：本机上放得下的最快方案。",
+    "plan.projected": (
+        "此 {gpu} 上的时间由本机实测的一个 transformer 块推算：{kernel} 步为测量方案表所用 {reference} 的 {ratio} 倍，"
+        "bf16 为 {bf16} 倍；主机到 GPU 的拷贝速度 {gbps} GB/s。"
     ),
     "plan.none_measured": "没有可用的实测方案；请运行 bench/plans.py，或按名称选择方案。",
     "plan.no_ram": (
