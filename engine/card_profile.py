@@ -30,6 +30,8 @@ FILE_NAME = "card-profile.json"
 IMAGE_TOKENS, TEXT_TOKENS, BATCH = 4096, 64, 2
 _TIMED_RUNS, _WARM_RUNS = 5, 2
 _COPY_BYTES = 256 * 1024**2
+# CogView4-6B's block (its transformer config.json), for a report made before the model is downloaded.
+COGVIEW4_6B_BLOCK = {"dim": 4096, "num_attention_heads": 32, "attention_head_dim": 128, "time_embed_dim": 512}
 
 
 def card_key(device: torch.device) -> str:

@@ -136,13 +136,35 @@ def test_the_committed_table_carries_fidelity_and_says_where_it_came_from() -> N
     assert choose_auto(12.0, table, quality="fastest", capability=ADA).plan.name == "nf4_swap"
 
 
-def test_doctor_and_memory_show_fidelity_beside_speed_and_memory() -> None:
+def test_doctor_without_a_gpu_says_so_instead_of_naming_a_gpu_plan() -> None:
+    from tools.doctor import report
+
+    doctor = report("THUDM/CogView4-6B")
+    assert "would use" not in doctor
+    assert "auto: no CUDA GPU, so the bot would run on the CPU" in doctor
+
+
+def test_doctor_and_memory_show_fidelity_beside_speed_and_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    import tools.doctor
     from cogs.utils.reports import memory_report
+    from engine import device
     from engine.types import EngineState, EngineStatus
     from tools.doctor import report
 
+    # A 12 GiB RTX 40-class card whose blocks run 8x slower than the table's GPU (the timing needs CUDA).
+    here = catalog.CardProfile("k", "RTX 4070", (8, 9), {"bf16": 0.08, "fp8": 0.05}, 24.0)
+    reference = catalog.CardProfile("r", "NVIDIA H100", (9, 0), {"bf16": 0.01, "fp8": 0.006, "int8": 0.007}, 55.0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(device, "gpu_info", lambda: device.GpuInfo("RTX 4070", 12.0, 11.3, (8, 9)))
+    monkeypatch.setattr(tools.doctor, "measure_card", lambda model_id, cache_dir: here)
+    monkeypatch.setattr(catalog, "table_card", lambda: reference)
     doctor = report("THUDM/CogView4-6B", quality="best")
     assert "auto (QUALITY=best) would use:" in doctor
+    assert "auto chose" in doctor and "projected from one transformer block timed here" in doctor
+    assert "This card, one transformer block at 1024²: bf16 80.0 ms, fp8 50.0 ms; host → GPU 24.0 GB/s" in doctor
+    assert "here (projected)" in doctor
     fp8 = next(line for line in doctor.splitlines() if line.strip().startswith("fp8_swap"))
     nf4 = next(line for line in doctor.splitlines() if line.strip().startswith("nf4_swap"))
     assert "44.1 dB" in fp8 and "GiB" in fp8 and " s " in fp8

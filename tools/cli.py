@@ -37,7 +37,14 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from tools.doctor import report
 
     model_id = args.model or _setting("model_id", "THUDM/CogView4-6B")
-    print(report(model_id, quality=_setting("quality", "balanced"), host_ram_gib=_setting("host_ram_gib", None)))
+    print(
+        report(
+            model_id,
+            quality=_setting("quality", "balanced"),
+            host_ram_gib=_setting("host_ram_gib", None),
+            cache_dir=_setting("quantized_cache_dir", None),
+        )
+    )
     return 0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import platform
 from importlib import metadata
+from pathlib import Path
 
 from engine import plans as plan_catalog
 from engine.device import host_ram
@@ -56,7 +57,31 @@ def known_problems(versions: dict[str, str | None], has_gpu: bool) -> list[str]:
     return problems
 
 
-def report(model_id: str | None = None, quality: str = "balanced", host_ram_gib: float | None = None) -> str:
+def measure_card(model_id: str | None, cache_dir: Path | None) -> plan_catalog.CardProfile | None:
+    """This card's figures (engine.card_profile): kept from the bot's first start, else measured now."""
+    import json
+
+    import torch
+
+    from engine import card_profile
+
+    config = card_profile.COGVIEW4_6B_BLOCK
+    if model_id and (Path(model_id).expanduser() / "transformer" / "config.json").is_file():
+        text = (Path(model_id).expanduser() / "transformer" / "config.json").read_text(encoding="utf-8")
+        config = card_profile.block_config_of(json.loads(text))
+    try:
+        return card_profile.load_or_measure(torch.device("cuda", 0), config, cache_dir)
+    except Exception as exc:  # a report still helps without it
+        print(f"Could not time this card: {exc.__class__.__name__}: {exc}")
+        return None
+
+
+def report(
+    model_id: str | None = None,
+    quality: str = "balanced",
+    host_ram_gib: float | None = None,
+    cache_dir: Path | None = None,
+) -> str:
     lines = [f"Python {platform.python_version()} on {platform.system()} {platform.release()} ({platform.machine()})"]
     versions = {name: _version(name) for name in PACKAGES}
     lines.append("Packages: " + ", ".join(f"{k} {v or 'missing'}" for k, v in versions.items()))
@@ -103,29 +128,45 @@ def report(model_id: str | None = None, quality: str = "balanced", host_ram_gib:
     ram = host_ram(host_ram_gib)
     source = "HOST_RAM_GIB" if host_ram_gib else "this machine"
     lines.append(f"Host RAM: {ram:.1f} GiB ({source})" if ram is not None else "Host RAM: unknown (psutil missing)")
-    try:
-        choice = plan_catalog.choose_auto(
-            free if has_gpu else None, table, quality=quality, ram_gib=ram, capability=capability
-        )
-    except plan_catalog.PlanError as exc:
-        choice = None
-        lines.append(f"auto cannot choose: {exc}")
-    if choice is not None:
+    card = measure_card(model_id, cache_dir) if has_gpu else None
+    reference = plan_catalog.table_card()
+    if card is not None:
+        timed = ", ".join(f"{kernel} {seconds * 1000:.1f} ms" for kernel, seconds in card.block_s.items())
+        refused = "; ".join(f"{kernel}: {why}" for kernel, why in card.refused.items())
+        lines.append(f"This card, one transformer block at 1024²: {timed}; host → GPU {card.h2d_gbps:.1f} GB/s")
+        if refused:
+            lines.append(f"8-bit kernels that cannot run here: {refused}")
+    if not has_gpu:
         lines.append(
-            f"auto (QUALITY={quality}) would use: {choice.plan.name} — {choice.plan.summary}"
-            + (f" ({choice.note})" if choice.note else "")
+            "auto: no CUDA GPU, so the bot would run on the CPU in bf16 (minutes per image). "
+            "Install the CUDA build of torch for an NVIDIA card (see the note above)."
         )
-    lines.append("Plans (peak GPU memory at 1024², seconds per 50-step image, fidelity vs bf16; measured):")
-    for name, plan in plan_catalog.PLANS.items():
-        m = table.get(name)
-        db = plan_catalog.fidelity_db(name, table)
-        fidelity = "reference" if db is None else f"{db:4.1f} dB"
+    else:
+        try:
+            choice = plan_catalog.choose_auto(
+                free, table, quality=quality, ram_gib=ram, capability=capability, card=card, reference=reference
+            )
+            lines.append(
+                f"auto (QUALITY={quality}) would use: {choice.plan.name} — {choice.plan.summary}"
+                + (f" ({choice.note})" if choice.note else "")
+            )
+            lines.extend(f"  {why}" for why in plan_catalog.auto_reason(choice.plan.name, quality, card, reference))
+        except plan_catalog.PlanError as exc:
+            lines.append(f"auto cannot choose: {exc}")
+    here = "here (projected)" if card is not None and reference is not None else f"on {meta.get('gpu', '?')}"
+    lines.append(f"Plans (GPU memory needed at 1024², seconds per 50-step image {here}, fidelity vs bf16):")
+    rows = plan_catalog.plan_rows(table, has_gpu=has_gpu, capability=capability, card=card, reference=reference)
+    for row in rows:
+        fidelity = "reference" if row.fidelity_db is None else f"{row.fidelity_db:4.1f} dB"
+        seconds = row.here_s if row.here_s is not None else row.image_s
         measured = "   not measured      "
-        if m and m.ok:
-            measured = f"{m.peak_gib:5.1f} GiB  {m.image_s():6.1f} s  {fidelity:>9}"
-        if name in plan_catalog.REMAPS:
-            measured = f"→ {plan_catalog.REMAPS[name][0]} (known crash)"
-        lines.append(f"  {name:20} {measured}  {plan.summary}")
+        if row.need_gib and seconds:
+            measured = f"{row.need_gib:5.1f} GiB  {seconds:6.1f} s  {fidelity:>9}"
+        if row.name in plan_catalog.REMAPS:
+            measured = f"→ {plan_catalog.REMAPS[row.name][0]} (known crash)"
+        elif not row.available and row.why_not and has_gpu:
+            measured += f"  (not here: {row.why_not.split('. ')[0]})"
+        lines.append(f"  {row.name:20} {measured}  {row.summary}")
     if model_id:
         lines.append(f"MODEL_ID: {model_id}")
     return "\n".join(lines)
