@@ -51,13 +51,17 @@ class KernelFailed(RuntimeError):
 
 
 def quantize_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """x (2-D) in e4m3 with one float32 scale for the whole tensor: x ≈ q · scale."""
-    amax = torch.linalg.vector_norm(x, float("inf")).float().clamp(min=_TINY)
+    """x (batch, tokens, features) in e4m3 with one float32 scale per batch item: x[b] ≈ q[b] · scale[b].
+
+    Per item, not per batch: the conditional and unconditional passes of CFG get the scales they would get
+    run one after the other, so batching them does not change the image."""
+    amax = torch.linalg.vector_norm(x.flatten(1), float("inf"), dim=1).float().clamp(min=_TINY)
+    factor = (FP8_MAX / amax).view(-1, *([1] * (x.dim() - 1)))
     # |x · 448/amax| ≤ 448, e4m3's largest finite value: no clamp needed.
     if torch.compiler.is_compiling():
-        return (x * (FP8_MAX / amax)).to(FP8), amax / FP8_MAX  # the compiler fuses it into one kernel
+        return (x * factor).to(FP8), amax / FP8_MAX  # the compiler fuses it into one kernel
     q = torch.empty(x.shape, dtype=FP8, device=x.device)
-    torch.mul(x, FP8_MAX / amax, out=q)  # eager: multiply and cast in one kernel
+    torch.mul(x, factor, out=q)  # eager: multiply and cast in one kernel
     return q, amax / FP8_MAX
 
 
@@ -69,7 +73,11 @@ def quantize_int8_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _quantize(x: torch.Tensor, kernel: Kernel) -> tuple[torch.Tensor, torch.Tensor]:
-    return quantize_fp8(x) if kernel == "fp8" else quantize_int8_rows(x)
+    """An activation in the layout its kernel takes: (batch, tokens, features) for FP8, token rows for int8."""
+    features = x.shape[-1]
+    if kernel == "fp8":
+        return quantize_fp8(x.reshape(1 if x.dim() < 3 else x.shape[0], -1, features))
+    return quantize_int8_rows(x.reshape(-1, features))
 
 
 class InputShare:
@@ -82,13 +90,13 @@ class InputShare:
         self.quantized: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def put(self, x: torch.Tensor, kernel: Kernel) -> tuple[torch.Tensor, torch.Tensor]:
-        self.source, self.quantized = x, _quantize(x.reshape(-1, x.shape[-1]), kernel)
+        self.source, self.quantized = x, _quantize(x, kernel)
         return self.quantized
 
     def take(self, x: torch.Tensor, kernel: Kernel, last: bool) -> tuple[torch.Tensor, torch.Tensor]:
         quantized = self.quantized if self.source is x and self.quantized is not None else None
         if quantized is None:
-            quantized = _quantize(x.reshape(-1, x.shape[-1]), kernel)
+            quantized = _quantize(x, kernel)
         if last:
             self.source = self.quantized = None
         return quantized
@@ -116,7 +124,8 @@ class Linear8(nn.Module):
         module = cls(linear.in_features, linear.out_features, linear.bias is not None, kernel)
         weight = linear.weight.detach()
         if kernel == "fp8":
-            q, scale = quantize_fp8(weight.float())
+            q, scale = quantize_fp8(weight.float()[None])  # the whole matrix as one item: one scale
+            q, scale = q[0], scale[0]
         else:
             q, scale = quantize_int8_rows(weight.float())
             scale = scale.squeeze(1)
@@ -136,7 +145,7 @@ class Linear8(nn.Module):
             else:
                 q, scale = self.share.take(x, self.kernel, last=self.share_role == "last")
         else:
-            q, scale = _quantize(x.reshape(-1, shape[-1]), self.kernel)
+            q, scale = _quantize(x, self.kernel)
         if torch.compiler.is_compiling():
             out = self._matmul(q, scale)
         else:
@@ -152,9 +161,20 @@ class Linear8(nn.Module):
         return self._fp8_mm(q, scale) if self.kernel == "fp8" else self._int8_mm(q, scale)
 
     def _fp8_mm(self, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        return torch._scaled_mm(
-            q, self.weight.t(), scale_a=scale, scale_b=self.weight_scale, bias=self.bias, out_dtype=BF16
-        )
+        """One matmul per batch item, each with its own activation scale (cuBLAS takes one per matrix)."""
+
+        def matmul(b: int, out: torch.Tensor | None = None) -> torch.Tensor:
+            kwargs = {} if out is None else {"out": out}
+            return torch._scaled_mm(
+                q[b], self.weight.t(), scale[b], self.weight_scale, bias=self.bias, out_dtype=BF16, **kwargs
+            )
+
+        if q.shape[0] == 1 or torch.compiler.is_compiling():
+            return torch.stack([matmul(b) for b in range(q.shape[0])])
+        out = torch.empty(q.shape[0], q.shape[1], self.out_features, dtype=BF16, device=q.device)
+        for b in range(q.shape[0]):
+            matmul(b, out[b])  # straight into the batch's output: no copy
+        return out
 
     def _int8_mm(self, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         rows = q.shape[0]
