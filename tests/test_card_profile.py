@@ -116,3 +116,32 @@ def test_block_config_comes_from_the_transformer_config() -> None:
         "attention_head_dim": 128,
         "time_embed_dim": 512,
     }
+
+
+def test_memory_shows_each_plans_time_here_and_why_auto_chose_in_both_languages() -> None:
+    from cogs.utils.reports import memory_report
+    from engine.types import EngineState, EngineStatus
+
+    rows = plan_rows(TABLE, has_gpu=True, capability=(8, 9), card=ADA_HOME, reference=H100)
+    status = EngineStatus(
+        state=EngineState.READY,
+        requested_mode="auto",
+        plan="fp8mm_swap",
+        plan_note=None,
+        load_message="",
+        load_fraction=1.0,
+        device_name="RTX 4060 Ti",
+        free_vram_gib=7.3,
+        step_s=None,
+        jobs_done=0,
+        jobs_failed=0,
+        started_at=0.0,
+        plan_reason=catalog.auto_reason("fp8mm_swap", "balanced", ADA_HOME, H100),
+    )
+    english = memory_report(status, rows)
+    line = next(line for line in english.splitlines() if "`fp8mm_swap`" in line)
+    expected = projected_image_s(TABLE["fp8mm_swap"], ADA_HOME, H100)
+    assert f"here ~{expected:.0f} s/image (projected)" in line and "45 dB" in line
+    assert "auto chose fp8mm_swap (QUALITY=balanced)" in english and "RTX 4060 Ti" in english
+    chinese = memory_report(status, rows, "zh-CN")
+    assert "auto 选择了 fp8mm_swap" in chinese and f"本机约 {expected:.0f} 秒/张（推算）" in chinese
