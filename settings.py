@@ -14,6 +14,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from jobrequest import DEFAULT_GUIDANCE, DEFAULT_STEPS, MAX_GUIDANCE, MAX_STEPS, MIN_GUIDANCE, MIN_STEPS
+
 IdList = Annotated[list[int], NoDecode]
 WordList = Annotated[list[str], NoDecode]
 
@@ -60,8 +62,8 @@ class Settings(BaseSettings):
     torch_compile: bool = False
     quality: Literal["best", "balanced", "fastest"] = "balanced"
     quantized_cache_dir: Path = Path("data/quantized")
-    default_steps: int = Field(default=50, ge=1, le=100)
-    default_guidance: float = Field(default=3.5, ge=0, le=20)
+    default_steps: int = Field(default=DEFAULT_STEPS, ge=MIN_STEPS, le=MAX_STEPS)
+    default_guidance: float = Field(default=DEFAULT_GUIDANCE, ge=MIN_GUIDANCE, le=MAX_GUIDANCE)
     engine_step_delay: float = Field(default=0.0, ge=0, le=60)
     # Host RAM the bot may count on (say 10 on a 16 GiB PC that also runs a browser); empty: the machine's
     host_ram_gib: float | None = Field(default=None, gt=0, le=4096)

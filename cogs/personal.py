@@ -16,16 +16,17 @@ from discord import app_commands
 from discord.ext import commands
 
 from cogs.utils.errors import reply_private
+from cogs.utils.flags import Choices
 from cogs.utils.host import Host
 from cogs.utils.i18n import t
-from cogs.utils.submit import Ask, build_request
+from cogs.utils.submit import build_request
 from cogs.utils.text import quote
-from db.models import MAX_PROMPT_CHARS, UserSettings
-from engine.rules import ASPECTS, MAX_GUIDANCE, MAX_STEPS, MIN_GUIDANCE, MIN_STEPS
+from db.models import UserSettings
+from jobrequest import ASPECTS, MAX_GUIDANCE, MAX_PROMPT_CHARS, MAX_STEPS, MIN_GUIDANCE, MIN_STEPS
 from settings import Settings
 
 # The prompt used to check saved settings against the model's limits and the ban list (it is never queued).
-_PROBE = Ask(prompt="settings check")
+_PROBE = Choices(prompt="settings check")
 DAY_S = 86_400
 
 

@@ -18,7 +18,6 @@ from db.models import (
     EnqueueLimits,
     Heartbeat,
     Job,
-    JobRequest,
     JobState,
     Notice,
     QueueStats,
@@ -27,6 +26,7 @@ from db.models import (
 )
 from db.results import ResultStore
 from db.workers import WorkerInfo
+from jobrequest import JobRequest
 
 
 @runtime_checkable

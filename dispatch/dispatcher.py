@@ -21,9 +21,9 @@ from typing import Any
 from db.interface import JobSource
 from db.models import Job
 from engine.png import encode_job_pngs
-from engine.rules import InvalidRequest
 from engine.service import Engine, Prefetch
 from engine.types import ENGINE_TEXTS, EngineError, EngineUnavailable, GenerationResult, JobCancelled, Progress
+from jobrequest import InvalidRequest, strength_used, uses_cfg
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +217,9 @@ class Dispatcher:
             "job_id": job.id,
         }
         if request.start_image is not None:
-            parameters.update(start_image=request.start_image, strength=request.strength, upscale=request.upscale)
+            parameters.update(
+                start_image=request.start_image, strength=strength_used(request), upscale=request.upscale
+            )
         try:
             pngs = await asyncio.to_thread(encode_job_pngs, result.images, parameters)
             paths = await self.source.results.save(job.id, pngs)
@@ -281,10 +283,9 @@ class Dispatcher:
             await self.engine.release(stale)
         self._prefetched = wanted | {job.id}
         return [
-            Prefetch(
-                j.id, (j.request.prompt, j.request.negative_prompt) if j.request.guidance > 1 else (j.request.prompt,)
-            )
+            Prefetch(j.id, (r.prompt, r.negative_prompt) if uses_cfg(r.guidance) else (r.prompt,))
             for j in upcoming
+            if (r := j.request)
         ]
 
     async def _heartbeat(self, running: _Running) -> None:

@@ -16,6 +16,8 @@ from typing import Any
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from jobrequest import image_seed
+
 METADATA_KEY = "parameters"
 
 
@@ -34,7 +36,7 @@ def encode_job_pngs(images: Sequence[Image.Image], parameters: dict[str, Any]) -
     """The PNGs of one job: image i records its own seed (the job's seed + i) and its index."""
     base_seed = int(parameters.get("seed", 0))
     return [
-        encode_png(image, {**parameters, "seed": (base_seed + index) % 2**32, "index": index})
+        encode_png(image, {**parameters, "seed": image_seed(base_seed, index), "index": index})
         for index, image in enumerate(images)
     ]
 

@@ -23,7 +23,7 @@ import torch
 
 from engine.embeddings import EmbeddingCache
 from engine.plans import Plan
-from engine.rules import img2img_steps
+from jobrequest import img2img_steps, uses_cfg
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -192,7 +192,7 @@ class Runner:
         timings = Timings()
         device = self.device
         t0 = time.perf_counter()
-        cfg = guidance > 1.0
+        cfg = uses_cfg(guidance)
         self.encode([prompt, negative_prompt] if cfg else [prompt])
         prompt_embeds = self.embeddings.get(prompt).to(device)
         negative_embeds = self.embeddings.get(negative_prompt).to(device) if cfg else None

@@ -7,12 +7,11 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from db.models import CodedError
+from jobrequest import CodedError
 
 if TYPE_CHECKING:
-    from db.models import JobRequest
     from db.workers import WorkerInfo
-    from engine.rules import ModelLimits
+    from jobrequest import JobRequest, ModelLimits
 
 
 class EngineState(StrEnum):

@@ -19,19 +19,10 @@ from cogs.utils.notices import GENERIC_FAILURE, compose
 from cogs.utils.reports import status_report
 from cogs.utils.status import Snapshot, engine_note, snapshot, status_text
 from cogs.utils.text import bar, defuse, quote
-from db.models import (
-    RESUMED_RESTART,
-    RESUMED_WORKER_LOST,
-    Job,
-    JobRequest,
-    JobState,
-    Notice,
-    NoticeKind,
-    QueueStats,
-    Requester,
-)
+from db.models import RESUMED_RESTART, RESUMED_WORKER_LOST, Job, JobState, Notice, NoticeKind, QueueStats, Requester
 from db.results import FolderResults, ResultFile
 from engine.types import EngineState, EngineStatus
+from jobrequest import JobRequest
 from launcher import api_base
 
 ALICE = 111111111111111111

@@ -39,7 +39,6 @@ from db.models import (
     CooldownActive,
     Job,
     JobNotFound,
-    JobRequest,
     JobState,
     Notice,
     NoticeKind,
@@ -52,8 +51,8 @@ from db.models import (
     UserQueueFull,
 )
 from db.results import FolderResults
-from engine.rules import RULE_TEXTS, InvalidRequest
 from engine.types import ENGINE_TEXTS, EngineState, EngineStatus, OutOfMemory
+from jobrequest import RULE_TEXTS, InvalidRequest, JobRequest
 from tests.conftest import World
 from tests.e2e.harness import ephemeral_reply, queued_reply, running_bot, settings_for
 from tests.test_bot_messages import engine_status
@@ -244,6 +243,7 @@ async def test_channel_refusal_in_chinese(world: World, tiny_model: Path, tmp_pa
 # --- error codes of the queue and the request rules ------------------------------------------------------
 
 CODED_SOURCES = [
+    ROOT / "jobrequest.py",
     *sorted((ROOT / "db").rglob("*.py")),
     *sorted((ROOT / "engine").rglob("*.py")),
     *sorted((ROOT / "dispatch").rglob("*.py")),

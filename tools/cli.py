@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from engine.rules import ModelLimits
+    from jobrequest import ModelLimits
 
 
 def _setting(name: str, default: Any) -> Any:
@@ -61,7 +61,7 @@ def _settings_upscaler() -> Path | None:
 def _start_size(image_data: bytes, upscale: int, limits: ModelLimits) -> tuple[int, int]:
     """The size an image-to-image or upscale job is made at (what the engine will pick from the image)."""
     from engine.img2img import open_image
-    from engine.rules import output_size
+    from jobrequest import output_size
 
     image = open_image(image_data)
     return output_size(image.width, image.height, upscale, limits)
@@ -70,11 +70,12 @@ def _start_size(image_data: bytes, upscale: int, limits: ModelLimits) -> tuple[i
 def cmd_generate(args: argparse.Namespace) -> int:
     import hashlib
 
-    from db.models import InvalidJob, JobRequest
+    from db.models import InvalidJob
     from engine.png import encode_job_pngs
-    from engine.rules import InvalidRequest, validate_request
     from engine.service import Engine, EngineConfig
     from engine.types import EngineError, Progress
+    from jobrequest import InvalidRequest, JobRequest
+    from jobrequest import check as validate_request
 
     if (args.strength is not None or args.upscale) and args.image is None:
         print("--strength and --upscale need --image PATH (the picture to start from).", file=sys.stderr)

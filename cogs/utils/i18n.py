@@ -30,7 +30,8 @@ from cogs.utils.catalogue.notes import NOTES
 from cogs.utils.catalogue.posts import POSTS
 from cogs.utils.catalogue.refusals import REFUSALS, TEXTS_BY_CODE
 from cogs.utils.catalogue.replies import REPLIES
-from db.models import CodedError, JobState
+from db.models import JobState
+from jobrequest import CodedError
 
 Locale = discord.Locale | str | None
 

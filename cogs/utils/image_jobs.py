@@ -7,19 +7,16 @@ interactions are first deferred privately ("thinking…"): a refusal then replac
 queued job gets the usual public status message as a followup. An image stored for a job that was then
 refused (cap, cooldown) is dropped again.
 
-Strengths (the share of the denoising schedule that is re-run from the image; 1.0 = a new picture):
-- Vary (Subtle) 0.35: composition, colours and subject stay; textures, faces and small details change.
-- Vary (Strong) 0.7: the layout and palette stay recognisable; poses, objects and style may change.
-- Remix 0.7: strong enough for an edited prompt to show, close enough to keep the picture.
-- Upscale: no strength of its own (1.0 in the request); without an upscaler model the engine's hires pass
-  uses its own light touch (`engine.img2img.HIRES_STRENGTH`).
+Strengths (the share of the denoising schedule that is re-run from the image; 1.0 = a new picture) and their
+limits are `jobrequest`'s: Vary (Subtle) `SUBTLE_STRENGTH`, Vary (Strong) `STRONG_STRENGTH`, Remix
+`REMIX_STRENGTH`; an Upscale has no strength of its own (1.0 in the request): without an upscaler model the
+engine's hires pass uses `HIRES_STRENGTH`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -32,29 +29,26 @@ from cogs.utils.i18n import Locale, msg, t
 from cogs.utils.images import fetch_attachment, store_start_image
 from cogs.utils.submit import check_request, enqueue_limits, queued_status, requester_of
 from cogs.utils.text import NO_MENTIONS
-from db.models import MAX_PROMPT_CHARS, InvalidJob, Job, JobNotFound, JobRequest, JobState, QueueError
-from engine.rules import output_size
+from db.models import Job, JobNotFound, JobState, QueueError
+from jobrequest import (
+    MAX_PROMPT_CHARS,
+    REMIX_STRENGTH,
+    SUBTLE_STRENGTH,
+    UPSCALE_FACTOR,
+    InvalidRequest,
+    JobRequest,
+    check_strength,
+    output_size,
+)
 
 log = logging.getLogger(__name__)
 
-SUBTLE_STRENGTH = 0.35
-STRONG_STRENGTH = 0.7
-REMIX_STRENGTH = 0.7
-UPSCALE_FACTOR = 2
-DEFAULT_IMAGE_STRENGTH = STRONG_STRENGTH  # /imagine with an image and no strength
-MIN_STRENGTH = 0.05
 # "Vary this image" on a picture that is not one of ours: no prompt is known, so the change is subtle.
 CONTEXT_PROMPT = "the same picture, detailed, high quality"
 IMAGE_TYPES = (".png", ".jpg", ".jpeg", ".webp")
 MODAL_TIMEOUT_S = 15 * 60  # discord.py forgets it then; the submit is routed by custom_id anyway (cogs.buttons)
 
 ImageSource = Callable[[], Awaitable[bytes]]
-
-
-def check_strength(value: float) -> float:
-    if not isinstance(value, int | float) or not math.isfinite(value) or not MIN_STRENGTH <= value <= 1:
-        raise InvalidJob(msg("image.strength", low=MIN_STRENGTH))
-    return float(value)
 
 
 async def submit_image_job(
@@ -69,13 +63,13 @@ async def submit_image_job(
     upscale: int = 0,
 ) -> int:
     """Check, defer privately, store the image, queue the job, post its public status message. The job is made
-    at the size the engine makes from that picture (`engine.rules.output_size`: its own aspect), so the size
-    class and the ETA are the job's own."""
+    at the size the engine makes from that picture (`jobrequest.output_size`: its own aspect, always a size the
+    model makes), so the size class and the ETA are the job's own."""
     settings, limits = bot.settings, bot.engine.limits
     require_allowed_channel(interaction, settings)
     require_allowed_role(interaction, settings)
-    check_request(request, limits, settings)  # every text and number rule before anything is downloaded
     strength = check_strength(strength)
+    check_request(request, limits, settings)  # the edge's one check, before anything is downloaded
     await interaction.response.defer(ephemeral=True, thinking=True)
     stored = await store_start_image(bot.queue, await load(), settings)
     width, height = output_size(stored.width, stored.height, upscale, limits)
@@ -84,7 +78,6 @@ async def submit_image_job(
     )
     requester = requester_of(interaction)
     try:
-        check_request(request, limits, settings)
         enqueued = await bot.queue.enqueue(
             requester, request, enqueue_limits(settings), kind=kind, parent_job_id=parent_job_id
         )
@@ -162,7 +155,7 @@ async def remix(bot: Host, interaction: discord.Interaction, job_id: int, prompt
     """The modal's submit: a vary of the result with the edited prompts."""
     parent = await finished_job(bot, job_id)
     if not prompt.strip():
-        raise InvalidJob(code="request.empty_prompt")
+        raise InvalidRequest(code="request.empty_prompt")
     request = _from_result(parent, prompt=prompt.strip(), negative_prompt=negative.strip())
     await submit_image_job(
         bot,

@@ -10,68 +10,46 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass
 from typing import TypeVar
 
 import aiohttp
 import discord
 
+import jobrequest
 from cogs.utils.checks import require_allowed_channel, require_allowed_role, require_no_banned_words
-from cogs.utils.flags import parse_flags
+from cogs.utils.flags import Choices
 from cogs.utils.host import Host
 from cogs.utils.i18n import msg
 from cogs.utils.status import Snapshot, engine_note, snapshot, status_text
 from cogs.utils.text import NO_MENTIONS, now
-from db.models import (
-    Enqueued,
-    EnqueueLimits,
-    InvalidJob,
-    Job,
-    JobRequest,
-    JobState,
-    QueueError,
-    Requester,
-    UserSettings,
-)
-from engine.rules import ModelLimits, validate_request
+from db.models import Enqueued, EnqueueLimits, InvalidJob, Job, JobState, QueueError, Requester, UserSettings
+from jobrequest import JobRequest, ModelLimits
 from settings import Settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class Ask:
-    """The /imagine options as given (None = not given); inline flags in the prompt override them."""
-
-    prompt: str
-    negative_prompt: str | None = None
-    aspect: str | None = None
-    steps: int | None = None
-    guidance: float | None = None
-    seed: int | None = None
-    count: int | None = None
-    strength: float | None = None  # with an image only (cogs.utils.image_jobs)
-
-
-def build_request(ask: Ask, limits: ModelLimits, settings: Settings, mine: UserSettings | None = None) -> JobRequest:
-    """Parse flags, apply defaults and check every rule (``check_request``); raise a user-facing error for any
-    problem. Inline flags beat the options, which beat the user's own /settings, which beat the bot's defaults."""
-    mine = mine or UserSettings()
-    parsed = parse_flags(ask.prompt)
-    if not parsed.prompt:
+def build_request(
+    choices: Choices, limits: ModelLimits, settings: Settings, defaults: UserSettings | None = None
+) -> JobRequest:
+    """Apply defaults to an /imagine's parsed choices (``cogs.utils.flags.parse_choices``) and check every rule
+    (``check_request``); raise a user-facing error for any problem. The choices (inline flags over options) beat
+    the user's own /settings (`defaults`), which beat the bot's defaults."""
+    defaults = defaults or UserSettings()
+    if not choices.prompt:
         raise InvalidJob(msg("imagine.empty_prompt"))
-    aspect = parsed.aspect or ask.aspect or mine.aspect
+    aspect = choices.aspect or defaults.aspect
     width, height = limits.size_for_aspect(aspect) if aspect else (limits.native_size, limits.native_size)
     request = JobRequest(
-        prompt=parsed.prompt,
-        negative_prompt=_first(parsed.negative, ask.negative_prompt, mine.negative_prompt, "").strip(),
+        prompt=choices.prompt,
+        negative_prompt=_first(choices.negative_prompt, defaults.negative_prompt, "").strip(),
         width=width,
         height=height,
-        steps=_first(parsed.steps, ask.steps, mine.steps, settings.default_steps),
-        guidance=float(_first(parsed.guidance, ask.guidance, mine.guidance, settings.default_guidance)),
-        seed=parsed.seed if parsed.seed is not None else ask.seed,
-        count=_first(parsed.count, ask.count, 1),
+        steps=_first(choices.steps, defaults.steps, settings.default_steps),
+        guidance=float(_first(choices.guidance, defaults.guidance, settings.default_guidance)),
+        seed=choices.seed,
+        count=_first(choices.count, 1),
     )
     return check_request(request, limits, settings)
 
@@ -79,7 +57,7 @@ def build_request(ask: Ask, limits: ModelLimits, settings: Settings, mine: UserS
 def check_request(request: JobRequest, limits: ModelLimits, settings: Settings) -> JobRequest:
     """The edge's one check of a request: the model's limits and the ban list (the queue keeps its own
     invariant check). Returns the request, checked."""
-    validate_request(request, limits)
+    jobrequest.check(request, limits)
     require_no_banned_words((request.prompt, request.negative_prompt), settings)
     return request
 
@@ -96,7 +74,7 @@ def enqueue_limits(settings: Settings) -> EnqueueLimits:
 async def submit(
     bot: Host,
     interaction: discord.Interaction,
-    asked: Ask | JobRequest,
+    asked: Choices | JobRequest,
     *,
     kind: str = "imagine",
     parent_job_id: int | None = None,
@@ -106,7 +84,7 @@ async def submit(
     require_allowed_channel(interaction, bot.settings)
     require_allowed_role(interaction, bot.settings)
     limits = bot.engine.limits
-    if isinstance(asked, Ask):
+    if isinstance(asked, Choices):
         request = build_request(asked, limits, bot.settings, await bot.queue.user_settings(interaction.user.id))
     else:
         request = check_request(asked, limits, bot.settings)

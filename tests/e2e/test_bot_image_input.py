@@ -15,11 +15,10 @@ from pathlib import Path
 from PIL import Image
 
 from bot import ImageBot
-from cogs.utils.image_jobs import STRONG_STRENGTH, SUBTLE_STRENGTH
 from cogs.utils.images import normalise
 from db.models import Job, JobState
 from db.sqlite_queue import SqliteJobQueue
-from engine.rules import output_size
+from jobrequest import STRONG_STRENGTH, SUBTLE_STRENGTH, output_size
 from tests.conftest import World, make_world
 from tests.e2e.harness import (
     BotProcess,
