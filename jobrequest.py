@@ -289,6 +289,19 @@ def output_size(width: int, height: int, upscale: int, limits: ModelLimits) -> t
     return fit_size(width * factor, height * factor, limits)
 
 
+def upscale_note(width: int, height: int, upscale: int, limits: ModelLimits) -> str | None:
+    """Why a hires upscale of a width × height picture is not `upscale` times larger (the model's sizes cap it),
+    or None when it is. An upscaler model (UPSCALER_MODEL) is not capped."""
+    made = output_size(width, height, upscale, limits)
+    if made == (width * upscale, height * upscale):
+        return None
+    return (
+        f"{width}×{height} × {upscale} is made at {made[0]}×{made[1]}: the largest size this model makes for that "
+        f"shape (at most {limits.max_area:,} pixels, sides {limits.min_size}–{limits.max_size} in steps of "
+        f"{limits.multiple}). An upscaler model (UPSCALER_MODEL, or --upscaler) makes larger pictures."
+    )
+
+
 # --- the one check at each edge ----------------------------------------------------------------------------
 def check(request: JobRequest, limits: ModelLimits) -> JobRequest:
     """Every limit, checked once where a request comes in (before any slow work); raises InvalidRequest saying

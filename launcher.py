@@ -37,6 +37,7 @@ from db import JobQueue, open_queue
 from db.models import QueueError
 from dispatch.dispatcher import Dispatcher
 from engine.plans import PLANS
+from engine.rules import missing_model_folder
 from engine.service import Engine, EngineConfig
 from engine.types import EngineView
 from settings import Settings, SettingsError, load_settings
@@ -253,6 +254,9 @@ def main(make_bot: BotFactory) -> int:
         token = settings.token()
     except SettingsError as exc:
         print(exc, file=sys.stderr)
+        return 2
+    if settings.queue_backend == "sqlite" and (problem := missing_model_folder(settings.model_id)):
+        print(f"MODEL_ID: {problem}", file=sys.stderr)  # before the bot goes online with an engine that can't load
         return 2
     hide_secrets_in_output([token])  # first: the log handler writes to the wrapped stderr
     setup_logging(settings.log_level, [token])

@@ -36,11 +36,22 @@ _HINTS: dict[str, str] = {
 }
 
 
+# `.env` is read next to the program (the folder of bot.py and .env.example) and in the current folder; the
+# current folder's wins where both set a variable.
+PROGRAM_FOLDER = Path(__file__).resolve().parent
+
+
+def env_folders() -> list[Path]:
+    """The folders whose .env is read, in order (once each)."""
+    here = Path.cwd().resolve()
+    return [PROGRAM_FOLDER] if here == PROGRAM_FOLDER else [PROGRAM_FOLDER, here]
+
+
 class Settings(BaseSettings):
     """Everything the bot, the engine and the queue can be told from outside."""
 
     model_config = SettingsConfigDict(
-        env_file=".env",
+        env_file=(PROGRAM_FOLDER / ".env", ".env"),
         env_file_encoding="utf-8",
         case_sensitive=False,
         extra="ignore",
@@ -156,10 +167,14 @@ class SettingsError(Exception):
 
 class MissingToken(SettingsError):
     def __init__(self) -> None:
+        looked = " and ".join(str(folder / ".env") for folder in env_folders())
+        found = [str(folder / ".env") for folder in env_folders() if (folder / ".env").is_file()]
+        seen = f"{', '.join(found)} has no DISCORD_TOKEN line" if found else "no .env file there"
         super().__init__(
-            "DISCORD_TOKEN is not set. Create a bot at https://discord.com/developers/applications "
-            "(New Application → Bot → Reset Token), then put DISCORD_TOKEN=<your token> in .env "
-            "(copy .env.example to .env first). See README.md, 'Create the Discord application'."
+            f"DISCORD_TOKEN is not set: not in the environment, and looked in {looked} ({seen}). "
+            "Create a bot at https://discord.com/developers/applications (New Application → Bot → Reset Token), "
+            f"then put DISCORD_TOKEN=<your token> in {PROGRAM_FOLDER / '.env'} (copy .env.example to .env first). "
+            "See README.md, 'Create the Discord application'."
         )
 
 
@@ -177,7 +192,8 @@ def _describe(error: dict) -> str:
 def load_settings(**overrides: object) -> Settings:
     """Read settings; raise SettingsError with one clear line per bad variable."""
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        files = tuple(folder / ".env" for folder in env_folders())
+        return Settings(**{"_env_file": files, **overrides})  # type: ignore[arg-type]
     except ValidationError as exc:
         lines = [_describe(err) for err in exc.errors(include_input=False, include_url=False)]
         raise SettingsError("Invalid settings (check .env or the environment):\n  " + "\n  ".join(lines)) from None

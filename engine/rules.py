@@ -58,3 +58,23 @@ def _token_counter(path: Path) -> Callable[[str], int] | None:
         log.warning("Could not read %s; prompt length is checked in characters only", path, exc_info=True)
         return None
     return lambda text: len(tokenizer.encode(text).ids)
+
+
+def missing_model_folder(model_id: str) -> str | None:
+    """A sentence when `model_id` names a local folder that does not exist (an absolute or ./ path, ~, a
+    backslash, more than owner/name), None when it is a folder or may be a Hugging Face id (owner/name)."""
+    path = Path(model_id).expanduser()
+    if path.exists():
+        return None
+    looks_local = (
+        path.is_absolute()
+        or model_id.startswith((".", "~"))
+        or "\\" in model_id
+        or len(Path(model_id).parts) != 2
+    )
+    if not looks_local:
+        return None
+    return (
+        f"The model folder {model_id} does not exist: check the path (a folder with model_index.json), "
+        "or use a Hugging Face id such as THUDM/CogView4-6B."
+    )
