@@ -56,6 +56,14 @@ def test_malformed_settings_are_listed_without_a_traceback(tmp_path: Path) -> No
     assert "Traceback" not in output and CANARY not in output
 
 
+def test_a_model_folder_that_does_not_exist_is_named_before_going_online(tmp_path: Path) -> None:
+    done = run_bot_sync(bare_env(DISCORD_TOKEN=CANARY, MODEL_ID="/no/such/folder"), tmp_path)
+    output = (done.stdout + done.stderr).strip()
+    assert done.returncode == 2
+    assert output.startswith("MODEL_ID: The model folder /no/such/folder does not exist")
+    assert "\n" not in output and "Traceback" not in output and CANARY not in output
+
+
 async def test_real_process_job_crash_restart_and_reroll(tiny_model: Path, tmp_path: Path) -> None:
     async with FakeDiscord(heartbeat_interval=0.5, token=CANARY) as server:
         world = make_world(server)
