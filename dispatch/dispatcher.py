@@ -97,10 +97,6 @@ class Dispatcher:
             except TimeoutError:
                 self._task.cancel()
 
-    @property
-    def current_job_id(self) -> int | None:
-        return self._running.job.id if self._running else None
-
     def interrupt(self, *, hand_back: bool) -> None:
         """Stop the running job at its next step: cancelled, or (hand_back) put back in the queue.
 

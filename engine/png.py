@@ -1,7 +1,7 @@
 """PNG bytes with the generation parameters in text chunks (Pillow; no files, no torch).
 
 Where the bytes are stored is the result store's business (db/results.py). The
-parameters go in as JSON under "parameters" (what `read_parameters` returns) and the
+parameters go in as JSON under "parameters" (METADATA_KEY) and the
 prompt also as an iTXt "prompt" chunk, which image viewers show.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from PIL import Image
@@ -40,9 +39,3 @@ def encode_job_pngs(images: Sequence[Image.Image], parameters: dict[str, Any]) -
         for index, image in enumerate(images)
     ]
 
-
-def read_parameters(data_or_path: bytes | str | Path) -> dict[str, Any]:
-    """The parameters `encode_png` wrote, from PNG bytes or a file."""
-    source = io.BytesIO(data_or_path) if isinstance(data_or_path, bytes) else data_or_path
-    with Image.open(source) as image:
-        return json.loads(image.text[METADATA_KEY])  # type: ignore[attr-defined]

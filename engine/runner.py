@@ -49,15 +49,6 @@ class Timings:
     def step_s(self) -> float:
         return self.denoise_s / self.steps if self.steps else 0.0
 
-    def as_dict(self) -> dict[str, float]:
-        return {
-            "encode_s": round(self.encode_s, 4),
-            "denoise_s": round(self.denoise_s, 4),
-            "decode_s": round(self.decode_s, 4),
-            "step_s": round(self.step_s, 4),
-            "steady_step_s": round(self.steady_step_s or self.step_s, 4),
-        }
-
 
 @dataclass
 class RunnerOptions:

@@ -17,9 +17,9 @@ from db.results import FolderResults
 from db.sqlite_queue import SqliteJobQueue
 from dispatch.dispatcher import DISK_FULL_HOLD_S, Dispatcher
 from engine.plans import Measurement
-from engine.png import read_parameters
 from engine.service import Engine, EngineConfig
 from jobrequest import JobRequest
+from tests.pngs import read_parameters
 from tools.tiny import write_tiny_model
 
 TABLE = {

@@ -13,11 +13,12 @@ import torch
 import jobrequest
 from engine import plans as plan_catalog
 from engine.plans import Measurement
-from engine.png import encode_job_pngs, read_parameters
+from engine.png import encode_job_pngs
 from engine.rules import limits_from_folder
 from engine.service import Engine, EngineConfig, Prefetch
 from engine.types import JobCancelled, PlanSwitchFailed
 from jobrequest import InvalidRequest, JobRequest
+from tests.pngs import read_parameters
 from tools.tiny import write_tiny_model
 
 # A plan table for the CPU: mixed_resident measured leaner than bf16_resident, like on a GPU.

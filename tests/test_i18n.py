@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import string
 from dataclasses import replace
 from pathlib import Path
@@ -17,10 +18,8 @@ from cogs.utils.i18n import (
     CATALOGUE,
     EN,
     LANGUAGES,
-    NAME_RULE,
     ZH,
     Translator,
-    fields_of,
     localize,
     msg,
     stored_text,
@@ -58,6 +57,15 @@ from tests.e2e.harness import ephemeral_reply, queued_reply, running_bot, settin
 from tests.test_bot_messages import engine_status
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+# Discord's rule for command and option names (and their localizations).
+NAME_RULE = re.compile(r"^[-_\w]{1,32}$")
+
+
+def fields_of(text: str) -> set[str]:
+    """The {names} a catalogue text fills in."""
+    return {name for _, name, _, _ in string.Formatter().parse(text) if name}
 
 
 def test_every_key_has_both_languages_with_the_same_fields() -> None:

@@ -28,7 +28,6 @@ from dispatch.dispatcher import Dispatcher
 from engine.attention import install
 from engine.img2img import fit_image, open_image
 from engine.plans import CPU_PLANS, Measurement
-from engine.png import read_parameters
 from engine.runner import Runner, RunnerOptions
 from engine.service import Engine, EngineConfig
 from engine.types import Progress
@@ -44,6 +43,7 @@ from jobrequest import (
     output_size,
     steps_run,
 )
+from tests.pngs import read_parameters
 from tests.test_batched_cfg import make_runner
 
 TINY_LIMITS = ModelLimits.from_sizes(sample_size=32, vae_scale_factor=2, patch_size=8)  # 32–128 px, as the tiny

@@ -22,7 +22,6 @@ from jobrequest import InvalidRequest
 
 log = logging.getLogger(__name__)
 
-UNEXPECTED = t("error.unexpected")
 _KNOWN = (QueueError, InvalidRequest, FlagError, EngineError, Refused)
 
 

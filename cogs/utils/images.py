@@ -150,11 +150,6 @@ async def store_start_image(queue: JobQueue, data: bytes, settings: Settings) ->
     return StoredImage(await queue.inputs.put(png), width, height)
 
 
-async def store_attachment(queue: JobQueue, attachment: discord.Attachment, settings: Settings) -> StoredImage:
-    """The one way a user's upload becomes a start image: fetched from Discord, decoded, stored."""
-    return await store_start_image(queue, await fetch_attachment(attachment, settings), settings)
-
-
 def fit_upload(name: str, data: bytes, limit: int) -> tuple[str, bytes]:
     """A result image that fits Discord's upload limit: as it is if it fits, else re-encoded as high-quality
     WebP, then JPEG at falling quality, then scaled down, so a large result is posted rather than refused.
