@@ -71,6 +71,8 @@ RULE_TEXTS: dict[str, str] = {
     "request.empty_prompt": "The prompt is empty: describe the image you want.",
     "request.too_long": "Prompts are limited to {limit} characters.",
     "request.nul": "The prompt contains a NUL character.",
+    "request.unreadable_image": "The start image could not be read as a picture.",
+    "request.start_image_missing": "The start image of this job is missing.",
     "rules.aspect": "Unknown aspect: use one of {aspects}.",
     "rules.width_multiple": "The width must be a multiple of {multiple} px (got {value}).",
     "rules.height_multiple": "The height must be a multiple of {multiple} px (got {value}).",

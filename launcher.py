@@ -23,7 +23,6 @@ import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TextIO
 
 import discord
@@ -37,7 +36,7 @@ from db import JobQueue, open_queue
 from db.models import QueueError
 from dispatch.dispatcher import Dispatcher
 from engine.plans import PLANS
-from engine.rules import missing_model_folder
+from engine.rules import missing_model_folder, model_label
 from engine.service import Engine, EngineConfig
 from engine.types import EngineView
 from settings import Settings, SettingsError, load_settings
@@ -55,12 +54,6 @@ def point_discord_at(settings: Settings) -> None:
     """Use DISCORD_API_BASE and DISCORD_GATEWAY_URL (a REST proxy, or a test stand-in)."""
     discord.http.Route.BASE = api_base(settings.discord_api_base)
     discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)
-
-
-def model_label(model_id: str) -> str:
-    """How the model is named to users: a Hugging Face id as is, a local folder by its name only."""
-    path = Path(model_id).expanduser()
-    return path.name if path.is_dir() else model_id
 
 
 # --- the services the cogs use ----------------------------------------------------------------------------

@@ -119,7 +119,7 @@ class Generator:
     def _start(self, request: JobRequest, data: bytes | None) -> StartImage | None:
         if data is None:
             if request.start_image is not None:
-                raise InvalidRequest("The start image of this job is missing.")
+                raise InvalidRequest(code="request.start_image_missing")
             return None
         return start_image(request, data, self.plans.limits)
 

@@ -40,7 +40,7 @@ def open_image(data: bytes) -> Image.Image:
                 return background
             return image.convert("RGB")
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise InvalidRequest("The start image could not be read as a picture.") from exc
+        raise InvalidRequest(code="request.unreadable_image") from exc
 
 
 def fit_image(image: Image.Image, width: int, height: int) -> Image.Image:

@@ -78,3 +78,10 @@ def missing_model_folder(model_id: str) -> str | None:
         f"The model folder {model_id} does not exist: check the path (a folder with model_index.json), "
         "or use a Hugging Face id such as THUDM/CogView4-6B."
     )
+
+
+def model_label(model_id: str) -> str:
+    """How the model is named to users and in the PNGs: a Hugging Face id as is, a local folder by its name only
+    (no local paths)."""
+    path = Path(model_id).expanduser()
+    return path.name if path.is_dir() else model_id

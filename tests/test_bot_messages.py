@@ -218,7 +218,7 @@ def test_who_may_repost_a_result() -> None:
 
 
 def test_model_label_hides_local_paths(tmp_path: Path) -> None:
-    from launcher import model_label
+    from engine.rules import model_label
 
     folder = tmp_path / "private" / "cogview4-local"
     folder.mkdir(parents=True)

@@ -28,6 +28,8 @@ _CHINESE: dict[str, str] = {
     "request.empty_prompt": "提示词为空：请描述你想要的图片。",
     "request.too_long": "提示词最多 {limit} 个字符。",
     "request.nul": "提示词包含 NUL 字符。",
+    "request.unreadable_image": "起始图片无法作为图片读取。",
+    "request.start_image_missing": "这个任务的起始图片缺失。",
     "rules.aspect": "未知的比例：请使用 {aspects} 之一。",
     "rules.width_multiple": "宽度必须是 {multiple} 像素的倍数（当前为 {value}）。",
     "rules.height_multiple": "高度必须是 {multiple} 像素的倍数（当前为 {value}）。",
@@ -63,6 +65,7 @@ _CHINESE: dict[str, str] = {
     "engine.unexpected": "生成图片时出了问题（已记录为任务 #{id}）。请再试一次；如果一直出现，请告诉机器人管理者。",
     "engine.disk_full": "机器人的磁盘已满，图片无法保存；需要机器人管理者释放一些空间。",
     "engine.save_failed": "图片无法保存（{reason}）。",
+    "engine.cancelled": "已取消。",
 }
 
 TEXTS_BY_CODE: dict[str, str] = {**QUEUE_TEXTS, **RULE_TEXTS, **ENGINE_TEXTS}
