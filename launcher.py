@@ -31,7 +31,7 @@ import discord.http
 import yarl
 from discord.ext import commands
 
-from cogs.utils.host import MEMORY_KEY
+from cogs.utils.kv_keys import MEMORY_KEY
 from db import JobQueue, open_queue
 from db.models import QueueError
 from dispatch.dispatcher import Dispatcher

@@ -25,9 +25,10 @@ import aiohttp
 import discord
 from discord.ext import commands
 
-from cogs.utils.host import Host, progress_of, spoilers_key
+from cogs.utils.host import Host, progress_of
 from cogs.utils.i18n import t
 from cogs.utils.images import fit_upload
+from cogs.utils.kv_keys import spoilers_key
 from cogs.utils.notices import Post, compose
 from cogs.utils.text import only_user
 from cogs.utils.views import result_view

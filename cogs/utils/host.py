@@ -15,15 +15,6 @@ from settings import Settings
 if TYPE_CHECKING:
     from db.models import Job
 
-# The kv key under which /memory remembers the plan an admin chose; the launcher reads it at start.
-MEMORY_KEY = "memory_mode"
-
-
-def spoilers_key(guild_id: int) -> str:
-    """The kv key under which /spoilers remembers that a server's results are posted as spoilers."""
-    return f"spoilers:{guild_id}"
-
-
 class Host(Protocol):
     """The bot as the cogs see it: its services, plus the few discord.py calls they make on it."""
 

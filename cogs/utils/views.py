@@ -158,9 +158,11 @@ class RerollButton(_JobButton, template=r"cv4:reroll:(?P<job>\d+)"):
     style = discord.ButtonStyle.primary
 
 
-class VariationsButton(_JobButton, template=r"cv4:vary:(?P<job>\d+)"):
+# "cv4:vary:" is what this button was called before "vary" came to mean image-to-image only: buttons posted
+# then still work.
+class VariationsButton(_JobButton, template=r"cv4:(?:variations|vary):(?P<job>\d+)"):
     handler = variations
-    emoji, action = "🔀", "vary"
+    emoji, action = "🔀", "variations"
 
 
 class InfoButton(_JobButton, template=r"cv4:info:(?P<job>\d+)"):

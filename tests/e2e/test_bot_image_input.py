@@ -35,7 +35,7 @@ from tests.e2e.harness import (
 from tests.fakediscord import FakeDiscord, InteractionHandle, StoredMessage, UploadFile
 from tests.fakediscord.interactions import MODAL, modal_defaults
 
-BUTTONS = ("reroll", "vary", "info", "delete", "subtle", "strong", "remix", "upscale")
+BUTTONS = ("reroll", "variations", "info", "delete", "subtle", "strong", "remix", "upscale")
 
 
 def picture(size: tuple[int, int] = (96, 64), fmt: str = "PNG", colour: tuple[int, ...] = (200, 30, 30)) -> bytes:
