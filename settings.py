@@ -93,12 +93,12 @@ class Settings(BaseSettings):
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    # Image input (issue 13): what an uploaded start image may be, and Discord's upload limit for results
+    # Image input: what an uploaded start image may be, and Discord's upload limit for results
     max_input_mb: float = Field(default=10, gt=0, le=100)
     max_input_pixels: int = Field(default=40_000_000, ge=1_000_000, le=250_000_000)
     discord_upload_limit_mb: float = Field(default=10, ge=1, le=500)
 
-    # Live previews (issue 14): the status message shows the image forming; off = no preview work at all
+    # Live previews: the status message shows the image forming; off = no preview work at all
     previews: bool = True
 
     @field_validator("admin_user_ids", "admin_role_ids", "allowed_channel_ids", mode="before")
@@ -141,7 +141,7 @@ class Settings(BaseSettings):
             raise MissingToken
         return self.discord_token.get_secret_value()
 
-    # Server owner's controls (issue 14): who may generate, how much, and how long results are kept
+    # Server owner's controls: who may generate, how much, and how long results are kept
     allowed_role_ids: IdList = Field(default_factory=list)
     daily_quota: int = Field(default=0, ge=0, le=100_000)
     retention_days: float = Field(default=0, ge=0, le=36_500)
@@ -151,7 +151,7 @@ class Settings(BaseSettings):
     def _split_role_ids(cls, value: object) -> object:
         return cls._split_ids(value)
 
-    # Upscale button (issue 13): a local ESRGAN-family model file (the `upscale` extra loads it); unset: a
+    # Upscale button: a local ESRGAN-family model file (the `upscale` extra loads it); unset: a
     # "hires" pass, image-to-image at the largest size the model allows for that aspect.
     upscaler_model: Path | None = None
 

@@ -13,8 +13,7 @@ from cogs.utils.checks import Refused
 from cogs.utils.flags import Choices, parse_choices
 from cogs.utils.host import Host
 from cogs.utils.i18n import msg
-from cogs.utils.image_jobs import submit_image_job, vary_message
-from cogs.utils.images import fetch_attachment
+from cogs.utils.image_jobs import submit_image_job, upload, vary_message
 from cogs.utils.submit import build_request, submit
 from jobrequest import (
     ASPECTS,
@@ -91,14 +90,11 @@ async def imagine_from_image(
     request = build_request(dataclasses.replace(choices, strength=None), bot.engine.limits, bot.settings, defaults)
     strength = choices.strength
 
-    async def load() -> bytes:
-        return await fetch_attachment(image, bot.settings)
-
     await submit_image_job(
         bot,
         interaction,
         request,
-        load,
+        upload(bot, image),
         strength=DEFAULT_STRENGTH if strength is None else strength,
         kind="imagine",
     )

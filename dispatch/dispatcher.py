@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import hashlib
 import logging
 import threading
 import time
@@ -20,6 +21,7 @@ from typing import Any
 
 from db.interface import JobSource
 from db.models import Job
+from db.results import UnsafeResult
 from engine.png import encode_job_pngs
 from engine.service import Engine, Prefetch
 from engine.types import ENGINE_TEXTS, EngineError, EngineUnavailable, GenerationResult, JobCancelled, Progress
@@ -180,15 +182,31 @@ class Dispatcher:
             self._prefetched.discard(job.id)
 
     async def _start_image(self, job: Job) -> bytes | None:
-        """The stored bytes of the job's start image (None for text-to-image); a missing one fails the job."""
+        """The stored bytes of the job's start image (None for text-to-image): a result of its parent job (Vary,
+        Remix, Upscale start from it by reference), else an upload in the input store. A missing one fails
+        the job."""
         digest = job.request.start_image
         if digest is None:
             return None
+        if job.parent_job_id is not None and (data := await self._parent_result(job.parent_job_id, digest)):
+            return data
         try:
             return await self.source.inputs.get(digest)
         except FileNotFoundError:
             log.warning("Job #%s: start image %s is not stored", job.id, digest)
             raise EngineError(code="engine.start_image_gone") from None
+
+    async def _parent_result(self, parent_id: int, digest: str) -> bytes | None:
+        """The parent job's result image with this SHA-256, or None (pruned, deleted, or not one of its)."""
+        parent = await self.source.get_job(parent_id)
+        if parent is None or not parent.result_paths:
+            return None
+        try:
+            files = await self.source.results.read(parent)
+        except (FileNotFoundError, UnsafeResult):
+            return None
+        hashes = await asyncio.to_thread(lambda: [hashlib.sha256(f.data).hexdigest() for f in files])
+        return next((f.data for f, h in zip(files, hashes, strict=True) if h == digest), None)
 
     @staticmethod
     def _on_progress(running: _Running, progress: Progress) -> None:

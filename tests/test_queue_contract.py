@@ -1263,6 +1263,16 @@ async def test_resumed_notice_says_why(queue: JobQueue, clock: Clock) -> None:
     assert (notice.kind, notice.body) == (NoticeKind.RESUMED, RESUMED_WORKER_LOST)
 
 
+async def test_the_first_result_alone_is_read_for_a_vary(queue: JobQueue) -> None:
+    await queue.enqueue(who(1), what(count=2))
+    job = await must_claim(queue)
+    paths = await save_results(queue, job.id, b"first", b"second")
+    assert await queue.complete(job.id, WORKER, result_paths=paths, seed_used=1, plan="p")
+    done = await must_get(queue, job.id)
+    assert [f.data for f in await queue.results.read(done, count=1)] == [b"first"]
+    assert await read_results(queue, done) == [b"first", b"second"]
+
+
 async def test_results_are_read_back_and_refused_when_tampered(queue: JobQueue) -> None:
     await queue.enqueue(who(1), what())
     job = await must_claim(queue)

@@ -1,7 +1,9 @@
 """Jobs that start from an image: /imagine with an image, Vary (Subtle / Strong), Remix, Upscale, "Vary this image".
 
-The image is fetched (from Discord) or read (a result, through the result store), decoded and stored
-(`cogs.utils.images`) before the job is queued, so the job records only the digest and survives restarts,
+An upload is fetched from Discord, decoded as the hostile input it may be, and stored (`cogs.utils.images`)
+before the job is queued; a result of ours (Vary, Remix, Upscale) is started from by reference: the job
+records the digest of the parent's first result, which the dispatcher reads from the parent's results, with
+nothing decoded, re-encoded or copied. Either way the job records only the digest and survives restarts,
 crashes and moves to another GPU worker. Fetching and decoding can take longer than Discord's 3 s, so these
 interactions are first deferred privately ("thinking…"): a refusal then replaces that private message, and a
 queued job gets the usual public status message as a followup. An image stored for a job that was then
@@ -15,6 +17,7 @@ engine's hires pass uses `HIRES_STRENGTH`.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
@@ -26,7 +29,7 @@ import discord
 from cogs.utils.checks import Refused, require_allowed_channel, require_allowed_role
 from cogs.utils.host import Host
 from cogs.utils.i18n import Locale, msg, t
-from cogs.utils.images import fetch_attachment, store_start_image
+from cogs.utils.images import StoredImage, fetch_attachment, result_reference, store_start_image
 from cogs.utils.submit import check_request, enqueue_limits, queued_status, requester_of
 from cogs.utils.text import NO_MENTIONS
 from db.models import Job, JobNotFound, JobState, QueueError
@@ -48,7 +51,7 @@ CONTEXT_PROMPT = "the same picture, detailed, high quality"
 IMAGE_TYPES = (".png", ".jpg", ".jpeg", ".webp")
 MODAL_TIMEOUT_S = 15 * 60  # discord.py forgets it then; the submit is routed by custom_id anyway (cogs.buttons)
 
-ImageSource = Callable[[], Awaitable[bytes]]
+ImageSource = Callable[[], Awaitable[StoredImage]]
 
 
 async def submit_image_job(
@@ -71,7 +74,7 @@ async def submit_image_job(
     strength = check_strength(strength)
     check_request(request, limits, settings)  # the edge's one check, before anything is downloaded
     await interaction.response.defer(ephemeral=True, thinking=True)
-    stored = await store_start_image(bot.queue, await load(), settings)
+    stored = await load()
     width, height = output_size(stored.width, stored.height, upscale, limits)
     request = dataclasses.replace(
         request, width=width, height=height, start_image=stored.digest, strength=strength, upscale=upscale
@@ -82,10 +85,11 @@ async def submit_image_job(
             requester, request, enqueue_limits(settings), kind=kind, parent_job_id=parent_job_id
         )
     except BaseException:
-        try:
-            await bot.queue.drop_start_image(stored.digest)
-        except Exception:
-            log.exception("Dropping the unused start image %s failed", stored.digest[:12])
+        if stored.copied:
+            try:
+                await bot.queue.drop_start_image(stored.digest)
+            except Exception:
+                log.exception("Dropping the unused start image %s failed", stored.digest[:12])
         raise
     job_id = enqueued.job_id
     interaction.extras["job_id"] = job_id
@@ -112,13 +116,14 @@ async def finished_job(bot: Host, job_id: int) -> Job:
 
 
 def result_image(bot: Host, job: Job) -> ImageSource:
-    """The job's first result image, read through the result store when the job is queued."""
+    """The job's first result image, by reference (`cogs.utils.images.result_reference`)."""
 
-    async def load() -> bytes:
+    async def load() -> StoredImage:
         try:
-            return (await bot.queue.results.read(job))[0].data
+            data = (await bot.queue.results.read(job, count=1))[0].data
         except FileNotFoundError:
             raise QueueError(msg("image.not_kept", job=job.id)) from None
+        return await asyncio.to_thread(result_reference, data)
 
     return load
 
@@ -235,7 +240,13 @@ async def vary_message(bot: Host, interaction: discord.Interaction, message: dis
         guidance=settings.default_guidance,
     )
 
-    async def load() -> bytes:
-        return await fetch_attachment(attachment, settings)
+    await submit_image_job(bot, interaction, request, upload(bot, attachment), strength=SUBTLE_STRENGTH, kind="vary")
 
-    await submit_image_job(bot, interaction, request, load, strength=SUBTLE_STRENGTH, kind="vary")
+
+def upload(bot: Host, attachment: discord.Attachment) -> ImageSource:
+    """A picture a user attached: fetched from Discord, decoded as hostile input and stored, when queued."""
+
+    async def load() -> StoredImage:
+        return await store_start_image(bot.queue, await fetch_attachment(attachment, bot.settings), bot.settings)
+
+    return load

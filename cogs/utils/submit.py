@@ -1,9 +1,10 @@
 """Turn what a user asked for into a queued job, and answer with its status message.
 
-/imagine and the Re-roll / Variations buttons all go through ``submit``, so every job
-meets the same checks, each once (channel, role, ban list, model limits; then the queue's
-per-user and global caps, cooldown and daily quota) and gets the same kind of reply within
-Discord's 3-second window.
+/imagine without a picture and the Re-roll / Variations buttons go through ``submit``; a job that
+starts from a picture goes through ``cogs.utils.image_jobs.submit_image_job``. Both meet the same
+checks, each once (channel, role, then ``check_request``: ``jobrequest.check`` against the model's
+limits and the ban list; then the queue's per-user and global caps, cooldown and daily quota) and get
+the same kind of reply within Discord's 3-second window.
 """
 
 from __future__ import annotations
