@@ -27,7 +27,7 @@ from cogs.utils.i18n import (
 )
 from cogs.utils.notices import compose
 from cogs.utils.reports import status_report
-from cogs.utils.status import StatusFacts, engine_note, status_facts, status_text
+from cogs.utils.status import StatusLine, engine_note, status_line, status_text
 from cogs.utils.views import result_view
 from db.models import (
     ADMIN_CANCEL,
@@ -428,7 +428,7 @@ def test_status_message_in_the_jobs_language() -> None:
             started_at=0.0,
         )
     )
-    facts = status_facts(queued, position=2, note=note, paused=False)
+    facts = status_line(queued, position=2, note=note, paused=False)
     assert status_text(queued, facts, eta_s=90, now=1000.0) == (
         "已排队 #7 — 第 2 位，约 2 分钟（<t:1090:R>）\n"
         "图像引擎正在预热（Loading transformer，40%）；准备好后就开始你的任务。\n"
@@ -439,14 +439,14 @@ def test_status_message_in_the_jobs_language() -> None:
         "Queued as #7 — position 2, about 2 min (<t:1090:R>)\nThe image engine is warming up (Loading transformer, 40%)"
     )
     running = a_job("zh-CN", JobState.RUNNING, progress_step=3, progress_total=10)
-    text = status_text(running, status_facts(running, position=None, note=None, paused=False), eta_s=100, now=0)
+    text = status_text(running, status_line(running, position=None, note=None, paused=False), eta_s=100, now=0)
     assert text.startswith("#7 — 生成中：`▰▰▰▰▱▱▱▱▱▱▱▱` 3/10 步，还需约 2 分钟（<t:100:R>）\n")
     crashed = a_job("zh-CN", JobState.FAILED, error=CRASH_ERROR.format(n=3))
-    assert status_text(crashed, StatusFacts(JobState.FAILED), eta_s=None, now=0).startswith(
+    assert status_text(crashed, StatusLine(JobState.FAILED), eta_s=None, now=0).startswith(
         "#7 — 失败：已导致工作机崩溃 3 次\n"
     )
     purged = a_job("zh-CN", JobState.CANCELLED, error=PURGED)
-    assert status_text(purged, StatusFacts(JobState.CANCELLED), eta_s=None, now=0).startswith(
+    assert status_text(purged, StatusLine(JobState.CANCELLED), eta_s=None, now=0).startswith(
         "#7 — 已取消（被管理员移出队列）。\n"
     )
 

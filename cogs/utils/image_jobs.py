@@ -93,7 +93,7 @@ async def submit_image_job(
         raise
     job_id = enqueued.job_id
     interaction.extras["job_id"] = job_id
-    facts, text = queued_status(bot, job_id, requester, request, enqueued, kind)
+    line, text = queued_status(bot, job_id, requester, request, enqueued, kind)
     try:
         await interaction.edit_original_response(content=t("image.got", interaction.locale, job=job_id))
         message = await interaction.followup.send(text, wait=True, allowed_mentions=NO_MENTIONS)
@@ -101,7 +101,7 @@ async def submit_image_job(
         log.warning("Could not post the status of job #%s (%s); it stays queued", job_id, exc)
         return job_id
     await bot.queue.set_status_message(job_id, message.id)
-    bot.dispatch("job_queued", job_id, facts)
+    bot.dispatch("job_queued", job_id, line)
     log.info("Job #%s (%s, strength %.2f) queued by %s", job_id, kind, strength, interaction.user.id)
     return job_id
 

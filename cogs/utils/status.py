@@ -17,7 +17,7 @@ from engine.types import EngineState, EngineStatus
 
 
 @dataclass(frozen=True)
-class StatusFacts:
+class StatusLine:
     """What the status line of one job depends on; the loop edits when this changes."""
 
     state: JobState
@@ -39,16 +39,16 @@ def engine_note(status: EngineStatus) -> str | None:
     return None
 
 
-def status_facts(job: Job, *, position: int | None, note: str | None, paused: bool) -> StatusFacts:
+def status_line(job: Job, *, position: int | None, note: str | None, paused: bool) -> StatusLine:
     if job.state is JobState.QUEUED:
         waiting = msg("status.paused") if paused else note
-        return StatusFacts(job.state, position=position, note=waiting)
+        return StatusLine(job.state, position=position, note=waiting)
     if job.state is JobState.RUNNING:
-        return StatusFacts(job.state, step=job.progress_step or 0, total=job.progress_total or job.request.steps)
-    return StatusFacts(job.state)
+        return StatusLine(job.state, step=job.progress_step or 0, total=job.progress_total or job.request.steps)
+    return StatusLine(job.state)
 
 
-def status_text(job: Job, facts: StatusFacts, *, eta_s: float | None, now: float) -> str:
+def status_text(job: Job, facts: StatusLine, *, eta_s: float | None, now: float) -> str:
     """The whole status message for the job's current state, in the language of the one who asked."""
     locale = job.requester.locale
     lines = [_first_line(job, facts, eta_s, now)]
@@ -60,7 +60,7 @@ def status_text(job: Job, facts: StatusFacts, *, eta_s: float | None, now: float
     return clip("\n".join(lines))
 
 
-def _first_line(job: Job, facts: StatusFacts, eta_s: float | None, now: float) -> str:
+def _first_line(job: Job, facts: StatusLine, eta_s: float | None, now: float) -> str:
     locale = job.requester.locale
     if facts.state is JobState.QUEUED:
         eta = eta_s or 0.0

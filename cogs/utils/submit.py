@@ -21,7 +21,7 @@ from cogs.utils.checks import require_allowed_channel, require_allowed_role, req
 from cogs.utils.flags import Choices
 from cogs.utils.host import Host
 from cogs.utils.i18n import msg
-from cogs.utils.status import StatusFacts, engine_note, status_facts, status_text
+from cogs.utils.status import StatusLine, engine_note, status_line, status_text
 from cogs.utils.text import NO_MENTIONS, now
 from db.models import Enqueued, EnqueueLimits, InvalidJob, Job, JobState, QueueError, Requester, UserSettings
 from jobrequest import JobRequest, ModelLimits
@@ -97,7 +97,7 @@ async def submit(
     interaction.extras["job_id"] = job_id
     # Answer before any other database trip: Discord allows 3 s, and in a burst every read waits its turn
     # behind hundreds of writes.
-    facts, text = queued_status(bot, job_id, requester, request, enqueued, kind)
+    line, text = queued_status(bot, job_id, requester, request, enqueued, kind)
     try:
         callback = await interaction.response.send_message(text, allowed_mentions=NO_MENTIONS)
     except discord.NotFound:
@@ -115,7 +115,7 @@ async def submit(
     if message_id is None:
         message_id = (await interaction.original_response()).id
     await bot.queue.set_status_message(job_id, message_id)
-    bot.dispatch("job_queued", job_id, facts)
+    bot.dispatch("job_queued", job_id, line)
     log.info("Job #%s queued by %s (%s) at position %s", job_id, interaction.user.id, kind, enqueued.position)
     return job_id
 
@@ -136,15 +136,15 @@ def requester_of(interaction: discord.Interaction) -> Requester:
 
 def queued_status(
     bot: Host, job_id: int, requester: Requester, request: JobRequest, enqueued: Enqueued, kind: str
-) -> tuple[StatusFacts, str]:
+) -> tuple[StatusLine, str]:
     """The first status text of a just-queued job. The ETA is a first guess from the place in line (each job
     ahead taking as long as this one); the status loop replaces it within seconds."""
     eta = enqueued.position * bot.engine.estimate_seconds(request)
     job = Job(
         id=job_id, requester=requester, request=request, state=JobState.QUEUED, attempts=0, created_at=now(), kind=kind
     )
-    facts = status_facts(job, position=enqueued.position, note=engine_note(bot.engine.status()), paused=enqueued.paused)
-    return facts, status_text(job, facts, eta_s=eta, now=now())
+    line = status_line(job, position=enqueued.position, note=engine_note(bot.engine.status()), paused=enqueued.paused)
+    return line, status_text(job, line, eta_s=eta, now=now())
 
 
 def _first(*values: T | None) -> T:

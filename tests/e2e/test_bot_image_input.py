@@ -121,7 +121,7 @@ async def test_imagine_with_an_image_then_every_button(world: World, tiny_model:
             varied[action] = child
             child_post = await wait_result(server, world.channel, child_id)
             assert child_post.custom_ids() == [f"cv4:{a}:{child_id}" for a in BUTTONS]  # a varied result: same buttons
-        assert varied["subtle"].request.start_image == varied["strong"].request.start_image  # the same result, referenced
+        assert varied["subtle"].request.start_image == varied["strong"].request.start_image  # one result, referenced
         info = await ephemeral_reply(
             await server.send_component_click(world.bob, child_post, f"cv4:info:{varied['strong'].id}")
         )
