@@ -228,3 +228,17 @@ def test_the_kernels_hint_of_bitsandbytes_is_silenced_and_nothing_else(caplog: p
         )
         logger.warning("some other warning")
     assert [r.getMessage() for r in caplog.records if r.name == logger.name] == ["some other warning"]
+
+
+# --- doctor without a GPU ------------------------------------------------------------------------------------
+def test_doctor_without_a_gpu_says_what_would_happen_and_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from tools.doctor import report
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    doctor = report("THUDM/CogView4-6B", quality="balanced")
+    assert "would use: bf16_resident — Everything on the GPU" not in doctor
+    (auto,) = [line for line in doctor.splitlines() if line.startswith("auto ")]
+    assert auto.startswith("auto (QUALITY=balanced): no CUDA GPU here, so the engine would run bf16_resident on")
+    assert "CUDA build of torch" in auto

@@ -110,7 +110,13 @@ def report(model_id: str | None = None, quality: str = "balanced", host_ram_gib:
     except plan_catalog.PlanError as exc:
         choice = None
         lines.append(f"auto cannot choose: {exc}")
-    if choice is not None:
+    if choice is not None and not has_gpu:
+        lines.append(
+            f"auto (QUALITY={quality}): no CUDA GPU here, so the engine would run {choice.plan.name} on the CPU "
+            "(minutes per image: enough to try the bot, not to serve it). The GPU plans below need an NVIDIA card "
+            "and the CUDA build of torch (see the note above)."
+        )
+    elif choice is not None:
         lines.append(
             f"auto (QUALITY={quality}) would use: {choice.plan.name} — {choice.plan.summary}"
             + (f" ({choice.note})" if choice.note else "")
