@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PRODUCT = [
     "bot.py",
     "launcher.py",
+    "services.py",
     "settings.py",
     "jobrequest.py",
     "cogs",
@@ -32,7 +33,7 @@ PRODUCT = [
 ]
 TORCH_SIDE = ("torch", "diffusers", "transformers", "accelerate", "bitsandbytes", "safetensors", "spandrel")
 CLUSTER_LIBS = ("procrastinate", "psycopg", "psycopg_pool")
-DISCORD_SIDE = ("discord", "cogs", "bot", "launcher")
+DISCORD_SIDE = ("discord", "cogs", "bot", "launcher", "services")
 # What each room may import of the product (docs/architecture.md, "may import"); the rest is forbidden.
 MAY_IMPORT: dict[str, tuple[str, ...]] = {
     "request": (),
@@ -103,7 +104,7 @@ def room(module: str) -> str:
     top = module.split(".")[0]
     if module == "engine.__main__" or top == "tools":
         return "tools"
-    if top in ("bot", "launcher"):
+    if top in ("bot", "launcher", "services"):
         return "start-up"
     if top == "jobrequest":
         return "request"
@@ -164,6 +165,11 @@ RULES: tuple[Rule, ...] = (
         "a cog reaches another cog through bot.get_cog, never by importing it",
         lambda imp: (cog := _cog(imp.target)) is not None and cog != _cog(imp.source),
         (("cogs/delivery.py", "cogs.progress"), ("cogs/utils/views.py", "cogs.buttons"), ("bot.py", "cogs.admin")),
+    ),
+    Rule(
+        "the start-up flows launcher → bot → services: bot.py and services.py never import the launcher",
+        lambda imp: imp.source in ("bot", "services") and under(imp.target, ("launcher",)),
+        (("bot.py", "launcher"), ("services.py", "launcher")),
     ),
     Rule(
         "each room imports only the product rooms docs/architecture.md lets it",

@@ -263,7 +263,7 @@ async def test_vary_and_remix_survive_a_restart(world: World, tiny_model: Path, 
 
 
 async def test_a_vary_survives_a_kill_of_the_bot_process(tiny_model: Path, tmp_path: Path) -> None:
-    """`python bot.py` killed (SIGKILL) between the Vary click and its result: the restarted bot makes and posts
+    """`python launcher.py` killed (SIGKILL) between the Vary click and its result: the restarted bot makes and posts
     it once, from the parent's result it references."""
     async with FakeDiscord(heartbeat_interval=0.5) as server:
         world = make_world(server)
