@@ -1,27 +1,29 @@
-"""The Discord bot: ``ImageBot`` and its setup_hook, which wires the services and loads the cogs.
+"""The Discord bot: ``ImageBot`` and its setup_hook, which wires the services (``services.open_services``) and
+loads the cogs.
 
-``python bot.py`` starts it (launcher.py holds the start-up concerns: settings, logging
-with the token hidden, signals, exit codes). SIGINT/SIGTERM stop claiming jobs, give
-the running one a short grace (else it goes back to the queue), close the database
-and exit 0.
+``python launcher.py`` starts it (settings, logging with the token hidden, signals, exit codes); this module
+never imports the launcher. SIGINT/SIGTERM stop claiming jobs, give the running one a short grace (else it
+goes back to the queue), close the database and exit 0.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 
 import discord
 from discord.ext import commands
 
-import launcher
 from cogs.utils.errors import BotTree
 from cogs.utils.i18n import Translator
 from cogs.utils.text import NO_MENTIONS
 from db import JobQueue
 from engine.types import EngineView
+from services import Services, open_services
 from settings import Settings
 
+log = logging.getLogger("bot")
 EXTENSIONS = (
     "cogs.imagine",
     "cogs.myjobs",
@@ -42,7 +44,6 @@ PERMISSIONS = discord.Permissions(
     read_message_history=True,
     use_application_commands=True,
 )
-log = launcher.log
 
 
 def invite_url(application_id: int) -> str:
@@ -74,11 +75,11 @@ class ImageBot(commands.Bot):
         self.settings = settings
         self.started_at = time.time()
         self.model_label = settings.model_id
-        self.services: launcher.Services | None = None
+        self.services: Services | None = None
         self._stopped_claiming = False
 
     async def setup_hook(self) -> None:
-        services = self.services = await launcher.open_services(self.settings)
+        services = self.services = await open_services(self.settings)
         self.queue, self.engine, self.model_label = services.queue, services.engine, services.model_label
         for extension in EXTENSIONS:
             await self.load_extension(extension)
@@ -117,4 +118,6 @@ class ImageBot(commands.Bot):
 
 
 if __name__ == "__main__":
-    sys.exit(launcher.main(ImageBot))
+    # The start-up flows launcher → bot: this module holds the bot class and never imports the launcher.
+    print("Start the bot with: python launcher.py (bot.py holds the bot class; launcher.py runs it).", file=sys.stderr)
+    sys.exit(2)

@@ -1,12 +1,9 @@
-"""Start-up concerns of ``python bot.py``: logging with the token hidden, the services wired, signals, exit codes.
+"""``python launcher.py`` starts the bot: settings, logging with the token hidden, signals, exit codes.
 
-``main`` reads the settings (.env or the environment), and runs the bot until Discord
-closes it or SIGINT/SIGTERM arrives; the exit code says how it ended (0 stopped, 1
-could not run, 2 bad settings). ``open_services`` is what the bot's setup_hook calls:
-it opens the durable queue, puts back jobs an earlier run left unfinished, and starts
-the GPU engine and its dispatcher in the background (or, when GPU machines run the
-jobs, the view of those machines): the bot is online and queueing within seconds
-while the model loads. This module never imports bot.py: ``main`` is given the class.
+``main`` reads the settings (.env or the environment), makes the bot (``bot.ImageBot``, whose setup_hook
+wires the services, ``services.open_services``) and runs it until Discord closes it or SIGINT/SIGTERM
+arrives; the exit code says how it ended (0 stopped, 1 could not run, 2 bad settings). The start-up flows
+one way, as in Rapptz/RoboDanny: launcher → bot → services; neither of those imports this module.
 """
 
 from __future__ import annotations
@@ -14,16 +11,11 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import dataclasses
 import logging
-import os
 import re
 import signal
-import socket
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TextIO
 
 import discord
@@ -32,16 +24,12 @@ import discord.http
 import yarl
 from discord.ext import commands
 
-from cogs.utils.host import MEMORY_KEY
-from db import JobQueue, open_queue
+from bot import ImageBot
 from db.models import QueueError
-from dispatch.dispatcher import Dispatcher
-from engine.plans import PLANS
-from engine.service import Engine, EngineConfig
-from engine.types import EngineView
+from engine.rules import missing_model_folder
 from settings import Settings, SettingsError, load_settings
 
-log = logging.getLogger("bot")  # the name its log lines have always carried
+log = logging.getLogger("bot")  # the name the start-up's log lines have always carried
 
 
 def api_base(url: str) -> str:
@@ -54,84 +42,6 @@ def point_discord_at(settings: Settings) -> None:
     """Use DISCORD_API_BASE and DISCORD_GATEWAY_URL (a REST proxy, or a test stand-in)."""
     discord.http.Route.BASE = api_base(settings.discord_api_base)
     discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)
-
-
-def model_label(model_id: str) -> str:
-    """How the model is named to users: a Hugging Face id as is, a local folder by its name only."""
-    path = Path(model_id).expanduser()
-    return path.name if path.is_dir() else model_id
-
-
-# --- the services the cogs use ----------------------------------------------------------------------------
-@dataclass
-class Services:
-    """The queue and the engine the cogs see, and the dispatcher when this machine runs the jobs itself."""
-
-    queue: JobQueue
-    engine: EngineView
-    dispatcher: Dispatcher | None  # None when GPU machines run the jobs (QUEUE_BACKEND=postgres)
-    model_label: str
-
-    async def stop_claiming(self, grace_s: float) -> None:
-        """Take no new job; the running one gets ``grace_s`` to finish, else it goes back to the queue."""
-        if self.dispatcher is not None:
-            await self.dispatcher.stop(grace_s)
-
-    async def close(self) -> None:
-        await self.engine.stop()
-        await self.queue.close()
-
-
-async def open_services(settings: Settings) -> Services:
-    """Open the queue, recover what the last stop interrupted, and start the engine (or the cluster's view)."""
-    queue = await open_queue(settings)
-    engine: EngineView | None = None
-    try:
-        requeued, failed = await queue.recover_interrupted()
-        if requeued or failed:
-            log.warning(
-                "Jobs interrupted by the last stop: %d back in the queue, %d failed", len(requeued), len(failed)
-            )
-        mode = await saved_memory_mode(queue, settings)
-        if await queue.is_paused():
-            log.warning("The queue is paused (an admin used /pause); /resume starts jobs again")
-        label = await asyncio.to_thread(model_label, settings.model_id)
-        if settings.queue_backend == "postgres":  # GPU machines run the jobs (python -m engine worker)
-            from cluster.view import ClusterView
-
-            view = ClusterView(queue.list_workers, settings.model_id)
-            engine = view
-            await view.start()
-            return Services(queue, view, None, label)
-        config = dataclasses.replace(EngineConfig.from_settings(settings), memory_mode=mode)
-        local = await asyncio.to_thread(Engine, config)  # reads the model's configs and tokenizer
-        engine = local
-        local.start()  # loads in the background; jobs wait in the queue meanwhile
-        log.info("Loading %s with memory plan %s in the background", settings.model_id, mode)
-        dispatcher = Dispatcher(
-            queue,
-            local,
-            worker_id=f"{socket.gethostname()}:{os.getpid()}",
-            model_id=label,  # written into the PNGs people download: no local paths
-        )
-        dispatcher.start()
-        return Services(queue, local, dispatcher, label)
-    except BaseException:
-        if engine is not None:
-            await engine.stop()
-        await queue.close()
-        raise
-
-
-async def saved_memory_mode(queue: JobQueue, settings: Settings) -> str:
-    """The plan an admin chose with /memory (kept across restarts), else MEMORY_MODE."""
-    chosen = await queue.kv_get(MEMORY_KEY)
-    if chosen is None:
-        return settings.memory_mode
-    if chosen != "auto" and chosen not in PLANS:
-        log.warning("The saved memory plan %r no longer exists; using MEMORY_MODE=%s", chosen, settings.memory_mode)
-        return settings.memory_mode
-    return chosen
 
 
 # --- the token never reaches the output --------------------------------------------------------------------
@@ -246,13 +156,16 @@ def _exit_code(runner: asyncio.Task[None]) -> int:
     return 1
 
 
-def main(make_bot: BotFactory) -> int:
-    """``python bot.py``: 0 after a clean stop, 1 if the bot could not run, 2 if the settings are wrong."""
+def main(make_bot: BotFactory = ImageBot) -> int:
+    """``python launcher.py``: 0 after a clean stop, 1 if the bot could not run, 2 if the settings are wrong."""
     try:
         settings = load_settings()
         token = settings.token()
     except SettingsError as exc:
         print(exc, file=sys.stderr)
+        return 2
+    if settings.queue_backend == "sqlite" and (problem := missing_model_folder(settings.model_id)):
+        print(f"MODEL_ID: {problem}", file=sys.stderr)  # before the bot goes online with an engine that can't load
         return 2
     hide_secrets_in_output([token])  # first: the log handler writes to the wrapped stderr
     setup_logging(settings.log_level, [token])
@@ -261,3 +174,7 @@ def main(make_bot: BotFactory) -> int:
         return asyncio.run(run(make_bot, settings, token))
     except KeyboardInterrupt:
         return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -14,6 +14,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from jobrequest import DEFAULT_GUIDANCE, DEFAULT_STEPS, MAX_GUIDANCE, MAX_STEPS, MIN_GUIDANCE, MIN_STEPS
+
 IdList = Annotated[list[int], NoDecode]
 WordList = Annotated[list[str], NoDecode]
 
@@ -34,11 +36,22 @@ _HINTS: dict[str, str] = {
 }
 
 
+# `.env` is read next to the program (the folder of bot.py and .env.example) and in the current folder; the
+# current folder's wins where both set a variable.
+PROGRAM_FOLDER = Path(__file__).resolve().parent
+
+
+def env_folders() -> list[Path]:
+    """The folders whose .env is read, in order (once each)."""
+    here = Path.cwd().resolve()
+    return [PROGRAM_FOLDER] if here == PROGRAM_FOLDER else [PROGRAM_FOLDER, here]
+
+
 class Settings(BaseSettings):
     """Everything the bot, the engine and the queue can be told from outside."""
 
     model_config = SettingsConfigDict(
-        env_file=".env",
+        env_file=(PROGRAM_FOLDER / ".env", ".env"),
         env_file_encoding="utf-8",
         case_sensitive=False,
         extra="ignore",
@@ -60,8 +73,8 @@ class Settings(BaseSettings):
     torch_compile: bool = False
     quality: Literal["best", "balanced", "fastest"] = "balanced"
     quantized_cache_dir: Path = Path("data/quantized")
-    default_steps: int = Field(default=50, ge=1, le=100)
-    default_guidance: float = Field(default=3.5, ge=0, le=20)
+    default_steps: int = Field(default=DEFAULT_STEPS, ge=MIN_STEPS, le=MAX_STEPS)
+    default_guidance: float = Field(default=DEFAULT_GUIDANCE, ge=MIN_GUIDANCE, le=MAX_GUIDANCE)
     engine_step_delay: float = Field(default=0.0, ge=0, le=60)
     # Host RAM the bot may count on (say 10 on a 16 GiB PC that also runs a browser); empty: the machine's
     host_ram_gib: float | None = Field(default=None, gt=0, le=4096)
@@ -80,12 +93,12 @@ class Settings(BaseSettings):
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    # Image input (issue 13): what an uploaded start image may be, and Discord's upload limit for results
+    # Image input: what an uploaded start image may be, and Discord's upload limit for results
     max_input_mb: float = Field(default=10, gt=0, le=100)
     max_input_pixels: int = Field(default=40_000_000, ge=1_000_000, le=250_000_000)
     discord_upload_limit_mb: float = Field(default=10, ge=1, le=500)
 
-    # Live previews (issue 14): the status message shows the image forming; off = no preview work at all
+    # Live previews: the status message shows the image forming; off = no preview work at all
     previews: bool = True
 
     @field_validator("admin_user_ids", "admin_role_ids", "allowed_channel_ids", mode="before")
@@ -128,7 +141,7 @@ class Settings(BaseSettings):
             raise MissingToken
         return self.discord_token.get_secret_value()
 
-    # Server owner's controls (issue 14): who may generate, how much, and how long results are kept
+    # Server owner's controls: who may generate, how much, and how long results are kept
     allowed_role_ids: IdList = Field(default_factory=list)
     daily_quota: int = Field(default=0, ge=0, le=100_000)
     retention_days: float = Field(default=0, ge=0, le=36_500)
@@ -138,7 +151,7 @@ class Settings(BaseSettings):
     def _split_role_ids(cls, value: object) -> object:
         return cls._split_ids(value)
 
-    # Upscale button (issue 13): a local ESRGAN-family model file (the `upscale` extra loads it); unset: a
+    # Upscale button: a local ESRGAN-family model file (the `upscale` extra loads it); unset: a
     # "hires" pass, image-to-image at the largest size the model allows for that aspect.
     upscaler_model: Path | None = None
 
@@ -154,10 +167,14 @@ class SettingsError(Exception):
 
 class MissingToken(SettingsError):
     def __init__(self) -> None:
+        looked = " and ".join(str(folder / ".env") for folder in env_folders())
+        found = [str(folder / ".env") for folder in env_folders() if (folder / ".env").is_file()]
+        seen = f"{', '.join(found)} has no DISCORD_TOKEN line" if found else "no .env file there"
         super().__init__(
-            "DISCORD_TOKEN is not set. Create a bot at https://discord.com/developers/applications "
-            "(New Application → Bot → Reset Token), then put DISCORD_TOKEN=<your token> in .env "
-            "(copy .env.example to .env first). See README.md, 'Create the Discord application'."
+            f"DISCORD_TOKEN is not set: not in the environment, and looked in {looked} ({seen}). "
+            "Create a bot at https://discord.com/developers/applications (New Application → Bot → Reset Token), "
+            f"then put DISCORD_TOKEN=<your token> in {PROGRAM_FOLDER / '.env'} (copy .env.example to .env first). "
+            "See README.md, 'Create the Discord application'."
         )
 
 
@@ -175,7 +192,8 @@ def _describe(error: dict) -> str:
 def load_settings(**overrides: object) -> Settings:
     """Read settings; raise SettingsError with one clear line per bad variable."""
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        files = tuple(folder / ".env" for folder in env_folders())
+        return Settings(**{"_env_file": files, **overrides})  # type: ignore[arg-type]
     except ValidationError as exc:
         lines = [_describe(err) for err in exc.errors(include_input=False, include_url=False)]
         raise SettingsError("Invalid settings (check .env or the environment):\n  " + "\n  ".join(lines)) from None

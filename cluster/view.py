@@ -18,11 +18,11 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
-from db.models import JobRequest
 from db.workers import WorkerInfo
 from engine import plans as plan_catalog
-from engine.rules import COGVIEW4_LIMITS, ModelLimits, limits_for_model, steps_run
+from engine.rules import limits_for_model
 from engine.types import EngineState, EngineStatus, PlanRow, PlanSwitchFailed
+from jobrequest import COGVIEW4_LIMITS, JobRequest, ModelLimits, estimate_seconds
 
 log = logging.getLogger(__name__)
 
@@ -164,9 +164,7 @@ class ClusterView:
                 encode_decode = statistics.median(m.encode_s + m.decode_s for m in measured)
             else:
                 step_s = 1.0
-        area = request.width * request.height / (self.limits.native_size**2)
-        one = request.count * (steps_run(request) * step_s * area + encode_decode)
-        return one / max(1, len(serving))
+        return estimate_seconds(request, step_s, encode_decode, self.limits.native_size) / max(1, len(serving))
 
     def plan_rows(self) -> list[PlanRow]:
         return plan_catalog.plan_rows(self.table, has_gpu=None)  # each worker checks its own machine

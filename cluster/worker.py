@@ -23,7 +23,6 @@ import signal
 import socket
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from procrastinate.job_context import AbortReason, JobContext
@@ -33,6 +32,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 from db.postgres import PostgresJobQueue
 from db.postgres.dispatch import TASK_NAME, queues_up_to
 from dispatch.dispatcher import Dispatcher
+from engine.rules import model_label
 from engine.service import Engine, EngineConfig
 from engine.types import EngineState
 
@@ -56,12 +56,6 @@ class WorkerOptions:
 
 class _Restart(Exception):
     """procrastinate's worker stopped without being asked (the database went away)."""
-
-
-def model_label(model_id: str) -> str:
-    """A Hugging Face id as is, a local folder by its name only (it goes into the PNGs)."""
-    path = Path(model_id).expanduser()
-    return path.name if path.is_dir() else model_id
 
 
 class GpuWorker:

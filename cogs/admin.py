@@ -17,8 +17,9 @@ from discord.ext import commands
 
 from cogs.utils.checks import admin_only
 from cogs.utils.errors import reply_private
-from cogs.utils.host import MEMORY_KEY, Host, spoilers_key
+from cogs.utils.host import Host
 from cogs.utils.i18n import EngineSaid, t
+from cogs.utils.kv_keys import MEMORY_KEY, spoilers_key
 from cogs.utils.reports import memory_report, status_report, workers_report
 from cogs.utils.text import clip
 from db.models import JobState, QueueError

@@ -25,10 +25,10 @@ import aiohttp
 import discord
 from discord.ext import commands
 
-from cogs.progress import Progress
-from cogs.utils.host import Host, spoilers_key
+from cogs.utils.host import Host, progress_of
 from cogs.utils.i18n import t
 from cogs.utils.images import fit_upload
+from cogs.utils.kv_keys import spoilers_key
 from cogs.utils.notices import Post, compose
 from cogs.utils.text import only_user
 from cogs.utils.views import result_view
@@ -118,9 +118,9 @@ class Delivery(commands.Cog):
     async def _deliver_one(self, notice: Notice) -> None:
         queue = self.bot.queue
         job = notice.job
-        previews = self.bot.get_cog("Progress")
-        if isinstance(previews, Progress):
-            await previews.finish_previews(job.id)  # no live preview edit lands after the result
+        progress = progress_of(self.bot)
+        if progress is not None:
+            await progress.finish_previews(job.id)  # no live preview edit lands after the result
         try:
             message_id = await self._post(notice)
         except discord.HTTPException as exc:
@@ -133,8 +133,7 @@ class Delivery(commands.Cog):
             log.exception("Posting notice %s (%s) of job #%s failed", notice.id, notice.kind.value, job.id)
             await self._failed(notice, f"{exc.__class__.__name__}: {exc}", False)
             return
-        progress = self.bot.get_cog("Progress")
-        if isinstance(progress, Progress) and notice.kind is not NoticeKind.RESUMED:
+        if progress is not None and notice.kind is not NoticeKind.RESUMED:
             await progress.show_outcome(job)  # before recording: a crash in between redoes both
         try:
             await queue.notice_sent(notice.id, message_id)

@@ -10,14 +10,23 @@ from discord import app_commands
 from discord.ext import commands
 
 from cogs.utils.checks import Refused
-from cogs.utils.flags import parse_flags
+from cogs.utils.flags import Choices, parse_choices
 from cogs.utils.host import Host
 from cogs.utils.i18n import msg
-from cogs.utils.image_jobs import DEFAULT_IMAGE_STRENGTH, MIN_STRENGTH, submit_image_job, vary_message
-from cogs.utils.images import fetch_attachment
-from cogs.utils.submit import Ask, build_request, submit
-from db.models import MAX_PROMPT_CHARS, MAX_SEED
-from engine.rules import ASPECTS, MAX_GUIDANCE, MAX_IMAGES_PER_JOB, MAX_STEPS, MIN_GUIDANCE, MIN_STEPS
+from cogs.utils.image_jobs import submit_image_job, upload, vary_message
+from cogs.utils.submit import build_request, submit
+from jobrequest import (
+    ASPECTS,
+    DEFAULT_STRENGTH,
+    MAX_GUIDANCE,
+    MAX_IMAGES_PER_JOB,
+    MAX_PROMPT_CHARS,
+    MAX_SEED,
+    MAX_STEPS,
+    MIN_GUIDANCE,
+    MIN_STEPS,
+    MIN_STRENGTH,
+)
 
 
 class Imagine(commands.Cog):
@@ -50,43 +59,43 @@ class Imagine(commands.Cog):
         image: discord.Attachment | None = None,
         strength: app_commands.Range[float, MIN_STRENGTH, 1.0] | None = None,
     ) -> None:
-        ask = Ask(
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            aspect=aspect,
-            steps=steps,
-            guidance=guidance,
-            seed=seed,
-            count=count,
-            strength=strength,
+        choices = parse_choices(
+            Choices(
+                prompt=prompt,
+                negative_prompt=negative_prompt,
+                aspect=aspect,
+                steps=steps,
+                guidance=guidance,
+                seed=seed,
+                count=count,
+                strength=strength,
+            )
         )
         if image is None:
-            if parse_flags(prompt).strength is not None or strength is not None:
+            if choices.strength is not None:
                 raise Refused(msg("imagine.strength_needs_image"))
-            await submit(self.bot, interaction, ask)
+            await submit(self.bot, interaction, choices)
             return
-        await imagine_from_image(self.bot, interaction, ask, image)
+        await imagine_from_image(self.bot, interaction, choices, image)
 
 
-async def imagine_from_image(bot: Host, interaction: discord.Interaction, ask: Ask, image: discord.Attachment) -> None:
+async def imagine_from_image(
+    bot: Host, interaction: discord.Interaction, choices: Choices, image: discord.Attachment
+) -> None:
     """/imagine with an image: the prompt's flags and options as usual, the picture as the start, at its own
     shape (an aspect is refused rather than ignored)."""
-    parsed = parse_flags(ask.prompt)
-    if parsed.aspect is not None or ask.aspect is not None:
+    if choices.aspect is not None:
         raise Refused(msg("imagine.image_no_aspect"))
-    mine = await bot.queue.user_settings(interaction.user.id)
-    request = build_request(dataclasses.replace(ask, strength=None), bot.engine.limits, bot.settings, mine)
-    strength = parsed.strength if parsed.strength is not None else ask.strength
-
-    async def load() -> bytes:
-        return await fetch_attachment(image, bot.settings)
+    defaults = await bot.queue.user_settings(interaction.user.id)
+    request = build_request(dataclasses.replace(choices, strength=None), bot.engine.limits, bot.settings, defaults)
+    strength = choices.strength
 
     await submit_image_job(
         bot,
         interaction,
         request,
-        load,
-        strength=DEFAULT_IMAGE_STRENGTH if strength is None else strength,
+        upload(bot, image),
+        strength=DEFAULT_STRENGTH if strength is None else strength,
         kind="imagine",
     )
 

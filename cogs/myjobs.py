@@ -13,8 +13,9 @@ from discord.ext import commands
 from cogs.utils.checks import is_admin, is_admin_for, require_allowed_channel
 from cogs.utils.errors import reply_private
 from cogs.utils.eta import finish_times, queue_positions
-from cogs.utils.host import Host, spoilers_key
+from cogs.utils.host import Host
 from cogs.utils.i18n import msg, t
+from cogs.utils.kv_keys import spoilers_key
 from cogs.utils.text import NO_MENTIONS, clip, now, params_line, quote, relative, whole_minutes
 from cogs.utils.views import result_view
 from db.models import Job, JobNotFound, JobState, NotAllowed, QueueError

@@ -16,20 +16,21 @@ from discord import app_commands
 from discord.ext import commands
 
 from cogs.utils.errors import reply_private
+from cogs.utils.flags import Choices
 from cogs.utils.host import Host
 from cogs.utils.i18n import t
-from cogs.utils.submit import Ask, build_request
+from cogs.utils.submit import build_request
 from cogs.utils.text import quote
-from db.models import MAX_PROMPT_CHARS, UserSettings
-from engine.rules import ASPECTS, MAX_GUIDANCE, MAX_STEPS, MIN_GUIDANCE, MIN_STEPS
+from db.models import UserSettings
+from jobrequest import ASPECTS, MAX_GUIDANCE, MAX_PROMPT_CHARS, MAX_STEPS, MIN_GUIDANCE, MIN_STEPS
 from settings import Settings
 
 # The prompt used to check saved settings against the model's limits and the ban list (it is never queued).
-_PROBE = Ask(prompt="settings check")
+_PROBE = Choices(prompt="settings check")
 DAY_S = 86_400
 
 
-def describe(mine: UserSettings, settings: Settings, locale: discord.Locale | str | None = None) -> str:
+def describe(own: UserSettings, settings: Settings, locale: discord.Locale | str | None = None) -> str:
     """One user's settings, with the bot's default where they set nothing (in the locale's language)."""
 
     def value(own: object, default: object) -> str:
@@ -39,14 +40,14 @@ def describe(mine: UserSettings, settings: Settings, locale: discord.Locale | st
         t(
             "settings.line",
             locale,
-            aspect=value(mine.aspect, "1:1"),
-            steps=value(mine.steps, settings.default_steps),
-            guidance=value(mine.guidance, f"{settings.default_guidance:g}"),
+            aspect=value(own.aspect, "1:1"),
+            steps=value(own.steps, settings.default_steps),
+            guidance=value(own.guidance, f"{settings.default_guidance:g}"),
         ),
-        t("settings.without", locale, negative=quote(mine.negative_prompt, 300))
-        if mine.negative_prompt
+        t("settings.without", locale, negative=quote(own.negative_prompt, 300))
+        if own.negative_prompt
         else t("settings.without_nothing", locale),
-        t("settings.by_dm" if mine.private else "settings.in_channel", locale),
+        t("settings.by_dm" if own.private else "settings.in_channel", locale),
     ]
     return "\n".join(lines)
 
@@ -88,20 +89,20 @@ class PersonalSettings(commands.Cog):
             if value is not None
         }
         if not given and not reset:
-            mine = await queue.user_settings(user)
+            own = await queue.user_settings(user)
             await reply_private(
-                interaction, f"{t('settings.yours', locale)}\n{describe(mine, self.bot.settings, locale)}"
+                interaction, f"{t('settings.yours', locale)}\n{describe(own, self.bot.settings, locale)}"
             )
             return
-        mine = replace(UserSettings() if reset else await queue.user_settings(user), **given)
-        build_request(_PROBE, self.bot.engine.limits, self.bot.settings, mine)  # the /imagine rules; raises if not
-        if mine == UserSettings():
+        own = replace(UserSettings() if reset else await queue.user_settings(user), **given)
+        build_request(_PROBE, self.bot.engine.limits, self.bot.settings, own)  # the /imagine rules; raises if not
+        if own == UserSettings():
             await queue.clear_user_settings(user)
         else:
-            await queue.set_user_settings(user, mine)
+            await queue.set_user_settings(user, own)
         head = t("settings.reset" if reset and not given else "settings.saved", locale)
         yours = t("settings.yours", locale)
-        await reply_private(interaction, f"{head} {yours}\n{describe(mine, self.bot.settings, locale)}")
+        await reply_private(interaction, f"{head} {yours}\n{describe(own, self.bot.settings, locale)}")
 
     @app_commands.command(name="quota", description="How many images you can still make today")
     async def quota(self, interaction: discord.Interaction) -> None:

@@ -28,7 +28,7 @@ from discord.ext import commands
 
 from cogs.utils.eta import finish_times, queue_positions
 from cogs.utils.host import Host
-from cogs.utils.status import Snapshot, engine_note, snapshot, status_text
+from cogs.utils.status import StatusLine, engine_note, status_line, status_text
 from cogs.utils.text import NO_MENTIONS, now
 from db.models import Job, JobState
 
@@ -43,7 +43,7 @@ MAX_PREVIEW_GAP_S = 60.0
 
 @dataclass
 class _Tracked:
-    shown: Snapshot | None = None
+    shown: StatusLine | None = None
     shown_end: float | None = None  # the finish time (unix) the message shows
     edited_at: float = 0.0  # monotonic
     editing: asyncio.Task[None] | None = None
@@ -74,7 +74,7 @@ class Progress(commands.Cog):
                 await task
 
     @commands.Cog.listener()
-    async def on_job_queued(self, job_id: int, shown: Snapshot) -> None:
+    async def on_job_queued(self, job_id: int, shown: StatusLine) -> None:
         """The /imagine reply is the first version of the status message."""
         tracked = self._tracked.setdefault(job_id, _Tracked())
         if tracked.shown is None:  # the loop may have seen the job before its reply existed
@@ -95,13 +95,13 @@ class Progress(commands.Cog):
             return
         if tracked.editing is not None and not tracked.editing.done():  # let an older edit land first
             await asyncio.wait({tracked.editing})
-        snap = snapshot(job, position=None, note=None, paused=False)
-        if tracked.shown == snap:
+        line = status_line(job, position=None, note=None, paused=False)
+        if tracked.shown == line:
             self._tracked.pop(job.id, None)
             return
         tracked.edited_at = time.monotonic()
         tracked.editing = asyncio.create_task(
-            self._edit(job, tracked, snap, status_text(job, snap, eta_s=None, now=now()), None), name=f"status-{job.id}"
+            self._edit(job, tracked, line, status_text(job, line, eta_s=None, now=now()), None), name=f"status-{job.id}"
         )
         await asyncio.wait({tracked.editing})
 
@@ -132,13 +132,13 @@ class Progress(commands.Cog):
         positions = queue_positions(active)
         for job in active:
             tracked = self._tracked.setdefault(job.id, _Tracked())  # jobs from before a restart too
-            snap = snapshot(job, position=positions.get(job.id), note=note, paused=paused)
+            line = status_line(job, position=positions.get(job.id), note=note, paused=paused)
             end = t + ends[job.id]
             moved = tracked.shown_end is None or abs(end - tracked.shown_end) > max(30.0, 0.2 * ends[job.id])
             preview = await self._new_preview(job, tracked)
-            if snap != tracked.shown or (job.state is JobState.QUEUED and moved) or preview is not None:
-                text = status_text(job, snap, eta_s=ends[job.id], now=t)
-                self._maybe_edit(job, tracked, snap, text, end, preview)
+            if line != tracked.shown or (job.state is JobState.QUEUED and moved) or preview is not None:
+                text = status_text(job, line, eta_s=ends[job.id], now=t)
+                self._maybe_edit(job, tracked, line, text, end, preview)
         finished = set(self._tracked) - {job.id for job in active}
         for job_id in finished:
             done = await queue.get_job(job_id)
@@ -148,11 +148,11 @@ class Progress(commands.Cog):
             if done is None or done.status_message_id is None or tracked.gone:
                 self._tracked.pop(job_id, None)
                 continue
-            snap = snapshot(done, position=None, note=None, paused=False)
-            if snap == tracked.shown:
+            line = status_line(done, position=None, note=None, paused=False)
+            if line == tracked.shown:
                 self._tracked.pop(job_id, None)
             else:
-                self._maybe_edit(done, tracked, snap, status_text(done, snap, eta_s=None, now=t), None)
+                self._maybe_edit(done, tracked, line, status_text(done, line, eta_s=None, now=t), None)
 
     async def _new_preview(self, job: Job, tracked: _Tracked) -> bytes | None:
         """The running job's newest preview when its message is due one and does not show it yet."""
@@ -166,7 +166,7 @@ class Progress(commands.Cog):
         return data
 
     def _maybe_edit(
-        self, job: Job, tracked: _Tracked, snap: Snapshot, text: str, end: float | None, preview: bytes | None = None
+        self, job: Job, tracked: _Tracked, line: StatusLine, text: str, end: float | None, preview: bytes | None = None
     ) -> None:
         if job.status_message_id is None or tracked.gone:
             return
@@ -178,18 +178,18 @@ class Progress(commands.Cog):
             return
         tracked.edited_at = time.monotonic()
         tracked.editing = asyncio.create_task(
-            self._edit(job, tracked, snap, text, end, preview), name=f"status-{job.id}"
+            self._edit(job, tracked, line, text, end, preview), name=f"status-{job.id}"
         )
 
     async def _edit(
-        self, job: Job, tracked: _Tracked, snap: Snapshot, text: str, end: float | None, preview: bytes | None = None
+        self, job: Job, tracked: _Tracked, line: StatusLine, text: str, end: float | None, preview: bytes | None = None
     ) -> None:
         assert job.status_message_id is not None
         channel = self.bot.get_partial_messageable(job.requester.channel_id, guild_id=job.requester.guild_id)
         extra: dict[str, list[discord.File]] = {}
         if preview is not None:
             extra["attachments"] = [discord.File(io.BytesIO(preview), filename=PREVIEW_NAME)]
-        elif snap.state.finished and self.bot.settings.previews:
+        elif line.state.finished and self.bot.settings.previews:
             extra["attachments"] = []  # the result replaces the preview
         started = time.monotonic()
         try:
@@ -198,7 +198,7 @@ class Progress(commands.Cog):
         except discord.NotFound:
             log.info("Status message of job #%s is gone; no more updates for it", job.id)
             tracked.gone = True
-            if snap.state.finished:
+            if line.state.finished:
                 self._tracked.pop(job.id, None)
             return
         except (discord.HTTPException, aiohttp.ClientError, OSError, TimeoutError) as exc:  # a dropped connection too
@@ -210,9 +210,9 @@ class Progress(commands.Cog):
         if preview is not None:
             tracked.preview = hashlib.sha256(preview).hexdigest()
         self._pace_previews(tracked, rate_limited=time.monotonic() - started > SLOW_EDIT_S)
-        tracked.shown = snap
+        tracked.shown = line
         tracked.shown_end = end
-        if snap.state.finished:
+        if line.state.finished:
             self._tracked.pop(job.id, None)
 
     def _pace_previews(self, tracked: _Tracked, *, rate_limited: bool) -> None:

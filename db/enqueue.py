@@ -10,16 +10,8 @@ from typing import Any
 
 from db import fairness
 from db.columns import INSERT_COLUMNS
-from db.models import (
-    CooldownActive,
-    EnqueueLimits,
-    InvalidJob,
-    JobRequest,
-    QueueFull,
-    QuotaExceeded,
-    Requester,
-    UserQueueFull,
-)
+from db.models import CooldownActive, EnqueueLimits, InvalidJob, QueueFull, QuotaExceeded, Requester, UserQueueFull
+from jobrequest import InvalidRequest, JobRequest
 
 
 def check_enqueue(
@@ -31,7 +23,10 @@ def check_enqueue(
     if not isinstance(request, JobRequest):
         raise InvalidJob(f"enqueue needs a JobRequest (the generation parameters), got {type(request).__name__}.")
     requester.validate()  # again: a caller may have bypassed __init__ (object.__setattr__, copy tricks)
-    request.validate()
+    try:
+        request.validate()
+    except InvalidRequest as exc:
+        raise InvalidJob(str(exc)) from None
     if not isinstance(kind, str) or not kind.strip() or len(kind) > 32:
         raise InvalidJob(f"kind must be a short name such as 'imagine' (got {kind!r}).")
     if parent_job_id is not None and (

@@ -18,7 +18,6 @@ from db.models import (
     EnqueueLimits,
     Heartbeat,
     Job,
-    JobRequest,
     JobState,
     Notice,
     QueueStats,
@@ -27,6 +26,7 @@ from db.models import (
 )
 from db.results import ResultStore
 from db.workers import WorkerInfo
+from jobrequest import JobRequest
 
 
 @runtime_checkable
@@ -35,6 +35,9 @@ class JobSource(Protocol):
 
     results: ResultStore
     inputs: InputStore  # start images (img2img, Vary, Remix, Upscale), by sha256
+
+    async def get_job(self, job_id: int) -> Job | None:
+        """One job as stored (a Vary's parent, whose result it starts from); None if there is none."""
 
     async def claim_next(self, worker_id: str, lease_s: float) -> Job | None:
         """Atomically take the next job in claim order (db.fairness); None when empty or paused."""
@@ -126,8 +129,6 @@ class JobQueue(JobSource, Protocol):
         """Remove a start image unless a job other than `besides` needs it. True if removed."""
 
     # --- reads -----------------------------------------------------------------
-    async def get_job(self, job_id: int) -> Job | None: ...
-
     async def list_user_jobs(
         self, user_id: int, *, states: Iterable[JobState | str] | None = None, limit: int = 20
     ) -> list[Job]:

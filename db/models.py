@@ -6,14 +6,10 @@ Nothing here knows about SQL or Discord; a backend turns rows into these.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import ClassVar
 
-MAX_SEED = 2**32 - 1
-MAX_PROMPT_CHARS = 4000
-UPSCALE_FACTORS = (0, 2, 4)  # 0: not an upscale job
+from jobrequest import CodedError, JobRequest
 
 
 class JobState(StrEnum):
@@ -49,24 +45,6 @@ ADMIN_CANCEL = "cancelled by an admin"
 PURGED = "removed from the queue by an admin"
 
 
-class CodedError(Exception):
-    """An error a user may see. Raised with a code (``QueueFull(limit=3)``, ``InvalidJob(code="job.no_parent",
-    job=4)``), its message is the English ``TEXTS[code]`` filled with ``fields``, and the Discord side says the
-    same code in the user's language from its catalogue (cogs.utils.i18n): db/ and engine/ never import it.
-    Raised with a sentence instead, that sentence is the message, in English only."""
-
-    TEXTS: ClassVar[Mapping[str, str]] = {}
-    code: str | None = None  # a subclass with a single message names it here
-
-    def __init__(self, message: str | None = None, /, *, code: str | None = None, **fields: object) -> None:
-        code = code or (type(self).code if message is None else None)
-        if code is not None:
-            message = self.TEXTS[code].format(**fields)
-        super().__init__(*(() if message is None else (message,)))
-        self.code = code
-        self.fields = fields
-
-
 # The English of every queue refusal a user may meet, by code (cogs.utils.catalogue.refusals has the Chinese).
 QUEUE_TEXTS: dict[str, str] = {
     "queue.full": "The queue is full ({limit} jobs waiting). Try again in a few minutes.",
@@ -83,9 +61,6 @@ QUEUE_TEXTS: dict[str, str] = {
     "job.not_yours": "Job #{job} isn't yours: you can only cancel your own jobs.",
     "job.finished": "Job #{job} has already finished ({state}).",
     "job.no_parent": "There is no job #{job} to start from.",
-    "request.empty_prompt": "The prompt is empty: describe the image you want.",
-    "request.too_long": "Prompts are limited to {limit} characters.",
-    "request.nul": "The prompt contains a NUL character.",
 }
 
 
@@ -169,77 +144,6 @@ class Requester:
             raise InvalidJob(f"user_name must be text (got {self.user_name!r}).")
         if self.locale is not None and (not isinstance(self.locale, str) or not 0 < len(self.locale) <= 16):
             raise InvalidJob(f"locale must be a short locale name such as 'zh-CN' or None (got {self.locale!r}).")
-
-
-@dataclass(frozen=True, slots=True)
-class JobRequest:
-    """The generation parameters. Model-specific limits (sizes) are checked by engine.rules."""
-
-    prompt: str
-    width: int
-    height: int
-    steps: int
-    guidance: float
-    negative_prompt: str = ""
-    seed: int | None = None
-    count: int = 1
-    start_image: str | None = None  # sha256 hex of the stored start image (PNG bytes): image-to-image
-    strength: float = 1.0  # image-to-image: how much of the schedule is re-run (1.0 = text-to-image)
-    upscale: int = 0  # 2 or 4: an upscale job of the start image
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise InvalidJob if a field is unusable (also run by the queue, in case a caller bypassed __init__)."""
-        self._validate_text()
-        self._validate_image_input()
-
-    def _validate_image_input(self) -> None:
-        if self.start_image is not None and (
-            not isinstance(self.start_image, str)
-            or len(self.start_image) != 64
-            or any(c not in "0123456789abcdef" for c in self.start_image)
-        ):
-            raise InvalidJob("start_image must be the sha256 hex digest of a stored image.")
-        if (
-            not isinstance(self.strength, int | float)
-            or isinstance(self.strength, bool)
-            or not math.isfinite(self.strength)
-            or not 0 < self.strength <= 1
-        ):
-            raise InvalidJob(f"strength must be a number above 0 and at most 1 (got {self.strength!r}).")
-        if not isinstance(self.upscale, int) or isinstance(self.upscale, bool) or self.upscale not in UPSCALE_FACTORS:
-            raise InvalidJob(f"upscale must be 0, 2 or 4 (got {self.upscale!r}).")
-        if self.start_image is None and (self.strength != 1 or self.upscale):
-            raise InvalidJob("strength and upscale need a start image.")
-
-    def _validate_text(self) -> None:
-        if not isinstance(self.prompt, str) or not self.prompt.strip():
-            raise InvalidJob(code="request.empty_prompt")
-        if not isinstance(self.negative_prompt, str):
-            raise InvalidJob(f"The negative prompt must be text (got {self.negative_prompt!r}).")
-        if len(self.prompt) > MAX_PROMPT_CHARS or len(self.negative_prompt) > MAX_PROMPT_CHARS:
-            raise InvalidJob(code="request.too_long", limit=MAX_PROMPT_CHARS)
-        if "\x00" in self.prompt or "\x00" in self.negative_prompt:
-            raise InvalidJob(code="request.nul")
-        for name in ("width", "height", "steps", "count"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise InvalidJob(f"{name} must be a positive whole number (got {value!r}).")
-        if self.count > 16:
-            raise InvalidJob("count must be at most 16.")
-        if (
-            not isinstance(self.guidance, int | float)
-            or isinstance(self.guidance, bool)
-            or not math.isfinite(self.guidance)
-            or self.guidance < 0
-        ):
-            raise InvalidJob(f"guidance must be a number ≥ 0 (got {self.guidance!r}).")
-        if self.seed is not None and (
-            not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed <= MAX_SEED
-        ):
-            raise InvalidJob(f"seed must be a whole number from 0 to {MAX_SEED} (got {self.seed!r}).")
 
 
 @dataclass(slots=True)

@@ -51,9 +51,10 @@ class ResultStore(Protocol):
         Raises OSError (ENOSPC, …) as is: the dispatcher turns a full disk into its requeue-and-hold path."""
         ...
 
-    async def read(self, job: Job) -> list[ResultFile]:
-        """The result images of a done job. Never writes anything. Raises UnsafeResult for a path outside
-        the store (logged by the caller and announced as refused); a missing file raises FileNotFoundError."""
+    async def read(self, job: Job, *, count: int | None = None) -> list[ResultFile]:
+        """The result images of a done job (its first `count` only, if given). Never writes anything. Raises
+        UnsafeResult for a path outside the store (logged by the caller and announced as refused); a missing
+        file raises FileNotFoundError."""
         ...
 
     async def delete(self, job: Job) -> None: ...
@@ -95,10 +96,10 @@ class FolderResults:
             write_atomic(path, data)
         _fsync_dir(self.output_dir)
 
-    async def read(self, job: Job) -> list[ResultFile]:
+    async def read(self, job: Job, *, count: int | None = None) -> list[ResultFile]:
         if not job.result_paths:
             raise FileNotFoundError(f"job #{job.id} has no result files")
-        paths = [self.check(recorded) for recorded in job.result_paths]
+        paths = [self.check(recorded) for recorded in job.result_paths[:count]]
         return await asyncio.to_thread(lambda: [ResultFile(path.name, path.read_bytes()) for path in paths])
 
     async def delete(self, job: Job) -> None:

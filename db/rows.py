@@ -6,7 +6,8 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from db.models import AuditEntry, InvalidJob, Job, JobRequest, JobState, Requester
+from db.models import AuditEntry, InvalidJob, Job, JobState, Requester
+from jobrequest import JobRequest
 
 ACTIVE_STATES = (JobState.QUEUED, JobState.RUNNING)
 

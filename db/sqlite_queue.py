@@ -34,7 +34,6 @@ from db.models import (
     EnqueueLimits,
     Heartbeat,
     Job,
-    JobRequest,
     QueueError,
     Requester,
     StorageFull,
@@ -42,6 +41,7 @@ from db.models import (
 from db.results import FolderResults, ResultStore
 from db.rows import job_from_row
 from db.workers import WorkerInfo
+from jobrequest import JobRequest
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -5,8 +5,8 @@ Written once for both backends (portable SQL with `?`), mixed into each queue ne
 Retention runs in three steps so a kill anywhere leaves nothing half-done: one transaction marks
 the old jobs 'pruning', then their images are deleted from the result store (idempotent), then one
 transaction clears their result_paths and marks them 'pruned'. A pass first finishes every job an
-interrupted pass left 'pruning'. Start images (db.inputs, where present) are pruned by the same
-rule once they are stored: that store's `delete` would be called in step two.
+interrupted pass left 'pruning'. Which files a pruned job frees (its results, and its start image once no
+other job needs it) is db.retention's.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import hashlib
 import logging
 import threading
 import time
@@ -20,10 +21,11 @@ from typing import Any
 
 from db.interface import JobSource
 from db.models import Job
+from db.results import UnsafeResult
 from engine.png import encode_job_pngs
-from engine.rules import InvalidRequest
 from engine.service import Engine, Prefetch
 from engine.types import ENGINE_TEXTS, EngineError, EngineUnavailable, GenerationResult, JobCancelled, Progress
+from jobrequest import InvalidRequest, strength_used, uses_cfg
 
 log = logging.getLogger(__name__)
 
@@ -96,10 +98,6 @@ class Dispatcher:
                 await asyncio.wait_for(self._task, 30)
             except TimeoutError:
                 self._task.cancel()
-
-    @property
-    def current_job_id(self) -> int | None:
-        return self._running.job.id if self._running else None
 
     def interrupt(self, *, hand_back: bool) -> None:
         """Stop the running job at its next step: cancelled, or (hand_back) put back in the queue.
@@ -184,15 +182,31 @@ class Dispatcher:
             self._prefetched.discard(job.id)
 
     async def _start_image(self, job: Job) -> bytes | None:
-        """The stored bytes of the job's start image (None for text-to-image); a missing one fails the job."""
+        """The stored bytes of the job's start image (None for text-to-image): a result of its parent job (Vary,
+        Remix, Upscale start from it by reference), else an upload in the input store. A missing one fails
+        the job."""
         digest = job.request.start_image
         if digest is None:
             return None
+        if job.parent_job_id is not None and (data := await self._parent_result(job.parent_job_id, digest)):
+            return data
         try:
             return await self.source.inputs.get(digest)
         except FileNotFoundError:
             log.warning("Job #%s: start image %s is not stored", job.id, digest)
             raise EngineError(code="engine.start_image_gone") from None
+
+    async def _parent_result(self, parent_id: int, digest: str) -> bytes | None:
+        """The parent job's result image with this SHA-256, or None (pruned, deleted, or not one of its)."""
+        parent = await self.source.get_job(parent_id)
+        if parent is None or not parent.result_paths:
+            return None
+        try:
+            files = await self.source.results.read(parent)
+        except (FileNotFoundError, UnsafeResult):
+            return None
+        hashes = await asyncio.to_thread(lambda: [hashlib.sha256(f.data).hexdigest() for f in files])
+        return next((f.data for f, h in zip(files, hashes, strict=True) if h == digest), None)
 
     @staticmethod
     def _on_progress(running: _Running, progress: Progress) -> None:
@@ -217,7 +231,9 @@ class Dispatcher:
             "job_id": job.id,
         }
         if request.start_image is not None:
-            parameters.update(start_image=request.start_image, strength=request.strength, upscale=request.upscale)
+            parameters.update(
+                start_image=request.start_image, strength=strength_used(request), upscale=request.upscale
+            )
         try:
             pngs = await asyncio.to_thread(encode_job_pngs, result.images, parameters)
             paths = await self.source.results.save(job.id, pngs)
@@ -281,10 +297,9 @@ class Dispatcher:
             await self.engine.release(stale)
         self._prefetched = wanted | {job.id}
         return [
-            Prefetch(
-                j.id, (j.request.prompt, j.request.negative_prompt) if j.request.guidance > 1 else (j.request.prompt,)
-            )
+            Prefetch(j.id, (r.prompt, r.negative_prompt) if uses_cfg(r.guidance) else (r.prompt,))
             for j in upcoming
+            if (r := j.request)
         ]
 
     async def _heartbeat(self, running: _Running) -> None:

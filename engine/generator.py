@@ -8,18 +8,25 @@ plan before a job that would not fit (auto mode) or after one that ran out of me
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any
 
-from db.models import MAX_SEED, JobRequest
 from engine.img2img import StartImage, open_image, start_image
 from engine.plan_manager import PlanManager
 from engine.preview import Previewer
-from engine.rules import InvalidRequest, check_size, img2img_steps, steps_run
 from engine.types import GenerationResult, JobCancelled, OutOfMemory, Prefetch, Progress
+from jobrequest import (
+    InvalidRequest,
+    JobRequest,
+    check_size,
+    estimate_seconds,
+    image_seed,
+    img2img_steps,
+    new_seed,
+    uses_cfg,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +72,8 @@ class Generator:
             encode_decode = measured.encode_s + measured.decode_s
         if step_s is None:
             step_s = 1.0
-        # For image input, width × height is the size made (engine.rules.output_size), set where it came in.
-        area = request.width * request.height / (self.plans.limits.native_size**2)
-        return request.count * (steps_run(request) * step_s * area + encode_decode)
+        # For image input, width × height is the size made (jobrequest.output_size), set where it came in.
+        return estimate_seconds(request, step_s, encode_decode, self.plans.limits.native_size)
 
     # --- GPU thread ------------------------------------------------------------------------------
     def generate(
@@ -87,7 +93,7 @@ class Generator:
         from engine.runner import Cancelled
 
         self.plans.require_runner()
-        seed = request.seed if request.seed is not None else random.randint(0, MAX_SEED)
+        seed = request.seed if request.seed is not None else new_seed()
         if request.upscale and start_image is not None and self.plans.config.upscaler_model is not None:
             return self._upscale(request, start_image, seed, report, should_cancel, holder)
         try:
@@ -130,7 +136,7 @@ class Generator:
     def _start(self, request: JobRequest, data: bytes | None) -> StartImage | None:
         if data is None:
             if request.start_image is not None:
-                raise InvalidRequest("The start image of this job is missing.")
+                raise InvalidRequest(code="request.start_image_missing")
             return None
         return start_image(request, data, self.plans.limits)
 
@@ -195,7 +201,7 @@ class Generator:
         from engine.runner import Cancelled
 
         runner = self.plans.require_runner()
-        cfg = request.guidance > 1.0
+        cfg = uses_cfg(request.guidance)
         texts = [request.prompt, request.negative_prompt] if cfg else [request.prompt]
         runner.embeddings.hold(holder, texts)
         for item in lookahead:
@@ -229,7 +235,7 @@ class Generator:
                 height=request.height,
                 steps=request.steps,
                 guidance=request.guidance,
-                seed=(seed + index) % (MAX_SEED + 1),
+                seed=image_seed(seed, index),
                 on_step=on_step,
                 init_image=None if start is None else start.image,
                 strength=strength,

@@ -1,5 +1,5 @@
 """The start image of an image-to-image or upscale job: decoded, then resized and cropped to a size the
-model accepts (engine.rules.fit_size).
+model accepts (jobrequest.fit_size).
 
 The bytes were checked where they came in (the stored PNG of db.inputs); this decodes them again on the
 GPU thread and refuses, with a user-facing message, anything Pillow cannot read.
@@ -12,8 +12,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from db.models import JobRequest
-from engine.rules import HIRES_STRENGTH, InvalidRequest, ModelLimits, output_size
+from jobrequest import InvalidRequest, JobRequest, ModelLimits, output_size, strength_used
 
 
 @dataclass(frozen=True)
@@ -41,7 +40,7 @@ def open_image(data: bytes) -> Image.Image:
                 return background
             return image.convert("RGB")
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise InvalidRequest("The start image could not be read as a picture.") from exc
+        raise InvalidRequest(code="request.unreadable_image") from exc
 
 
 def fit_image(image: Image.Image, width: int, height: int) -> Image.Image:
@@ -56,4 +55,4 @@ def start_image(request: JobRequest, data: bytes, limits: ModelLimits) -> StartI
     width and height say), or of a hires upscale (the largest size for its aspect, at HIRES_STRENGTH)."""
     image = open_image(data)
     width, height = output_size(image.width, image.height, request.upscale, limits)
-    return StartImage(fit_image(image, width, height), HIRES_STRENGTH if request.upscale else request.strength)
+    return StartImage(fit_image(image, width, height), strength_used(request))

@@ -1,7 +1,7 @@
 """PNG bytes with the generation parameters in text chunks (Pillow; no files, no torch).
 
 Where the bytes are stored is the result store's business (db/results.py). The
-parameters go in as JSON under "parameters" (what `read_parameters` returns) and the
+parameters go in as JSON under "parameters" (METADATA_KEY) and the
 prompt also as an iTXt "prompt" chunk, which image viewers show.
 """
 
@@ -10,11 +10,12 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
+
+from jobrequest import image_seed
 
 METADATA_KEY = "parameters"
 
@@ -34,13 +35,7 @@ def encode_job_pngs(images: Sequence[Image.Image], parameters: dict[str, Any]) -
     """The PNGs of one job: image i records its own seed (the job's seed + i) and its index."""
     base_seed = int(parameters.get("seed", 0))
     return [
-        encode_png(image, {**parameters, "seed": (base_seed + index) % 2**32, "index": index})
+        encode_png(image, {**parameters, "seed": image_seed(base_seed, index), "index": index})
         for index, image in enumerate(images)
     ]
 
-
-def read_parameters(data_or_path: bytes | str | Path) -> dict[str, Any]:
-    """The parameters `encode_png` wrote, from PNG bytes or a file."""
-    source = io.BytesIO(data_or_path) if isinstance(data_or_path, bytes) else data_or_path
-    with Image.open(source) as image:
-        return json.loads(image.text[METADATA_KEY])  # type: ignore[attr-defined]

@@ -23,7 +23,7 @@ import torch
 
 from engine.embeddings import EmbeddingCache
 from engine.plans import Plan
-from engine.rules import img2img_steps
+from jobrequest import img2img_steps, uses_cfg
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -48,15 +48,6 @@ class Timings:
     @property
     def step_s(self) -> float:
         return self.denoise_s / self.steps if self.steps else 0.0
-
-    def as_dict(self) -> dict[str, float]:
-        return {
-            "encode_s": round(self.encode_s, 4),
-            "denoise_s": round(self.denoise_s, 4),
-            "decode_s": round(self.decode_s, 4),
-            "step_s": round(self.step_s, 4),
-            "steady_step_s": round(self.steady_step_s or self.step_s, 4),
-        }
 
 
 @dataclass
@@ -192,7 +183,7 @@ class Runner:
         timings = Timings()
         device = self.device
         t0 = time.perf_counter()
-        cfg = guidance > 1.0
+        cfg = uses_cfg(guidance)
         self.encode([prompt, negative_prompt] if cfg else [prompt])
         prompt_embeds = self.embeddings.get(prompt).to(device)
         negative_embeds = self.embeddings.get(negative_prompt).to(device) if cfg else None

@@ -11,14 +11,12 @@ import asyncio
 import time
 from collections.abc import Iterable
 
-from db.models import JobRequest
 from db.workers import WorkerInfo
 from engine import plans as plan_catalog
 from engine.generator import CancelCheck, Generator, ProgressCallback
 from engine.gpu_thread import GpuThread
 from engine.plan_manager import PlanManager
 from engine.plans import Measurement
-from engine.rules import ModelLimits
 from engine.types import (
     EngineConfig,
     EngineState,
@@ -30,6 +28,7 @@ from engine.types import (
     Prefetch,
     Progress,
 )
+from jobrequest import JobRequest, ModelLimits
 
 __all__ = ["Engine", "EngineConfig", "Prefetch"]
 
@@ -135,7 +134,7 @@ class Engine:
         """Make the images of one job. The request was validated where it came in; raises EngineError
         subclasses with user-facing messages (InvalidRequest if this model cannot make that size).
         With `start_image` (the bytes of request.start_image) the job is image-to-image, made at the
-        fitted size of that image (engine.rules.fit_size), or an upscale of it."""
+        fitted size of that image (jobrequest.fit_size), or an upscale of it."""
         if start_image is None:
             self.generator.check_fits(request)
         if self.plan_manager.state is EngineState.FAILED:

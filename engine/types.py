@@ -7,12 +7,11 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from db.models import CodedError
+from jobrequest import CodedError
 
 if TYPE_CHECKING:
-    from db.models import JobRequest
     from db.workers import WorkerInfo
-    from engine.rules import ModelLimits
+    from jobrequest import JobRequest, ModelLimits
 
 
 class EngineState(StrEnum):
@@ -56,6 +55,7 @@ ENGINE_TEXTS: dict[str, str] = {
         "The bot's disk is full, so the image could not be saved; the bot owner needs to free some space."
     ),
     "engine.save_failed": "The image could not be saved ({reason}).",
+    "engine.cancelled": "Cancelled.",
 }
 
 
@@ -70,8 +70,10 @@ class EngineUnavailable(EngineError):
 
 
 class JobCancelled(EngineError):
+    code = "engine.cancelled"
+
     def __init__(self) -> None:
-        super().__init__("Cancelled.")
+        super().__init__()
 
 
 class OutOfMemory(EngineError):

@@ -17,8 +17,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from db.models import Job, JobRequest, JobState, NoticeKind, Requester
+from db.models import Job, JobState, NoticeKind, Requester
 from db.postgres import PostgresJobQueue
+from jobrequest import JobRequest
 
 REPO = Path(__file__).resolve().parents[1]
 

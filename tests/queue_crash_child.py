@@ -31,8 +31,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from db.models import JobRequest, Requester
+from db.models import Requester
 from db.sqlite_queue import SqliteJobQueue
+from jobrequest import JobRequest
 
 WORKER_ID = "crash-child"
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from db.interface import JobQueue
-from db.models import Job, JobRequest, Requester
+from db.models import Job, Requester
+from jobrequest import JobRequest
 
 WORKER = "gpu-0"
 

@@ -6,19 +6,19 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cogs.utils.flags import FlagError, ParsedPrompt, parse_flags
-from engine.rules import ASPECTS
+from cogs.utils.flags import Choices, FlagError, parse_flags
+from jobrequest import ASPECTS
 
 
 def test_all_flags() -> None:
     parsed = parse_flags("a cat on a mat --ar 16:9 --seed 42 --no text, blur --steps 30 --guidance 4.5 --count 2")
-    assert parsed == ParsedPrompt(
-        prompt="a cat on a mat", aspect="16:9", seed=42, negative="text, blur", steps=30, guidance=4.5, count=2
+    assert parsed == Choices(
+        prompt="a cat on a mat", aspect="16:9", seed=42, negative_prompt="text, blur", steps=30, guidance=4.5, count=2
     )
 
 
 def test_no_flags_and_lookalikes() -> None:
-    assert parse_flags("  a well--known  cat ") == ParsedPrompt(prompt="a well--known  cat")
+    assert parse_flags("  a well--known  cat ") == Choices(prompt="a well--known  cat")
     assert parse_flags("a cat --AR 1:1 —seed 3 --cfg 2").aspect == "1:1"  # case, em dash, alias
     assert parse_flags("a cat —seed 3").seed == 3
     assert parse_flags("a cat --cfg 2").guidance == 2.0

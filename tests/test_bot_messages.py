@@ -17,21 +17,12 @@ from cogs.utils.checks import banned_word
 from cogs.utils.eta import finish_times, queue_positions
 from cogs.utils.notices import GENERIC_FAILURE, compose
 from cogs.utils.reports import status_report
-from cogs.utils.status import Snapshot, engine_note, snapshot, status_text
+from cogs.utils.status import StatusLine, engine_note, status_line, status_text
 from cogs.utils.text import bar, defuse, quote
-from db.models import (
-    RESUMED_RESTART,
-    RESUMED_WORKER_LOST,
-    Job,
-    JobRequest,
-    JobState,
-    Notice,
-    NoticeKind,
-    QueueStats,
-    Requester,
-)
+from db.models import RESUMED_RESTART, RESUMED_WORKER_LOST, Job, JobState, Notice, NoticeKind, QueueStats, Requester
 from db.results import FolderResults, ResultFile
 from engine.types import EngineState, EngineStatus
+from jobrequest import JobRequest
 from launcher import api_base
 
 ALICE = 111111111111111111
@@ -104,19 +95,19 @@ def test_eta_counts_jobs_ahead_and_the_running_rest() -> None:
 
 def test_status_texts() -> None:
     queued = job(7)
-    line = status_text(queued, snapshot(queued, position=2, note=None, paused=False), eta_s=90, now=1000.0)
+    line = status_text(queued, status_line(queued, position=2, note=None, paused=False), eta_s=90, now=1000.0)
     assert line.startswith("Queued as #7 — position 2, about 2 min (<t:1090:R>)") and "> a cat" in line
-    paused = status_text(queued, snapshot(queued, position=1, note=None, paused=True), eta_s=5, now=0)
+    paused = status_text(queued, status_line(queued, position=1, note=None, paused=True), eta_s=5, now=0)
     assert "paused" in paused
     warming = engine_note(engine_status(EngineState.LOADING))
     assert warming is not None and "warming up (Loading transformer, 40%)" in warming
     running = job(7, JobState.RUNNING, progress_step=3, progress_total=12)
-    text = status_text(running, snapshot(running, position=None, note=None, paused=False), eta_s=30, now=0)
+    text = status_text(running, status_line(running, position=None, note=None, paused=False), eta_s=30, now=0)
     assert "3/12 steps" in text and bar(3, 12) in text and "about 30 s left" in text
     failed = job(7, JobState.FAILED, error="The GPU ran out of memory.")
-    assert "Failed: The GPU ran out of memory." in status_text(failed, Snapshot(JobState.FAILED), eta_s=None, now=0)
+    assert "Failed: The GPU ran out of memory." in status_text(failed, StatusLine(JobState.FAILED), eta_s=None, now=0)
     done = job(7, JobState.DONE, seed_used=5)
-    assert status_text(done, Snapshot(JobState.DONE), eta_s=None, now=0).startswith("#7 — Done — see below.")
+    assert status_text(done, StatusLine(JobState.DONE), eta_s=None, now=0).startswith("#7 — Done — see below.")
 
 
 async def test_result_notice_checks_files(tmp_path: Path) -> None:
@@ -227,9 +218,19 @@ def test_who_may_repost_a_result() -> None:
 
 
 def test_model_label_hides_local_paths(tmp_path: Path) -> None:
-    from launcher import model_label
+    from engine.rules import model_label
 
     folder = tmp_path / "private" / "cogview4-local"
     folder.mkdir(parents=True)
     assert model_label(str(folder)) == "cogview4-local"
     assert model_label("THUDM/CogView4-6B") == "THUDM/CogView4-6B"
+
+
+def test_the_variations_button_keeps_answering_to_its_old_custom_id() -> None:
+    """The seed Variations button was "cv4:vary:" before "vary" came to mean image-to-image only."""
+    from cogs.utils.views import VariationsButton, VarySubtleButton
+
+    template = VariationsButton.__discord_ui_compiled_template__
+    assert template.fullmatch("cv4:variations:12")["job"] == "12" and template.fullmatch("cv4:vary:12")["job"] == "12"
+    assert not VarySubtleButton.__discord_ui_compiled_template__.fullmatch("cv4:vary:12")
+    assert VariationsButton(12).item.custom_id == "cv4:variations:12"

@@ -194,7 +194,7 @@ async def test_postgres_restart_mid_run_loses_nothing(cluster: Cluster, pg_serve
 async def test_bot_in_postgres_mode_shows_progress_and_posts_results_from_a_remote_worker(
     world: World, tiny_model: Path, tmp_path: Path, pg_url: str
 ) -> None:
-    """bot.py with QUEUE_BACKEND=postgres starts no engine; a worker process makes the image."""
+    """The bot with QUEUE_BACKEND=postgres starts no engine; a worker process makes the image."""
     server = world.server
     settings = settings_for(
         server, tiny_model, tmp_path, dev_guild_id=world.guild.id, queue_backend="postgres", database_url=pg_url

@@ -12,9 +12,9 @@ import pytest
 
 from cluster.view import NO_WORKER, ClusterView
 from cogs.utils.reports import workers_report
-from db.models import JobRequest
 from db.workers import WorkerInfo
 from engine.types import EngineState, EngineView, PlanSwitchFailed
+from jobrequest import JobRequest
 
 
 def worker(name: str, **changes: object) -> WorkerInfo:

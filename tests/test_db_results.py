@@ -26,6 +26,7 @@ async def test_save_writes_numeric_names_atomically_and_read_returns_them(tmp_pa
     assert sorted(os.listdir(tmp_path / "out")) == ["job0000042_0.png", "job0000042_1.png"], "no temp files left"
     files = await store.read(done_job(42, paths))
     assert files == [ResultFile("job0000042_0.png", b"first"), ResultFile("job0000042_1.png", b"second")]
+    assert await store.read(done_job(42, paths), count=1) == files[:1], "a Vary reads only the first"
 
 
 @pytest.mark.parametrize("bad", [-1, True, "7", 1.5])

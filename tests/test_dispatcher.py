@@ -12,13 +12,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from db.models import JobRequest, JobState, NoticeKind, Requester
+from db.models import JobState, NoticeKind, Requester
 from db.results import FolderResults
 from db.sqlite_queue import SqliteJobQueue
 from dispatch.dispatcher import DISK_FULL_HOLD_S, Dispatcher
 from engine.plans import Measurement
-from engine.png import read_parameters
 from engine.service import Engine, EngineConfig
+from jobrequest import JobRequest
+from tests.pngs import read_parameters
 from tools.tiny import write_tiny_model
 
 TABLE = {

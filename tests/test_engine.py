@@ -10,13 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from db.models import InvalidJob, JobRequest
+import jobrequest
 from engine import plans as plan_catalog
 from engine.plans import Measurement
-from engine.png import encode_job_pngs, read_parameters
-from engine.rules import InvalidRequest, limits_from_folder, validate_request
+from engine.png import encode_job_pngs
+from engine.rules import limits_from_folder
 from engine.service import Engine, EngineConfig, Prefetch
 from engine.types import JobCancelled, PlanSwitchFailed
+from jobrequest import InvalidRequest, JobRequest
+from tests.pngs import read_parameters
 from tools.tiny import write_tiny_model
 
 # A plan table for the CPU: mixed_resident measured leaner than bf16_resident, like on a GPU.
@@ -146,7 +148,7 @@ async def test_cancellation_stops_at_the_next_step(tiny_model: Path) -> None:
 
 
 async def test_input_rule_violations_generate_nothing(tiny_model: Path) -> None:
-    """Every rule is checked once, at the edge (validate_request); the engine itself refuses only
+    """Every rule is checked once, at the edge (jobrequest.check); the engine itself refuses only
     sizes its model cannot make, and trusts the edge for the rest."""
     engine = await started_engine(tiny_model)
     limits = engine.limits
@@ -166,7 +168,7 @@ async def test_input_rule_violations_generate_nothing(tiny_model: Path) -> None:
     try:
         for expected, bad in cases.items():
             with pytest.raises(InvalidRequest, match=expected):
-                validate_request(bad, limits)
+                jobrequest.check(bad, limits)
         for expected, bad in sizes.items():
             with pytest.raises(InvalidRequest, match=expected):
                 await engine.generate(bad)
@@ -175,7 +177,7 @@ async def test_input_rule_violations_generate_nothing(tiny_model: Path) -> None:
     finally:
         await engine.stop()
     for bad in ({"steps": -1}, {"prompt": "   "}, {"seed": -5}, {"guidance": float("nan")}, {"count": 0}):
-        with pytest.raises(InvalidJob):
+        with pytest.raises(InvalidRequest):  # the structure, checked when built
             request(**bad)
 
 
@@ -183,14 +185,14 @@ def test_limits_come_from_the_model_config(tiny_model: Path) -> None:
     tiny = limits_from_folder(tiny_model)
     assert tiny.size_for_aspect("1:1") == (64, 64)
     assert tiny.size_for_aspect("3:2") == (96, 64)
-    from engine.rules import COGVIEW4_LIMITS  # the real model's numbers, from its published config
+    from jobrequest import COGVIEW4_LIMITS
 
     assert (COGVIEW4_LIMITS.native_size, COGVIEW4_LIMITS.min_size, COGVIEW4_LIMITS.max_size) == (1024, 512, 2048)
     assert COGVIEW4_LIMITS.max_area == 2**21
     assert COGVIEW4_LIMITS.size_for_aspect("16:9") == (1376, 768)
     for aspect in ("1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3"):
         w, h = COGVIEW4_LIMITS.size_for_aspect(aspect)
-        validate_request(request(width=w, height=h), COGVIEW4_LIMITS)
+        jobrequest.check(request(width=w, height=h), COGVIEW4_LIMITS)
 
 
 async def test_event_loop_keeps_ticking_during_generation(tiny_model: Path) -> None:

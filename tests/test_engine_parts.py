@@ -14,16 +14,16 @@ import pytest
 import torch
 from PIL import Image
 
-from db.models import JobRequest
 from engine.embeddings import EmbeddingCache
 from engine.generator import Generator
 from engine.gpu_thread import GpuThread
 from engine.plan_manager import PlanManager
 from engine.plans import Measurement
-from engine.png import encode_job_pngs, encode_png, read_parameters
-from engine.rules import COGVIEW4_LIMITS, ModelLimits
+from engine.png import encode_job_pngs, encode_png
 from engine.runner import Timings
 from engine.types import EngineConfig, EngineUnavailable, JobCancelled, OutOfMemory, Progress
+from jobrequest import COGVIEW4_LIMITS, JobRequest, ModelLimits
+from tests.pngs import read_parameters
 from tools.tiny import write_tiny_model
 
 TABLE = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import string
 from dataclasses import replace
 from pathlib import Path
@@ -17,10 +18,8 @@ from cogs.utils.i18n import (
     CATALOGUE,
     EN,
     LANGUAGES,
-    NAME_RULE,
     ZH,
     Translator,
-    fields_of,
     localize,
     msg,
     stored_text,
@@ -28,7 +27,7 @@ from cogs.utils.i18n import (
 )
 from cogs.utils.notices import compose
 from cogs.utils.reports import status_report
-from cogs.utils.status import Snapshot, engine_note, snapshot, status_text
+from cogs.utils.status import StatusLine, engine_note, status_line, status_text
 from cogs.utils.views import result_view
 from db.models import (
     ADMIN_CANCEL,
@@ -39,7 +38,6 @@ from db.models import (
     CooldownActive,
     Job,
     JobNotFound,
-    JobRequest,
     JobState,
     Notice,
     NoticeKind,
@@ -52,13 +50,22 @@ from db.models import (
     UserQueueFull,
 )
 from db.results import FolderResults
-from engine.rules import RULE_TEXTS, InvalidRequest
 from engine.types import ENGINE_TEXTS, EngineState, EngineStatus, OutOfMemory
+from jobrequest import RULE_TEXTS, InvalidRequest, JobRequest
 from tests.conftest import World
 from tests.e2e.harness import ephemeral_reply, queued_reply, running_bot, settings_for
 from tests.test_bot_messages import engine_status
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+# Discord's rule for command and option names (and their localizations).
+NAME_RULE = re.compile(r"^[-_\w]{1,32}$")
+
+
+def fields_of(text: str) -> set[str]:
+    """The {names} a catalogue text fills in."""
+    return {name for _, name, _, _ in string.Formatter().parse(text) if name}
 
 
 def test_every_key_has_both_languages_with_the_same_fields() -> None:
@@ -244,6 +251,7 @@ async def test_channel_refusal_in_chinese(world: World, tiny_model: Path, tmp_pa
 # --- error codes of the queue and the request rules ------------------------------------------------------
 
 CODED_SOURCES = [
+    ROOT / "jobrequest.py",
     *sorted((ROOT / "db").rglob("*.py")),
     *sorted((ROOT / "engine").rglob("*.py")),
     *sorted((ROOT / "dispatch").rglob("*.py")),
@@ -420,25 +428,25 @@ def test_status_message_in_the_jobs_language() -> None:
             started_at=0.0,
         )
     )
-    snap = snapshot(queued, position=2, note=note, paused=False)
-    assert status_text(queued, snap, eta_s=90, now=1000.0) == (
+    facts = status_line(queued, position=2, note=note, paused=False)
+    assert status_text(queued, facts, eta_s=90, now=1000.0) == (
         "已排队 #7 — 第 2 位，约 2 分钟（<t:1090:R>）\n"
         "图像引擎正在预热（Loading transformer，40%）；准备好后就开始你的任务。\n"
         "> 一只猫\n-# 2 张 · 64×64 · 10 步 · 引导强度 3.5 · 种子 5–6"
     )
     english = a_job("en-US")
-    assert status_text(english, snap, eta_s=90, now=1000.0).startswith(
+    assert status_text(english, facts, eta_s=90, now=1000.0).startswith(
         "Queued as #7 — position 2, about 2 min (<t:1090:R>)\nThe image engine is warming up (Loading transformer, 40%)"
     )
     running = a_job("zh-CN", JobState.RUNNING, progress_step=3, progress_total=10)
-    text = status_text(running, snapshot(running, position=None, note=None, paused=False), eta_s=100, now=0)
+    text = status_text(running, status_line(running, position=None, note=None, paused=False), eta_s=100, now=0)
     assert text.startswith("#7 — 生成中：`▰▰▰▰▱▱▱▱▱▱▱▱` 3/10 步，还需约 2 分钟（<t:100:R>）\n")
     crashed = a_job("zh-CN", JobState.FAILED, error=CRASH_ERROR.format(n=3))
-    assert status_text(crashed, Snapshot(JobState.FAILED), eta_s=None, now=0).startswith(
+    assert status_text(crashed, StatusLine(JobState.FAILED), eta_s=None, now=0).startswith(
         "#7 — 失败：已导致工作机崩溃 3 次\n"
     )
     purged = a_job("zh-CN", JobState.CANCELLED, error=PURGED)
-    assert status_text(purged, Snapshot(JobState.CANCELLED), eta_s=None, now=0).startswith(
+    assert status_text(purged, StatusLine(JobState.CANCELLED), eta_s=None, now=0).startswith(
         "#7 — 已取消（被管理员移出队列）。\n"
     )
 

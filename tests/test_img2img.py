@@ -21,18 +21,21 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from db.models import JobRequest, JobState, Requester
+from db.models import JobState, Requester
 from db.results import FolderResults
 from db.sqlite_queue import SqliteJobQueue
 from dispatch.dispatcher import Dispatcher
 from engine.attention import install
 from engine.img2img import fit_image, open_image
 from engine.plans import CPU_PLANS, Measurement
-from engine.png import read_parameters
-from engine.rules import (
+from engine.runner import Runner, RunnerOptions
+from engine.service import Engine, EngineConfig
+from engine.types import Progress
+from jobrequest import (
     COGVIEW4_LIMITS,
     HIRES_STRENGTH,
     InvalidRequest,
+    JobRequest,
     ModelLimits,
     check_size,
     fit_size,
@@ -40,9 +43,7 @@ from engine.rules import (
     output_size,
     steps_run,
 )
-from engine.runner import Runner, RunnerOptions
-from engine.service import Engine, EngineConfig
-from engine.types import Progress
+from tests.pngs import read_parameters
 from tests.test_batched_cfg import make_runner
 
 TINY_LIMITS = ModelLimits.from_sizes(sample_size=32, vae_scale_factor=2, patch_size=8)  # 32–128 px, as the tiny

@@ -12,6 +12,7 @@ import pytest
 from db.inputs import FolderInputs
 from db.interface import JobQueue
 from db.models import InvalidJob, JobState
+from jobrequest import InvalidRequest
 from tests import test_queue_contract as contract
 from tests.queue_helpers import WORKER, must_claim, what, who
 
@@ -69,7 +70,7 @@ async def test_image_fields_round_trip_and_old_rows_read_as_text_to_image(queue:
     [{"strength": 0.5}, {"upscale": 2}, {"start_image": "x" * 64}, {"start_image": "0" * 64, "strength": 0.0}],
 )
 def test_unusable_image_fields_are_refused(fields: dict[str, Any]) -> None:
-    with pytest.raises(InvalidJob):
+    with pytest.raises(InvalidRequest):  # JobRequest's own structural check (jobrequest), before any queue
         what(**fields)
 
 

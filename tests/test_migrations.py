@@ -18,8 +18,9 @@ import pytest
 
 import db.migrate
 from db.migrate import DatabaseTooNew, MigrationError, available_migrations, split_statements
-from db.models import JobRequest, QueueError, Requester
+from db.models import QueueError, Requester
 from db.sqlite_queue import SqliteJobQueue
+from jobrequest import JobRequest
 
 REPO = Path(__file__).resolve().parents[1]
 CHILD = REPO / "tests" / "queue_crash_child.py"

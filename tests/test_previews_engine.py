@@ -15,11 +15,11 @@ import pytest
 import torch
 from PIL import Image
 
-from db.models import JobRequest
 from engine import preview as preview_module
 from engine.preview import MAX_SIDE, LatentRGB, Previewer, load_or_fit
 from engine.service import Engine, EngineConfig
 from engine.types import Progress
+from jobrequest import JobRequest
 from tests.test_engine import CPU_TABLE
 from tools.tiny import write_tiny_model
 

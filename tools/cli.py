@@ -2,7 +2,7 @@
 
 python -m engine doctor
 python -m engine generate "a lighthouse at dusk" --plan auto --steps 30 --size 1024x1024 --seed 1 --out out.png
-python -m engine generate "the same, at dawn" --image photo.jpg --strength 0.6   (image-to-image)
+python -m engine generate "the same, at dawn" --image photo.jpg --strength 0.5   (image-to-image)
 python -m engine generate "a lighthouse at dusk" --image out.png --upscale 2       (upscale)
 python -m engine tiny-model DIR
 python -m engine worker [--gpu N] [--name NAME]   (a GPU machine of a multi-machine setup; README)
@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import logging
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from engine.rules import ModelLimits
+import jobrequest
+from jobrequest import InvalidRequest, JobRequest
 
 
 def _setting(name: str, default: Any) -> Any:
@@ -65,44 +67,108 @@ def _settings_upscaler() -> Path | None:
         return None
 
 
-def _start_size(image_data: bytes, upscale: int, limits: ModelLimits) -> tuple[int, int]:
-    """The size an image-to-image or upscale job is made at (what the engine will pick from the image)."""
-    from engine.img2img import open_image
-    from engine.rules import output_size
+class Refused(Exception):
+    """What is wrong with the command line, in one sentence; nothing was loaded or written."""
 
-    image = open_image(image_data)
-    return output_size(image.width, image.height, upscale, limits)
+
+@dataclass(frozen=True)
+class Generation:
+    """A `generate` command, checked before the model loads: what to make, from what, and where to save it."""
+
+    model_id: str
+    request: JobRequest
+    out: Path
+    image_data: bytes | None = None
+    notes: tuple[str, ...] = ()
+
+
+def output_problem(out: Path) -> str | None:
+    """Why the picture could not be saved at `out`, found before anything is made (None: it can)."""
+    if out.is_dir():
+        return f"--out {out} is a folder: give a file name, such as {out / 'image.png'}."
+    folder = out.parent
+    if not folder.is_dir():
+        return f"The folder {folder} does not exist: create it first, or choose another --out."
+    if not os.access(folder, os.W_OK):
+        return f"The folder {folder} is not writable: choose another --out."
+    return None
+
+
+def prepare_generation(args: argparse.Namespace, model_id: str) -> Generation:
+    """Every input of `generate` checked once, before the model loads (minutes on real weights): the model
+    folder, the plan, --out, the start image, and the request against the model's limits (jobrequest.check)."""
+    from engine.plans import PLANS, engine_note
+    from engine.rules import limits_for_model, missing_model_folder
+
+    if (problem := missing_model_folder(model_id)) is not None:
+        raise Refused(problem)
+    if args.plan != "auto" and args.plan not in PLANS:
+        raise Refused(engine_note("plan.unknown", name=repr(args.plan), plans=", ".join(PLANS)))
+    if (args.strength is not None or args.upscale) and args.image is None:
+        raise Refused("--strength and --upscale need --image PATH (the picture to start from).")
+    if args.strength is not None and args.upscale:
+        raise Refused(f"--strength is for image-to-image: an --upscale re-details at {jobrequest.HIRES_STRENGTH}.")
+    out = Path(args.out).expanduser()
+    if (problem := output_problem(out)) is not None:
+        raise Refused(problem)
+    limits = limits_for_model(model_id)
+    width, height = args.size or (limits.native_size, limits.native_size)
+    image: dict[str, Any] = {}
+    notes: list[str] = []
+    data = None
+    if args.image is not None:
+        from engine.img2img import open_image
+
+        try:
+            data = Path(args.image).read_bytes()
+        except OSError as exc:
+            raise Refused(f"Could not read {args.image}: {exc.strerror or exc}") from None
+        picture = open_image(data)
+        width, height = jobrequest.output_size(picture.width, picture.height, args.upscale, limits)
+        strength = 1.0 if args.upscale else (jobrequest.DEFAULT_STRENGTH if args.strength is None else args.strength)
+        strength = jobrequest.check_strength(strength)  # before JobRequest's structural check words it for a program
+        image = {"start_image": hashlib.sha256(data).hexdigest(), "strength": strength, "upscale": args.upscale}
+        if args.upscale and (note := jobrequest.upscale_note(picture.width, picture.height, args.upscale, limits)):
+            notes.append(note)
+    request = JobRequest(
+        prompt=args.prompt,
+        negative_prompt=args.negative,
+        width=width,
+        height=height,
+        steps=args.steps,
+        guidance=args.guidance,
+        seed=args.seed,
+        **image,
+    )
+    jobrequest.check(request, limits)
+    return Generation(model_id, request, out, data, tuple(notes))
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    import hashlib
+    model_id = args.model or _setting("model_id", "THUDM/CogView4-6B")
+    try:
+        generation = prepare_generation(args, model_id)
+    except (Refused, InvalidRequest) as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    for note in generation.notes:
+        print(f"Note: {note}")
+    upscaler = None if generation.request.upscale == 0 else args.upscaler or _settings_upscaler()
+    return asyncio.run(_generate(generation, args.plan, args.device, upscaler))
 
-    from db.models import InvalidJob, JobRequest
+
+async def _generate(generation: Generation, plan: str, device: str, upscaler: Path | None) -> int:
     from engine.png import encode_job_pngs
-    from engine.rules import InvalidRequest, validate_request
     from engine.service import Engine, EngineConfig
     from engine.types import EngineError, Progress
 
-    if (args.strength is not None or args.upscale) and args.image is None:
-        print("--strength and --upscale need --image PATH (the picture to start from).", file=sys.stderr)
-        return 2
-    try:
-        image_data = None if args.image is None else Path(args.image).read_bytes()
-    except OSError as exc:
-        print(f"Could not read {args.image}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
-    config = EngineConfig(
-        model_id=args.model or _setting("model_id", "THUDM/CogView4-6B"),
-        memory_mode=args.plan,
-        device=args.device,
-        upscaler_model=args.upscaler or _settings_upscaler(),
-    )
+    request = generation.request
+    config = EngineConfig(model_id=generation.model_id, memory_mode=plan, device=device, upscaler_model=upscaler)
     engine = Engine(config)
-
-    async def run() -> int:
-        engine.start()
-        started = time.perf_counter()
-        last = ""
+    engine.start()
+    started = time.perf_counter()
+    last = ""
+    try:
         while not await engine.wait_ready(1.0):
             status = engine.status()
             if status.load_message != last:
@@ -116,48 +182,38 @@ def cmd_generate(args: argparse.Namespace) -> int:
             f"Loaded in {time.perf_counter() - started:.1f} s with plan {status.plan}"
             + (f" ({status.plan_note})" if status.plan_note else "")
         )
-        width, height = args.size or (engine.limits.native_size, engine.limits.native_size)
-        image: dict[str, Any] = {}
-        try:
-            if image_data is not None:
-                width, height = _start_size(image_data, args.upscale, engine.limits)
-                strength = 0.6 if args.strength is None else args.strength
-                image = {"start_image": hashlib.sha256(image_data).hexdigest(), "strength": strength}
-                image["upscale"] = args.upscale
-            request = JobRequest(
-                prompt=args.prompt,
-                negative_prompt=args.negative,
-                width=width,
-                height=height,
-                steps=args.steps,
-                guidance=args.guidance,
-                seed=args.seed,
-                **image,
-            )
-            validate_request(request, engine.limits)  # this command is an edge: the engine checks only sizes
 
-            def show(p: Progress) -> None:
-                print(f"\r  step {p.step}/{p.total}  {p.elapsed_s:5.1f} s", end="", flush=True)
+        def show(p: Progress) -> None:
+            print(f"\r  step {p.step}/{p.total}  {p.elapsed_s:5.1f} s", end="", flush=True)
 
-            result = await engine.generate(request, on_progress=show, start_image=image_data)
-        except (InvalidJob, InvalidRequest, EngineError) as exc:
-            print(f"\n{exc}", file=sys.stderr)
-            return 2
-        finally:
-            await engine.stop()
-        print()
-        out = Path(args.out)
-        parameters = {"prompt": args.prompt, "seed": result.seed, "plan": result.plan, "steps": args.steps, **image}
-        partial = out.with_name(f".{out.name}.tmp")  # a crash never leaves a truncated PNG at --out
+        result = await engine.generate(request, on_progress=show, start_image=generation.image_data)
+    except (InvalidRequest, EngineError) as exc:
+        print(f"\n{exc}", file=sys.stderr)
+        return 2
+    finally:
+        await engine.stop()
+    print()
+    made = result.images[0]
+    parameters: dict[str, Any] = {"prompt": request.prompt, "seed": result.seed, "plan": result.plan}
+    parameters["steps"] = request.steps
+    if request.start_image is not None:
+        parameters.update(
+            start_image=request.start_image, strength=jobrequest.strength_used(request), upscale=request.upscale
+        )
+    out = generation.out
+    partial = out.with_name(f".{out.name}.tmp")  # a crash never leaves a truncated PNG at --out
+    try:
         partial.write_bytes(encode_job_pngs(result.images, parameters)[0])
         os.replace(partial, out)
-        timings = ", ".join(f"{k} {v:.2f}" for k, v in result.timings.items())
-        print(f"Saved {out} (seed {result.seed}, plan {result.plan}; {timings})")
-        for note in result.notes:
-            print(f"Note: {note}")
-        return 0
-
-    return asyncio.run(run())
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        print(f"Could not save {out}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    timings = ", ".join(f"{k} {v:.2f}" for k, v in result.timings.items())
+    print(f"Saved {out} ({made.width}×{made.height}, seed {result.seed}, plan {result.plan}; {timings})")
+    for note in result.notes:
+        print(f"Note: {note}")
+    return 0
 
 
 def cmd_tiny_model(args: argparse.Namespace) -> int:
@@ -188,6 +244,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(exc, file=sys.stderr)
         return 2
+    from engine.rules import missing_model_folder
+
+    if (problem := missing_model_folder(settings.model_id)) is not None:
+        print(f"MODEL_ID: {problem}", file=sys.stderr)
+        return 2
     if settings.database_url is None:
         print(
             "DATABASE_URL is not set: put postgresql://ROLE:PASSWORD@HOST/DB in .env (README, 'Add a second GPU PC')."
@@ -208,7 +269,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return asyncio.run(GpuWorker(options, EngineConfig.from_settings(settings)).run())
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m engine", description="CogView4 engine tools")
     sub = parser.add_subparsers(dest="command", required=True)
     d = sub.add_parser("doctor", help="versions, GPU, known problems and the plan auto would choose")
@@ -217,15 +278,20 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("prompt")
     g.add_argument("--negative", default="")
     g.add_argument("--plan", default="auto", help="memory plan name or auto")
-    g.add_argument("--steps", type=int, default=50)
-    g.add_argument("--guidance", type=float, default=3.5)
+    g.add_argument("--steps", type=int, default=jobrequest.DEFAULT_STEPS)
+    g.add_argument("--guidance", type=float, default=jobrequest.DEFAULT_GUIDANCE)
     g.add_argument("--size", type=_size, default=None, help="WIDTHxHEIGHT (default: the model's native size)")
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--out", default="out.png")
     g.add_argument("--model", help="model id or folder (default: MODEL_ID from .env)")
     g.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
     g.add_argument("--image", help="start from this picture (image-to-image); made at its fitted size, not --size")
-    g.add_argument("--strength", type=float, default=None, help="with --image: 0 < S ≤ 1, how much to redo (0.6)")
+    g.add_argument(
+        "--strength",
+        type=float,
+        default=None,
+        help=f"with --image: how much to redo, {jobrequest.MIN_STRENGTH} to 1 (default {jobrequest.DEFAULT_STRENGTH})",
+    )
     g.add_argument("--upscale", type=int, default=0, choices=(2, 4), help="with --image: upscale it 2× or 4×")
     g.add_argument("--upscaler", type=Path, help="ESRGAN-family model file (default: UPSCALER_MODEL; none: hires)")
     t = sub.add_parser("tiny-model", help="write a tiny random CogView4 pipeline folder (tests, smoke runs)")
@@ -239,7 +305,11 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--poll", type=float, default=5.0, help="seconds between fetches when no notification arrives")
     w.add_argument("--shutdown-grace", type=float, default=30.0, help="on SIGTERM, seconds before handing back")
     w.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     handlers = {"doctor": cmd_doctor, "generate": cmd_generate, "tiny-model": cmd_tiny_model, "worker": cmd_worker}
     return handlers[args.command](args)

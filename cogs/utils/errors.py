@@ -17,12 +17,11 @@ from cogs.utils.flags import FlagError
 from cogs.utils.i18n import engine_text, localize_error_text, t
 from cogs.utils.text import NO_MENTIONS, clip, quote
 from db.models import QueueError
-from engine.rules import InvalidRequest
 from engine.types import EngineError
+from jobrequest import InvalidRequest
 
 log = logging.getLogger(__name__)
 
-UNEXPECTED = t("error.unexpected")
 _KNOWN = (QueueError, InvalidRequest, FlagError, EngineError, Refused)
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from db.models import Job, JobRequest, JobState
+from db.models import Job, JobState
+from jobrequest import JobRequest
 
 Estimate = Callable[[JobRequest], float]
 

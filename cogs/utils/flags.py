@@ -2,20 +2,22 @@
 
 Pure parsing (no Discord, no engine) so every odd input can be tested on its own.
 Flags go after the prompt text; each one may appear once. Ranges (steps 1–100 and
-so on) are checked later by ``engine.rules.validate_request``, in one place for the
-options and the flags alike. Phones often turn ``--`` into an em dash, so ``—ar``
-works too.
+so on) are checked later by ``jobrequest.check``, in one place for the options and
+the flags alike. Phones often turn ``--`` into an em dash, so ``—ar`` works too.
+An /imagine's options and its flags are the same type, ``Choices``, parsed once
+(``parse_choices``) where the command comes in.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass
 
 from cogs.utils.i18n import msg
 from cogs.utils.text import quote
-from engine.rules import ASPECTS
+from jobrequest import ASPECTS
 
 # A flag starts a word: "--ar" or "—ar" at the start or after whitespace ("well--known" is no flag).
 _FLAG = re.compile(r"(?:(?<=\s)|^)(?:--|—)([A-Za-z][\w-]*)")
@@ -24,7 +26,7 @@ _ALIASES = {
     "ar": "aspect",
     "aspect": "aspect",
     "seed": "seed",
-    "no": "negative",
+    "no": "negative_prompt",
     "steps": "steps",
     "guidance": "guidance",
     "cfg": "guidance",
@@ -34,7 +36,7 @@ _ALIASES = {
 _EXAMPLES = {
     "aspect": "--ar 16:9",
     "seed": "--seed 42",
-    "negative": "--no text, blur",
+    "negative_prompt": "--no text, blur",
     "steps": "--steps 30",
     "guidance": "--guidance 4",
     "count": "--count 2",
@@ -47,24 +49,34 @@ class FlagError(ValueError):
 
 
 @dataclass(frozen=True)
-class ParsedPrompt:
-    """The prompt without its flags, and the values the flags set (None = not given)."""
+class Choices:
+    """What a user chose for one /imagine, as options or as inline flags (None = not given)."""
 
     prompt: str
+    negative_prompt: str | None = None
     aspect: str | None = None
-    seed: int | None = None
-    negative: str | None = None
     steps: int | None = None
     guidance: float | None = None
+    seed: int | None = None
     count: int | None = None
-    strength: float | None = None  # how far an image prompt may change (cogs.utils.image_jobs)
+    strength: float | None = None  # with an image only (cogs.utils.image_jobs)
+
+    def over(self, other: Choices) -> Choices:
+        """These choices where given, else `other`'s (the prompt is always this one's)."""
+        given = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
+        return dataclasses.replace(other, **given)
 
 
-def parse_flags(text: str) -> ParsedPrompt:
+def parse_choices(options: Choices) -> Choices:
+    """An /imagine's options with its prompt's inline flags applied over them (the flags win)."""
+    return parse_flags(options.prompt).over(options)
+
+
+def parse_flags(text: str) -> Choices:
     """Split ``text`` into the prompt and its flags; raise FlagError for anything malformed."""
     matches = list(_FLAG.finditer(text))
     if not matches:
-        return ParsedPrompt(prompt=text.strip())
+        return Choices(prompt=text.strip())
     values: dict[str, object] = {}
     for index, match in enumerate(matches):
         name = match.group(1).lower()
@@ -76,13 +88,13 @@ def parse_flags(text: str) -> ParsedPrompt:
         if key in values:
             raise FlagError(msg("flag.twice", name=name))
         values[key] = _value(key, name, raw)
-    return ParsedPrompt(prompt=text[: matches[0].start()].strip(), **values)  # type: ignore[arg-type]
+    return Choices(prompt=text[: matches[0].start()].strip(), **values)  # type: ignore[arg-type]
 
 
 def _value(key: str, name: str, raw: str) -> object:
     if not raw:
         raise FlagError(msg("flag.needs_value", name=name, example=_EXAMPLES[key]))
-    if key == "negative":
+    if key == "negative_prompt":
         return raw
     if len(raw.split()) > 1:
         raise FlagError(msg("flag.one_value", name=name, example=_EXAMPLES[key], got=_short(raw)))

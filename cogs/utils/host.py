@@ -3,7 +3,7 @@ so no cog imports the module that loads it (no import cycle, not even a typing-o
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import discord
 from discord.ext import commands
@@ -12,14 +12,8 @@ from db.interface import JobQueue
 from engine.types import EngineView
 from settings import Settings
 
-# The kv key under which /memory remembers the plan an admin chose; the launcher reads it at start.
-MEMORY_KEY = "memory_mode"
-
-
-def spoilers_key(guild_id: int) -> str:
-    """The kv key under which /spoilers remembers that a server's results are posted as spoilers."""
-    return f"spoilers:{guild_id}"
-
+if TYPE_CHECKING:
+    from db.models import Job
 
 class Host(Protocol):
     """The bot as the cogs see it: its services, plus the few discord.py calls they make on it."""
@@ -39,3 +33,19 @@ class Host(Protocol):
     def dispatch(self, event_name: str, /, *args: Any, **kwargs: Any) -> None: ...
 
     async def create_dm(self, user: discord.abc.Snowflake) -> discord.DMChannel: ...
+
+
+@runtime_checkable
+class ProgressHooks(Protocol):
+    """What another cog asks of the Progress cog (cogs.progress), found through ``bot.get_cog``: a cog never
+    imports another cog."""
+
+    async def finish_previews(self, job_id: int) -> None: ...
+
+    async def show_outcome(self, job: Job) -> None: ...
+
+
+def progress_of(bot: Host) -> ProgressHooks | None:
+    """The loaded Progress cog, or None (not loaded, or unloaded while stopping)."""
+    cog = bot.get_cog("Progress")
+    return cog if isinstance(cog, ProgressHooks) else None

@@ -30,7 +30,8 @@ from cogs.utils.catalogue.notes import NOTES
 from cogs.utils.catalogue.posts import POSTS
 from cogs.utils.catalogue.refusals import REFUSALS, TEXTS_BY_CODE
 from cogs.utils.catalogue.replies import REPLIES
-from db.models import CodedError, JobState
+from db.models import JobState
+from jobrequest import CodedError
 
 Locale = discord.Locale | str | None
 
@@ -48,8 +49,6 @@ def _join(*parts: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
 CATALOGUE = _join(COMMANDS, REPLIES, REFUSALS, POSTS, ADMIN, NOTES)
 
 _BY_ENGLISH = {entry[EN]: entry[ZH] for key, entry in CATALOGUE.items() if key.startswith("cmd.")}
-# Discord's rule for command and option names (and their localizations).
-NAME_RULE = re.compile(r"^[-_\w]{1,32}$")
 
 
 def language(locale: Locale) -> str:
@@ -190,10 +189,6 @@ class EngineSaid(Text):
 
     def to(self, locale: Locale) -> str:
         return engine_text(str(self), locale)
-
-
-def fields_of(text: str) -> set[str]:
-    return {name for _, name, _, _ in string.Formatter().parse(text) if name}
 
 
 class Translator(app_commands.Translator):

@@ -1,25 +1,25 @@
 """Jobs that start from an image: /imagine with an image, Vary (Subtle / Strong), Remix, Upscale, "Vary this image".
 
-The image is fetched (from Discord) or read (a result, through the result store), decoded and stored
-(`cogs.utils.images`) before the job is queued, so the job records only the digest and survives restarts,
+An upload is fetched from Discord, decoded as the hostile input it may be, and stored (`cogs.utils.images`)
+before the job is queued; a result of ours (Vary, Remix, Upscale) is started from by reference: the job
+records the digest of the parent's first result, which the dispatcher reads from the parent's results, with
+nothing decoded, re-encoded or copied. Either way the job records only the digest and survives restarts,
 crashes and moves to another GPU worker. Fetching and decoding can take longer than Discord's 3 s, so these
 interactions are first deferred privately ("thinking…"): a refusal then replaces that private message, and a
 queued job gets the usual public status message as a followup. An image stored for a job that was then
 refused (cap, cooldown) is dropped again.
 
-Strengths (the share of the denoising schedule that is re-run from the image; 1.0 = a new picture):
-- Vary (Subtle) 0.35: composition, colours and subject stay; textures, faces and small details change.
-- Vary (Strong) 0.7: the layout and palette stay recognisable; poses, objects and style may change.
-- Remix 0.7: strong enough for an edited prompt to show, close enough to keep the picture.
-- Upscale: no strength of its own (1.0 in the request); without an upscaler model the engine's hires pass
-  uses its own light touch (`engine.img2img.HIRES_STRENGTH`).
+Strengths (the share of the denoising schedule that is re-run from the image; 1.0 = a new picture) and their
+limits are `jobrequest`'s: Vary (Subtle) `SUBTLE_STRENGTH`, Vary (Strong) `STRONG_STRENGTH`, Remix
+`REMIX_STRENGTH`; an Upscale has no strength of its own (1.0 in the request): without an upscaler model the
+engine's hires pass uses `HIRES_STRENGTH`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
-import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -29,32 +29,29 @@ import discord
 from cogs.utils.checks import Refused, require_allowed_channel, require_allowed_role
 from cogs.utils.host import Host
 from cogs.utils.i18n import Locale, msg, t
-from cogs.utils.images import fetch_attachment, store_start_image
+from cogs.utils.images import StoredImage, fetch_attachment, result_reference, store_start_image
 from cogs.utils.submit import check_request, enqueue_limits, queued_status, requester_of
 from cogs.utils.text import NO_MENTIONS
-from db.models import MAX_PROMPT_CHARS, InvalidJob, Job, JobNotFound, JobRequest, JobState, QueueError
-from engine.rules import output_size
+from db.models import Job, JobNotFound, JobState, QueueError
+from jobrequest import (
+    MAX_PROMPT_CHARS,
+    REMIX_STRENGTH,
+    SUBTLE_STRENGTH,
+    UPSCALE_FACTOR,
+    InvalidRequest,
+    JobRequest,
+    check_strength,
+    output_size,
+)
 
 log = logging.getLogger(__name__)
 
-SUBTLE_STRENGTH = 0.35
-STRONG_STRENGTH = 0.7
-REMIX_STRENGTH = 0.7
-UPSCALE_FACTOR = 2
-DEFAULT_IMAGE_STRENGTH = STRONG_STRENGTH  # /imagine with an image and no strength
-MIN_STRENGTH = 0.05
 # "Vary this image" on a picture that is not one of ours: no prompt is known, so the change is subtle.
 CONTEXT_PROMPT = "the same picture, detailed, high quality"
 IMAGE_TYPES = (".png", ".jpg", ".jpeg", ".webp")
 MODAL_TIMEOUT_S = 15 * 60  # discord.py forgets it then; the submit is routed by custom_id anyway (cogs.buttons)
 
-ImageSource = Callable[[], Awaitable[bytes]]
-
-
-def check_strength(value: float) -> float:
-    if not isinstance(value, int | float) or not math.isfinite(value) or not MIN_STRENGTH <= value <= 1:
-        raise InvalidJob(msg("image.strength", low=MIN_STRENGTH))
-    return float(value)
+ImageSource = Callable[[], Awaitable[StoredImage]]
 
 
 async def submit_image_job(
@@ -69,34 +66,34 @@ async def submit_image_job(
     upscale: int = 0,
 ) -> int:
     """Check, defer privately, store the image, queue the job, post its public status message. The job is made
-    at the size the engine makes from that picture (`engine.rules.output_size`: its own aspect), so the size
-    class and the ETA are the job's own."""
+    at the size the engine makes from that picture (`jobrequest.output_size`: its own aspect, always a size the
+    model makes), so the size class and the ETA are the job's own."""
     settings, limits = bot.settings, bot.engine.limits
     require_allowed_channel(interaction, settings)
     require_allowed_role(interaction, settings)
-    check_request(request, limits, settings)  # every text and number rule before anything is downloaded
     strength = check_strength(strength)
+    check_request(request, limits, settings)  # the edge's one check, before anything is downloaded
     await interaction.response.defer(ephemeral=True, thinking=True)
-    stored = await store_start_image(bot.queue, await load(), settings)
+    stored = await load()
     width, height = output_size(stored.width, stored.height, upscale, limits)
     request = dataclasses.replace(
         request, width=width, height=height, start_image=stored.digest, strength=strength, upscale=upscale
     )
     requester = requester_of(interaction)
     try:
-        check_request(request, limits, settings)
         enqueued = await bot.queue.enqueue(
             requester, request, enqueue_limits(settings), kind=kind, parent_job_id=parent_job_id
         )
     except BaseException:
-        try:
-            await bot.queue.drop_start_image(stored.digest)
-        except Exception:
-            log.exception("Dropping the unused start image %s failed", stored.digest[:12])
+        if stored.copied:
+            try:
+                await bot.queue.drop_start_image(stored.digest)
+            except Exception:
+                log.exception("Dropping the unused start image %s failed", stored.digest[:12])
         raise
     job_id = enqueued.job_id
     interaction.extras["job_id"] = job_id
-    snap, text = queued_status(bot, job_id, requester, request, enqueued, kind)
+    line, text = queued_status(bot, job_id, requester, request, enqueued, kind)
     try:
         await interaction.edit_original_response(content=t("image.got", interaction.locale, job=job_id))
         message = await interaction.followup.send(text, wait=True, allowed_mentions=NO_MENTIONS)
@@ -104,7 +101,7 @@ async def submit_image_job(
         log.warning("Could not post the status of job #%s (%s); it stays queued", job_id, exc)
         return job_id
     await bot.queue.set_status_message(job_id, message.id)
-    bot.dispatch("job_queued", job_id, snap)
+    bot.dispatch("job_queued", job_id, line)
     log.info("Job #%s (%s, strength %.2f) queued by %s", job_id, kind, strength, interaction.user.id)
     return job_id
 
@@ -119,13 +116,14 @@ async def finished_job(bot: Host, job_id: int) -> Job:
 
 
 def result_image(bot: Host, job: Job) -> ImageSource:
-    """The job's first result image, read through the result store when the job is queued."""
+    """The job's first result image, by reference (`cogs.utils.images.result_reference`)."""
 
-    async def load() -> bytes:
+    async def load() -> StoredImage:
         try:
-            return (await bot.queue.results.read(job))[0].data
+            data = (await bot.queue.results.read(job, count=1))[0].data
         except FileNotFoundError:
             raise QueueError(msg("image.not_kept", job=job.id)) from None
+        return await asyncio.to_thread(result_reference, data)
 
     return load
 
@@ -162,7 +160,7 @@ async def remix(bot: Host, interaction: discord.Interaction, job_id: int, prompt
     """The modal's submit: a vary of the result with the edited prompts."""
     parent = await finished_job(bot, job_id)
     if not prompt.strip():
-        raise InvalidJob(code="request.empty_prompt")
+        raise InvalidRequest(code="request.empty_prompt")
     request = _from_result(parent, prompt=prompt.strip(), negative_prompt=negative.strip())
     await submit_image_job(
         bot,
@@ -242,7 +240,13 @@ async def vary_message(bot: Host, interaction: discord.Interaction, message: dis
         guidance=settings.default_guidance,
     )
 
-    async def load() -> bytes:
-        return await fetch_attachment(attachment, settings)
+    await submit_image_job(bot, interaction, request, upload(bot, attachment), strength=SUBTLE_STRENGTH, kind="vary")
 
-    await submit_image_job(bot, interaction, request, load, strength=SUBTLE_STRENGTH, kind="vary")
+
+def upload(bot: Host, attachment: discord.Attachment) -> ImageSource:
+    """A picture a user attached: fetched from Discord, decoded as hostile input and stored, when queued."""
+
+    async def load() -> StoredImage:
+        return await store_start_image(bot.queue, await fetch_attachment(attachment, bot.settings), bot.settings)
+
+    return load

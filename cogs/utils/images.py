@@ -12,6 +12,7 @@ goes further. Every refusal is an `ImageRefused` with a short message; nothing i
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import warnings
 from dataclasses import dataclass
@@ -138,6 +139,16 @@ class StoredImage:
     digest: str  # what JobRequest.start_image records
     width: int
     height: int
+    copied: bool = True  # in the input store (an upload); False: a result of ours, started from by reference
+
+
+def result_reference(data: bytes) -> StoredImage:
+    """One of our own result PNGs as a start image, by reference: its digest and size (only the PNG header is
+    read), nothing decoded, re-encoded or stored; the dispatcher reads it from the parent job's results. CPU:
+    run it in a thread."""
+    with Image.open(io.BytesIO(data)) as image:
+        width, height = image.size
+    return StoredImage(hashlib.sha256(data).hexdigest(), width, height, copied=False)
 
 
 async def store_start_image(queue: JobQueue, data: bytes, settings: Settings) -> StoredImage:
@@ -148,11 +159,6 @@ async def store_start_image(queue: JobQueue, data: bytes, settings: Settings) ->
     with Image.open(io.BytesIO(png)) as image:  # our own PNG: only its header is read
         width, height = image.size
     return StoredImage(await queue.inputs.put(png), width, height)
-
-
-async def store_attachment(queue: JobQueue, attachment: discord.Attachment, settings: Settings) -> StoredImage:
-    """The one way a user's upload becomes a start image: fetched from Discord, decoded, stored."""
-    return await store_start_image(queue, await fetch_attachment(attachment, settings), settings)
 
 
 def fit_upload(name: str, data: bytes, limit: int) -> tuple[str, bytes]:

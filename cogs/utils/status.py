@@ -17,7 +17,7 @@ from engine.types import EngineState, EngineStatus
 
 
 @dataclass(frozen=True)
-class Snapshot:
+class StatusLine:
     """What the status line of one job depends on; the loop edits when this changes."""
 
     state: JobState
@@ -39,40 +39,40 @@ def engine_note(status: EngineStatus) -> str | None:
     return None
 
 
-def snapshot(job: Job, *, position: int | None, note: str | None, paused: bool) -> Snapshot:
+def status_line(job: Job, *, position: int | None, note: str | None, paused: bool) -> StatusLine:
     if job.state is JobState.QUEUED:
         waiting = msg("status.paused") if paused else note
-        return Snapshot(job.state, position=position, note=waiting)
+        return StatusLine(job.state, position=position, note=waiting)
     if job.state is JobState.RUNNING:
-        return Snapshot(job.state, step=job.progress_step or 0, total=job.progress_total or job.request.steps)
-    return Snapshot(job.state)
+        return StatusLine(job.state, step=job.progress_step or 0, total=job.progress_total or job.request.steps)
+    return StatusLine(job.state)
 
 
-def status_text(job: Job, snap: Snapshot, *, eta_s: float | None, now: float) -> str:
+def status_text(job: Job, facts: StatusLine, *, eta_s: float | None, now: float) -> str:
     """The whole status message for the job's current state, in the language of the one who asked."""
     locale = job.requester.locale
-    lines = [_first_line(job, snap, eta_s, now)]
-    if snap.note and snap.state is JobState.QUEUED:
-        lines.append(localize(snap.note, locale))
+    lines = [_first_line(job, facts, eta_s, now)]
+    if facts.note and facts.state is JobState.QUEUED:
+        lines.append(localize(facts.note, locale))
     lines.append(f"> {quote(job.request.prompt, 300)}")
     seed = job.seed_used if job.seed_used is not None else job.request.seed
     lines.append(f"-# {params_line(job.request, seed, locale)}")
     return clip("\n".join(lines))
 
 
-def _first_line(job: Job, snap: Snapshot, eta_s: float | None, now: float) -> str:
+def _first_line(job: Job, facts: StatusLine, eta_s: float | None, now: float) -> str:
     locale = job.requester.locale
-    if snap.state is JobState.QUEUED:
+    if facts.state is JobState.QUEUED:
         eta = eta_s or 0.0
         return t(
             "status.queued",
             locale,
             job=job.id,
-            position=snap.position or 1,
+            position=facts.position or 1,
             minutes=whole_minutes(eta),
             when=relative(now + eta),
         )
-    if snap.state is JobState.RUNNING:
+    if facts.state is JobState.RUNNING:
         left = ""
         if eta_s is not None:
             left = t("status.left", locale, duration=seconds_text(eta_s, locale), when=relative(now + eta_s))
@@ -80,14 +80,14 @@ def _first_line(job: Job, snap: Snapshot, eta_s: float | None, now: float) -> st
             "status.running",
             locale,
             job=job.id,
-            bar=bar(snap.step, snap.total),
-            step=snap.step,
-            total=snap.total,
+            bar=bar(facts.step, facts.total),
+            step=facts.step,
+            total=facts.total,
             left=left,
         )
-    if snap.state is JobState.DONE:
+    if facts.state is JobState.DONE:
         return t("status.done", locale, job=job.id)
-    if snap.state is JobState.FAILED:
+    if facts.state is JobState.FAILED:
         error = reason_text(job.error, locale) if job.error else t("status.unknown_error", locale)
         return t("status.failed", locale, job=job.id, error=quote(error, 400))
     reason = ""

@@ -1,77 +1,56 @@
 """Turn what a user asked for into a queued job, and answer with its status message.
 
-/imagine and the Re-roll / Variations buttons all go through ``submit``, so every job
-meets the same checks, each once (channel, role, ban list, model limits; then the queue's
-per-user and global caps, cooldown and daily quota) and gets the same kind of reply within
-Discord's 3-second window.
+/imagine without a picture and the Re-roll / Variations buttons go through ``submit``; a job that
+starts from a picture goes through ``cogs.utils.image_jobs.submit_image_job``. Both meet the same
+checks, each once (channel, role, then ``check_request``: ``jobrequest.check`` against the model's
+limits and the ban list; then the queue's per-user and global caps, cooldown and daily quota) and get
+the same kind of reply within Discord's 3-second window.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass
 from typing import TypeVar
 
 import aiohttp
 import discord
 
+import jobrequest
 from cogs.utils.checks import require_allowed_channel, require_allowed_role, require_no_banned_words
-from cogs.utils.flags import parse_flags
+from cogs.utils.flags import Choices
 from cogs.utils.host import Host
 from cogs.utils.i18n import msg
-from cogs.utils.status import Snapshot, engine_note, snapshot, status_text
+from cogs.utils.status import StatusLine, engine_note, status_line, status_text
 from cogs.utils.text import NO_MENTIONS, now
-from db.models import (
-    Enqueued,
-    EnqueueLimits,
-    InvalidJob,
-    Job,
-    JobRequest,
-    JobState,
-    QueueError,
-    Requester,
-    UserSettings,
-)
-from engine.rules import ModelLimits, validate_request
+from db.models import Enqueued, EnqueueLimits, InvalidJob, Job, JobState, QueueError, Requester, UserSettings
+from jobrequest import JobRequest, ModelLimits
 from settings import Settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class Ask:
-    """The /imagine options as given (None = not given); inline flags in the prompt override them."""
-
-    prompt: str
-    negative_prompt: str | None = None
-    aspect: str | None = None
-    steps: int | None = None
-    guidance: float | None = None
-    seed: int | None = None
-    count: int | None = None
-    strength: float | None = None  # with an image only (cogs.utils.image_jobs)
-
-
-def build_request(ask: Ask, limits: ModelLimits, settings: Settings, mine: UserSettings | None = None) -> JobRequest:
-    """Parse flags, apply defaults and check every rule (``check_request``); raise a user-facing error for any
-    problem. Inline flags beat the options, which beat the user's own /settings, which beat the bot's defaults."""
-    mine = mine or UserSettings()
-    parsed = parse_flags(ask.prompt)
-    if not parsed.prompt:
+def build_request(
+    choices: Choices, limits: ModelLimits, settings: Settings, defaults: UserSettings | None = None
+) -> JobRequest:
+    """Apply defaults to an /imagine's parsed choices (``cogs.utils.flags.parse_choices``) and check every rule
+    (``check_request``); raise a user-facing error for any problem. The choices (inline flags over options) beat
+    the user's own /settings (`defaults`), which beat the bot's defaults."""
+    defaults = defaults or UserSettings()
+    if not choices.prompt:
         raise InvalidJob(msg("imagine.empty_prompt"))
-    aspect = parsed.aspect or ask.aspect or mine.aspect
+    aspect = choices.aspect or defaults.aspect
     width, height = limits.size_for_aspect(aspect) if aspect else (limits.native_size, limits.native_size)
     request = JobRequest(
-        prompt=parsed.prompt,
-        negative_prompt=_first(parsed.negative, ask.negative_prompt, mine.negative_prompt, "").strip(),
+        prompt=choices.prompt,
+        negative_prompt=_first(choices.negative_prompt, defaults.negative_prompt, "").strip(),
         width=width,
         height=height,
-        steps=_first(parsed.steps, ask.steps, mine.steps, settings.default_steps),
-        guidance=float(_first(parsed.guidance, ask.guidance, mine.guidance, settings.default_guidance)),
-        seed=parsed.seed if parsed.seed is not None else ask.seed,
-        count=_first(parsed.count, ask.count, 1),
+        steps=_first(choices.steps, defaults.steps, settings.default_steps),
+        guidance=float(_first(choices.guidance, defaults.guidance, settings.default_guidance)),
+        seed=choices.seed,
+        count=_first(choices.count, 1),
     )
     return check_request(request, limits, settings)
 
@@ -79,7 +58,7 @@ def build_request(ask: Ask, limits: ModelLimits, settings: Settings, mine: UserS
 def check_request(request: JobRequest, limits: ModelLimits, settings: Settings) -> JobRequest:
     """The edge's one check of a request: the model's limits and the ban list (the queue keeps its own
     invariant check). Returns the request, checked."""
-    validate_request(request, limits)
+    jobrequest.check(request, limits)
     require_no_banned_words((request.prompt, request.negative_prompt), settings)
     return request
 
@@ -96,7 +75,7 @@ def enqueue_limits(settings: Settings) -> EnqueueLimits:
 async def submit(
     bot: Host,
     interaction: discord.Interaction,
-    asked: Ask | JobRequest,
+    asked: Choices | JobRequest,
     *,
     kind: str = "imagine",
     parent_job_id: int | None = None,
@@ -106,7 +85,7 @@ async def submit(
     require_allowed_channel(interaction, bot.settings)
     require_allowed_role(interaction, bot.settings)
     limits = bot.engine.limits
-    if isinstance(asked, Ask):
+    if isinstance(asked, Choices):
         request = build_request(asked, limits, bot.settings, await bot.queue.user_settings(interaction.user.id))
     else:
         request = check_request(asked, limits, bot.settings)
@@ -118,7 +97,7 @@ async def submit(
     interaction.extras["job_id"] = job_id
     # Answer before any other database trip: Discord allows 3 s, and in a burst every read waits its turn
     # behind hundreds of writes.
-    snap, text = queued_status(bot, job_id, requester, request, enqueued, kind)
+    line, text = queued_status(bot, job_id, requester, request, enqueued, kind)
     try:
         callback = await interaction.response.send_message(text, allowed_mentions=NO_MENTIONS)
     except discord.NotFound:
@@ -136,7 +115,7 @@ async def submit(
     if message_id is None:
         message_id = (await interaction.original_response()).id
     await bot.queue.set_status_message(job_id, message_id)
-    bot.dispatch("job_queued", job_id, snap)
+    bot.dispatch("job_queued", job_id, line)
     log.info("Job #%s queued by %s (%s) at position %s", job_id, interaction.user.id, kind, enqueued.position)
     return job_id
 
@@ -157,15 +136,15 @@ def requester_of(interaction: discord.Interaction) -> Requester:
 
 def queued_status(
     bot: Host, job_id: int, requester: Requester, request: JobRequest, enqueued: Enqueued, kind: str
-) -> tuple[Snapshot, str]:
+) -> tuple[StatusLine, str]:
     """The first status text of a just-queued job. The ETA is a first guess from the place in line (each job
     ahead taking as long as this one); the status loop replaces it within seconds."""
     eta = enqueued.position * bot.engine.estimate_seconds(request)
     job = Job(
         id=job_id, requester=requester, request=request, state=JobState.QUEUED, attempts=0, created_at=now(), kind=kind
     )
-    snap = snapshot(job, position=enqueued.position, note=engine_note(bot.engine.status()), paused=enqueued.paused)
-    return snap, status_text(job, snap, eta_s=eta, now=now())
+    line = status_line(job, position=enqueued.position, note=engine_note(bot.engine.status()), paused=enqueued.paused)
+    return line, status_text(job, line, eta_s=eta, now=now())
 
 
 def _first(*values: T | None) -> T:

@@ -14,7 +14,7 @@ import time
 import discord
 
 from cogs.utils.i18n import Locale, t
-from db.models import JobRequest
+from jobrequest import JobRequest
 
 # No pings at all: the default for every bot message.
 NO_MENTIONS = discord.AllowedMentions.none()

@@ -21,14 +21,14 @@ from cogs.utils.checks import is_admin_for
 from cogs.utils.errors import reply_private, report
 from cogs.utils.host import Host
 from cogs.utils.i18n import Locale, msg, t
-from cogs.utils.image_jobs import STRONG_STRENGTH, SUBTLE_STRENGTH, open_remix, upscale, vary
 from cogs.utils.image_jobs import finished_job as _finished_job
+from cogs.utils.image_jobs import open_remix, upscale, vary
 from cogs.utils.notices import kind_name
 from cogs.utils.status import reason_text
 from cogs.utils.submit import submit
 from cogs.utils.text import clip, params_line, quote, relative, seconds_text
-from db.models import MAX_SEED, Job, JobNotFound, JobState, NotAllowed
-from engine.rules import MAX_IMAGES_PER_JOB
+from db.models import Job, JobNotFound, JobState, NotAllowed
+from jobrequest import MAX_IMAGES_PER_JOB, STRONG_STRENGTH, SUBTLE_STRENGTH, image_seed
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ async def variations(bot: Host, interaction: discord.Interaction, job_id: int) -
     """Four images from the seeds right after the parent's, so they stay close to it."""
     parent = await _finished_job(bot, job_id)
     assert parent.seed_used is not None
-    seed = (parent.seed_used + parent.request.count) % (MAX_SEED + 1)
+    seed = image_seed(parent.seed_used, parent.request.count)
     request = dataclasses.replace(parent.request, seed=seed, count=MAX_IMAGES_PER_JOB)
     await submit(bot, interaction, request, kind="variations", parent_job_id=job_id)
 
@@ -158,9 +158,11 @@ class RerollButton(_JobButton, template=r"cv4:reroll:(?P<job>\d+)"):
     style = discord.ButtonStyle.primary
 
 
-class VariationsButton(_JobButton, template=r"cv4:vary:(?P<job>\d+)"):
+# "cv4:vary:" is what this button was called before "vary" came to mean image-to-image only: buttons posted
+# then still work.
+class VariationsButton(_JobButton, template=r"cv4:(?:variations|vary):(?P<job>\d+)"):
     handler = variations
-    emoji, action = "🔀", "vary"
+    emoji, action = "🔀", "variations"
 
 
 class InfoButton(_JobButton, template=r"cv4:info:(?P<job>\d+)"):

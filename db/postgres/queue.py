@@ -29,12 +29,13 @@ from psycopg.rows import dict_row
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from db import core, enqueue, userdata
-from db.models import RESUMED_WORKER_LOST, Enqueued, EnqueueLimits, Heartbeat, Job, JobRequest, QueueError, Requester
+from db.models import RESUMED_WORKER_LOST, Enqueued, EnqueueLimits, Heartbeat, Job, QueueError, Requester
 from db.postgres import dispatch
 from db.postgres.inputs import DatabaseInputs
 from db.postgres.results import DatabaseResults
 from db.postgres.schema import ensure_schema
 from db.workers import WorkerInfo
+from jobrequest import JobRequest
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-"""Run the real bot against the fake Discord: in this process (fast) or as `python bot.py` (the real thing)."""
+"""Run the real bot against the fake Discord: in this process (fast) or as `python launcher.py` (the real
+thing)."""
 
 # Test helpers wait with an explicit timeout argument by design.
 
@@ -47,7 +48,7 @@ def settings_for(server: FakeDiscord, model: Path, tmp: Path, **overrides: Any) 
 
 
 def process_env(server: FakeDiscord, model: Path, tmp: Path, **extra: str) -> dict[str, str]:
-    """Environment for `python bot.py` against the fake (nothing inherited that could change the bot)."""
+    """Environment for `python launcher.py` against the fake (nothing inherited that could change the bot)."""
     env = {k: v for k, v in os.environ.items() if not _is_setting(k)}
     env.update(server.client_env())
     env.update(
@@ -102,7 +103,7 @@ async def running_bot(server: FakeDiscord, settings: Settings, *, ready: bool = 
 
 
 class BotProcess:
-    """`python bot.py` as a child process, its output collected in a file."""
+    """`python launcher.py` as a child process, its output collected in a file."""
 
     def __init__(self, env: dict[str, str], log_path: Path, cwd: Path) -> None:
         self.env = env
@@ -114,7 +115,7 @@ class BotProcess:
         log = self.log_path.open("ab")
         try:
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, str(REPO / "bot.py"), env=self.env, cwd=self.cwd, stdout=log, stderr=log
+                sys.executable, str(REPO / "launcher.py"), env=self.env, cwd=self.cwd, stdout=log, stderr=log
             )
         finally:
             log.close()

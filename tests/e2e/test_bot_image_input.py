@@ -12,14 +12,13 @@ import hashlib
 import io
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from bot import ImageBot
-from cogs.utils.image_jobs import STRONG_STRENGTH, SUBTLE_STRENGTH
-from cogs.utils.images import normalise
 from db.models import Job, JobState
 from db.sqlite_queue import SqliteJobQueue
-from engine.rules import output_size
+from jobrequest import STRONG_STRENGTH, SUBTLE_STRENGTH, output_size
 from tests.conftest import World, make_world
 from tests.e2e.harness import (
     BotProcess,
@@ -36,7 +35,7 @@ from tests.e2e.harness import (
 from tests.fakediscord import FakeDiscord, InteractionHandle, StoredMessage, UploadFile
 from tests.fakediscord.interactions import MODAL, modal_defaults
 
-BUTTONS = ("reroll", "vary", "info", "delete", "subtle", "strong", "remix", "upscale")
+BUTTONS = ("reroll", "variations", "info", "delete", "subtle", "strong", "remix", "upscale")
 
 
 def picture(size: tuple[int, int] = (96, 64), fmt: str = "PNG", colour: tuple[int, ...] = (200, 30, 30)) -> bytes:
@@ -62,6 +61,19 @@ async def stored_start(bot: ImageBot, job: Job) -> bytes:
     data = await bot.queue.inputs.get(job.request.start_image)
     assert hashlib.sha256(data).hexdigest() == job.request.start_image
     return data
+
+
+async def referenced_start(bot: ImageBot, job: Job) -> bytes:
+    """A job started from a result of ours: its start image is the parent's first result by reference — that
+    PNG's own digest, nothing decoded, re-encoded or copied into the input store."""
+    assert job.request.start_image is not None and job.parent_job_id is not None
+    parent = await bot.queue.get_job(job.parent_job_id)
+    assert parent is not None
+    first = (await bot.queue.results.read(parent))[0].data
+    assert hashlib.sha256(first).hexdigest() == job.request.start_image
+    with pytest.raises(FileNotFoundError):
+        await bot.queue.inputs.get(job.request.start_image)
+    return first
 
 
 async def test_imagine_with_an_image_then_every_button(world: World, tiny_model: Path, tmp_path: Path) -> None:
@@ -105,11 +117,11 @@ async def test_imagine_with_an_image_then_every_button(world: World, tiny_model:
                 world.bob.id,
             )
             assert child.request.prompt == "a red barn" and child.request.count == 1
-            assert await stored_start(bot, child) == edge_png(result_png)
+            assert await referenced_start(bot, child) == result_png
             varied[action] = child
             child_post = await wait_result(server, world.channel, child_id)
             assert child_post.custom_ids() == [f"cv4:{a}:{child_id}" for a in BUTTONS]  # a varied result: same buttons
-        assert varied["subtle"].request.start_image == varied["strong"].request.start_image  # one stored copy
+        assert varied["subtle"].request.start_image == varied["strong"].request.start_image  # one result, referenced
         info = await ephemeral_reply(
             await server.send_component_click(world.bob, child_post, f"cv4:info:{varied['strong'].id}")
         )
@@ -151,11 +163,6 @@ async def test_imagine_with_an_image_then_every_button(world: World, tiny_model:
             "people",
         )
         assert remixed.parent_job_id == job_id and remixed.request.start_image is not None
-
-
-def edge_png(data: bytes) -> bytes:
-    """What the edge stores for a result PNG: decoded and re-encoded (a fresh PNG, no metadata)."""
-    return normalise(data, max_bytes=10 * 2**20, max_pixels=40_000_000)
 
 
 async def test_vary_this_image_on_a_user_upload(world: World, tiny_model: Path, tmp_path: Path) -> None:
@@ -230,7 +237,7 @@ async def test_a_refused_enqueue_drops_the_stored_image(world: World, tiny_model
 
 
 async def test_vary_and_remix_survive_a_restart(world: World, tiny_model: Path, tmp_path: Path) -> None:
-    """A Vary queued and a Remix form opened before a restart: after it, the vary runs from its stored image and
+    """A Vary queued and a Remix form opened before a restart: after it, the vary runs from the result it references and
     the form's submit still queues the remix."""
     server = world.server
     settings = settings_for(server, tiny_model, tmp_path, dev_guild_id=world.guild.id, default_steps=2)
@@ -246,7 +253,7 @@ async def test_vary_and_remix_survive_a_restart(world: World, tiny_model: Path, 
     async with running_bot(server, settings) as bot:
         await bot.queue.set_paused(False)
         varied = await wait_job(bot, vary_id, lambda j: j.state is JobState.DONE)
-        await stored_start(bot, varied)
+        await referenced_start(bot, varied)
         await wait_result(server, world.channel, vary_id)
         fields = {"prompt": "a red barn in snow", "negative": ""}
         submit = await server.send_modal_submit(world.alice, world.channel, f"cv4:remixed:{job_id}", fields)
@@ -256,8 +263,8 @@ async def test_vary_and_remix_survive_a_restart(world: World, tiny_model: Path, 
 
 
 async def test_a_vary_survives_a_kill_of_the_bot_process(tiny_model: Path, tmp_path: Path) -> None:
-    """`python bot.py` killed (SIGKILL) between the Vary click and its result: the restarted bot makes and posts
-    it once, from the start image stored when it was queued."""
+    """`python launcher.py` killed (SIGKILL) between the Vary click and its result: the restarted bot makes and posts
+    it once, from the parent's result it references."""
     async with FakeDiscord(heartbeat_interval=0.5) as server:
         world = make_world(server)
         base = process_env(server, tiny_model, tmp_path, DEV_GUILD_ID=str(world.guild.id))
@@ -288,4 +295,7 @@ async def test_a_vary_survives_a_kill_of_the_bot_process(tiny_model: Path, tmp_p
     async with SqliteJobQueue(tmp_path / "queue.sqlite3") as queue:
         job = await queue.get_job(vary_id)
         assert job is not None and job.state is JobState.DONE and job.kind == "vary"
-        assert job.request.start_image is not None and await queue.inputs.get(job.request.start_image)
+        parent = await queue.get_job(job_id)
+        assert parent is not None and job.request.start_image is not None
+        first = (await queue.results.read(parent))[0].data  # the start, by reference: nothing copied
+        assert hashlib.sha256(first).hexdigest() == job.request.start_image

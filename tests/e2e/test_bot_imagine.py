@@ -52,7 +52,7 @@ async def test_inline_flags_override_options(world: World, tiny_model: Path, tmp
     assert "seeds 42–43" in posted.content and "3 steps" in posted.content
     assert posted.custom_ids() == [
         f"cv4:reroll:{job_id}",
-        f"cv4:vary:{job_id}",
+        f"cv4:variations:{job_id}",
         f"cv4:info:{job_id}",
         f"cv4:delete:{job_id}",
         f"cv4:subtle:{job_id}",

@@ -65,7 +65,7 @@ async def test_result_buttons_and_show(world: World, tiny_model: Path, tmp_path:
         info = await ephemeral_reply(await server.send_component_click(world.bob, result, f"cv4:info:{job_id}"))
         assert "**Prompt:** a cat" in info and "seed 7" in info and "**plan:** bf16_resident" in info
 
-        vary = await server.send_component_click(world.bob, result, f"cv4:vary:{job_id}")
+        vary = await server.send_component_click(world.bob, result, f"cv4:variations:{job_id}")
         vary_id, _, _ = await queued_reply(vary)
         varied = await wait_result(server, world.channel, vary_id)
         assert len(varied.attachments) == 4 and {image_size(a.data) for a in varied.attachments} == {(64, 64)}

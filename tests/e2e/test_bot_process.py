@@ -1,4 +1,5 @@
-"""`python bot.py` as a real process against the fake Discord: start-up errors, a full job, a crash and a restart."""
+"""`python launcher.py` as a real process against the fake Discord: start-up errors, a full job, a crash and a
+restart."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ CANARY = "canary-TOKEN.Zq9xW3vB7nM2kL5pR8tY1uI4oE6aS0dF"
 
 def run_bot_sync(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, str(REPO / "bot.py")], env=env, cwd=cwd, capture_output=True, text=True, timeout=60
+        [sys.executable, str(REPO / "launcher.py")], env=env, cwd=cwd, capture_output=True, text=True, timeout=60
     )
 
 
@@ -54,6 +55,25 @@ def test_malformed_settings_are_listed_without_a_traceback(tmp_path: Path) -> No
     assert done.returncode != 0
     assert "MAX_JOBS_PER_USER" in output and "DEVICE" in output and "DEV_GUILD_ID" in output
     assert "Traceback" not in output and CANARY not in output
+
+
+def test_python_bot_py_says_how_to_start_the_bot(tmp_path: Path) -> None:
+    """bot.py holds the bot class; the start-up flows launcher → bot, so `python bot.py` points there."""
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bot.py")], env=bare_env(), cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip() == (
+        "Start the bot with: python launcher.py (bot.py holds the bot class; launcher.py runs it)."
+    )
+
+
+def test_a_model_folder_that_does_not_exist_is_named_before_going_online(tmp_path: Path) -> None:
+    done = run_bot_sync(bare_env(DISCORD_TOKEN=CANARY, MODEL_ID="/no/such/folder"), tmp_path)
+    output = (done.stdout + done.stderr).strip()
+    assert done.returncode == 2
+    assert output.startswith("MODEL_ID: The model folder /no/such/folder does not exist")
+    assert "\n" not in output and "Traceback" not in output and CANARY not in output
 
 
 async def test_real_process_job_crash_restart_and_reroll(tiny_model: Path, tmp_path: Path) -> None:

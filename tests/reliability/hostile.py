@@ -11,7 +11,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from engine.rules import ASPECTS
+from jobrequest import ASPECTS
 
 # Things people paste to break a bot: pings, markdown, direction overrides, invisible characters,
 # terminal escapes, SQL, format strings, flag look-alikes, numbers that don't fit.

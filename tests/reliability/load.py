@@ -1,4 +1,4 @@
-"""Load: a burst of /imagine from many users at once against the real ``python bot.py``.
+"""Load: a burst of /imagine from many users at once against the real ``python launcher.py``.
 
 Discord gives a bot 3 seconds to acknowledge an interaction; after that the user sees "The application
 did not respond". The burst measures intake (the engine is paused with /pause, as an admin would), so

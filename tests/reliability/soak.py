@@ -1,4 +1,4 @@
-"""Crash soak: the real ``python bot.py`` against the fake Discord, SIGKILLed at chosen moments, restarted.
+"""Crash soak: the real ``python launcher.py`` against the fake Discord, SIGKILLed at chosen moments, restarted.
 
 "Never loses a job" is a claim about the worst moments: while a job waits, mid-generation, between the
 image write and the post, in the middle of the post. This harness queues jobs from several users through

@@ -18,10 +18,11 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+import jobrequest
 from cogs.utils.errors import user_message
-from cogs.utils.flags import FlagError, parse_flags
-from cogs.utils.submit import Ask, build_request
-from engine.rules import limits_from_folder, validate_request
+from cogs.utils.flags import Choices, FlagError, parse_choices, parse_flags
+from cogs.utils.submit import build_request
+from engine.rules import limits_from_folder
 from settings import Settings
 from tests.conftest import World
 from tests.e2e.harness import running_bot, settings_for, wait_result
@@ -78,20 +79,20 @@ def test_a_request_is_either_valid_or_refused_with_a_clean_message(
     seed: int | None,
     count: int | None,
 ) -> None:
-    ask = Ask(prompt, negative, aspect, steps, guidance, seed, count)
+    options = Choices(prompt, negative, aspect, steps, guidance, seed, count)
     bot_settings = Settings(_env_file=None, banned_words=["forbidden"])  # type: ignore[call-arg]
     try:
-        request = build_request(ask, tiny_limits, bot_settings)
+        request = build_request(parse_choices(options), tiny_limits, bot_settings)
     except Exception as exc:  # every refusal must be one the user is told about in words
         message = user_message(exc)
         assert message is not None, f"{type(exc).__name__}: {exc}"
         assert leaks(message, f"{prompt} {negative} {aspect}") == [], message
         return
-    validate_request(request, tiny_limits)
+    jobrequest.check(request, tiny_limits)
     request.validate()
     parsed = parse_flags(prompt)
     assert request.prompt == parsed.prompt
-    expected_negative = parsed.negative if parsed.negative is not None else (negative or "")
+    expected_negative = parsed.negative_prompt if parsed.negative_prompt is not None else (negative or "")
     assert request.negative_prompt == expected_negative.strip()
 
 
@@ -153,7 +154,8 @@ async def test_imagine_fuzzed_through_discord(world: World, tiny_model: Path, tm
                 [row] = new
                 parsed = parse_flags(values["prompt"])
                 assert row["prompt"] == parsed.prompt
-                negative = parsed.negative if parsed.negative is not None else values.get("negative_prompt") or ""
+                negative = parsed.negative_prompt
+                negative = negative if negative is not None else values.get("negative_prompt") or ""
                 assert row["negative_prompt"] == negative.strip()
                 assert f"#{row['id']}" in text
             else:

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 import dispatch.dispatcher
-from cogs.utils.errors import UNEXPECTED
+from cogs.utils.i18n import t
 from db.models import Job, JobState
 from launcher import _Redact
 from tests.conftest import World
@@ -44,6 +44,7 @@ CANARY = "canary-TOKEN.Mz8Qw2Er4Ty6Ui8Op0As.Df1Gh3Jk5Lz7"
 @pytest.mark.parametrize("mode", ["login-error", "login-oserror", "crash", "thread", "warning"])
 def test_token_never_printed_even_inside_an_error(tmp_path: Path, mode: str) -> None:
     env = bare_env(DISCORD_TOKEN=CANARY, LOG_LEVEL="DEBUG", DATABASE_PATH=str(tmp_path / "q.sqlite3"))
+    (tmp_path / "no-model").mkdir()  # a folder that exists (a missing one is refused before the login)
     env["MODEL_ID"] = str(tmp_path / "no-model")  # the login fails before any model is needed
     done = subprocess.run(
         [sys.executable, str(REPO / "tests" / "reliability" / "token_child.py"), mode],
@@ -61,6 +62,7 @@ def test_token_never_printed_even_inside_an_error(tmp_path: Path, mode: str) -> 
 
 async def test_rejected_token_at_debug_level(tmp_path: Path) -> None:
     async with FakeDiscord(heartbeat_interval=0.5, token="the-right-token") as server:
+        (tmp_path / "no-model").mkdir()  # exists: a missing folder is refused before the login
         env = process_env(server, tmp_path / "no-model", tmp_path, DISCORD_TOKEN=CANARY, LOG_LEVEL="DEBUG")
         proc = BotProcess(env, tmp_path / "bot.log", tmp_path)
         await proc.start()
@@ -89,7 +91,7 @@ async def test_an_error_holding_a_secret_reaches_no_user(
 
         bot.queue.active_jobs = exploding  # type: ignore[method-assign]
         reply = await ephemeral_reply(await server.send_slash_command(world.alice, world.channel, "queue"))
-    assert reply == UNEXPECTED
+    assert reply == t("error.unexpected")
     assert all(CANARY not in json.dumps(r.payload, default=str) for r in server.requests)
     logged = [r for r in caplog.records if r.exc_info and CANARY in str(r.exc_info[1])]
     assert logged, "the error must be logged for the owner"

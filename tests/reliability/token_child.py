@@ -1,4 +1,4 @@
-"""``python bot.py`` (``launcher.main(ImageBot)``) with one fault that carries the token, for the canary tests
+"""``python launcher.py`` (``launcher.main(ImageBot)``) with one fault that carries the token, for the canary tests
 (a separate process, so the real interpreter prints what it prints: crash tracebacks, thread errors, warnings).
 
     python tests/reliability/token_child.py MODE     (DISCORD_TOKEN and the rest come from the environment)

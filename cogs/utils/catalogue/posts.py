@@ -108,7 +108,7 @@ POSTS: Entries = {
     "state.cancelled": {EN: "cancelled", ZH: "已取消"},
     # The buttons under a result (cogs.utils.views): shared by everyone who sees the post
     "button.reroll": {EN: "Re-roll", ZH: "重新生成"},
-    "button.vary": {EN: "Variations", ZH: "变体"},
+    "button.variations": {EN: "Variations", ZH: "变体"},
     "button.info": {EN: "Info", ZH: "信息"},
     "button.delete": {EN: "Delete", ZH: "删除"},
     "button.subtle": {EN: "Vary (Subtle)", ZH: "轻微变化"},

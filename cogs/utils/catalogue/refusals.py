@@ -1,6 +1,6 @@
 """Why a request was refused: the codes the queue and the request rules raise, then the cogs' own refusals.
 
-The English of a code lives where it is raised (`db.models.QUEUE_TEXTS`, `engine.rules.RULE_TEXTS`,
+The English of a code lives where it is raised (`db.models.QUEUE_TEXTS`, `jobrequest.RULE_TEXTS`,
 `engine.types.ENGINE_TEXTS`: db/ and engine/ never import this catalogue); here it is paired with its Chinese,
 so the two cannot drift apart.
 """
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from cogs.utils.catalogue import EN, ZH, Entries
 from db.models import QUEUE_TEXTS
-from engine.rules import RULE_TEXTS
 from engine.types import ENGINE_TEXTS
+from jobrequest import RULE_TEXTS
 
 _CHINESE: dict[str, str] = {
     # db.models.QUEUE_TEXTS
@@ -24,10 +24,12 @@ _CHINESE: dict[str, str] = {
     "job.not_yours": "任务 #{job} 不是你的：你只能取消自己的任务。",
     "job.finished": "任务 #{job} 已经结束（{state}）。",
     "job.no_parent": "没有可作为起点的任务 #{job}。",
+    # jobrequest.RULE_TEXTS
     "request.empty_prompt": "提示词为空：请描述你想要的图片。",
     "request.too_long": "提示词最多 {limit} 个字符。",
     "request.nul": "提示词包含 NUL 字符。",
-    # engine.rules.RULE_TEXTS
+    "request.unreadable_image": "起始图片无法作为图片读取。",
+    "request.start_image_missing": "这个任务的起始图片缺失。",
     "rules.aspect": "未知的比例：请使用 {aspects} 之一。",
     "rules.width_multiple": "宽度必须是 {multiple} 像素的倍数（当前为 {value}）。",
     "rules.height_multiple": "高度必须是 {multiple} 像素的倍数（当前为 {value}）。",
@@ -40,9 +42,7 @@ _CHINESE: dict[str, str] = {
     "rules.steps": "步数必须在 {low} 到 {high} 之间（当前为 {steps}）。",
     "rules.guidance": "引导强度必须在 {low:g} 到 {high:g} 之间（当前为 {guidance:g}）。",
     "rules.count": "每次可生成 1 到 {high} 张图片（当前为 {count}）。",
-    "rules.seed": "种子必须在 0 到 {high} 之间（当前为 {seed}）。",
-    "rules.prompt_chars": "提示词太长：请少于 {limit} 个字符。",
-    "rules.negative_chars": "反向提示词太长：请少于 {limit} 个字符。",
+    "rules.strength": "强度必须在 {low} 到 1 之间（越低，保留原图越多）。",
     "rules.prompt_tokens": "提示词太长（{tokens} 个 token）：请少于 {limit} 个 token。",
     "rules.negative_tokens": "反向提示词太长（{tokens} 个 token）：请少于 {limit} 个 token。",
     "rules.no_pixels": "图片没有像素（{width}×{height}）。",
@@ -65,6 +65,7 @@ _CHINESE: dict[str, str] = {
     "engine.unexpected": "生成图片时出了问题（已记录为任务 #{id}）。请再试一次；如果一直出现，请告诉机器人管理者。",
     "engine.disk_full": "机器人的磁盘已满，图片无法保存；需要机器人管理者释放一些空间。",
     "engine.save_failed": "图片无法保存（{reason}）。",
+    "engine.cancelled": "已取消。",
 }
 
 TEXTS_BY_CODE: dict[str, str] = {**QUEUE_TEXTS, **RULE_TEXTS, **ENGINE_TEXTS}
@@ -126,10 +127,6 @@ REFUSALS: Entries = {
         ZH: "无法从 Discord 下载这张图片；请重试。",
     },
     # cogs.utils.image_jobs and the result buttons
-    "image.strength": {
-        EN: "Strength must be from {low} to 1 (lower keeps more of the image).",
-        ZH: "强度必须在 {low} 到 1 之间（越低，保留原图越多）。",
-    },
     "image.none_to_vary": {
         EN: "That message has no PNG, JPEG or WebP image to vary.",
         ZH: "这条消息里没有可以变化的 PNG、JPEG 或 WebP 图片。",

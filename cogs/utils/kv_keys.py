@@ -1,0 +1,11 @@
+"""The keys under which the cogs keep a setting in the queue's key-value store (`JobQueue.kv_get` / `kv_set`)."""
+
+from __future__ import annotations
+
+# /memory remembers the plan an admin chose under this key; the launcher reads it at start.
+MEMORY_KEY = "memory_mode"
+
+
+def spoilers_key(guild_id: int) -> str:
+    """/spoilers remembers under this key that a server's results are posted as spoilers."""
+    return f"spoilers:{guild_id}"
