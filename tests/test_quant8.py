@@ -165,3 +165,33 @@ async def test_the_engine_makes_images_with_8_bit_matmuls_and_reloads_them_from_
         await bf16.stop()
     mse = float(np.mean((images[0] - reference) ** 2))
     assert 0 < mse and 10 * np.log10(255**2 / mse) > 25  # not bf16 itself, but the same picture
+
+
+async def test_a_kernel_that_fails_in_a_job_steps_down_like_running_out_of_memory(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A driver whose FP8 matmul refuses mid-job: the job is made under the next leaner plan, with a note."""
+    from engine.plans import Measurement
+    from engine.service import Engine, EngineConfig
+    from tests.test_engine import request
+
+    table = {
+        "bf16_resident": Measurement("bf16_resident", 37.0, 0.34, 0.5, 0.2),
+        "fp8mm_resident": Measurement("fp8mm_resident", 20.0, 0.20, 0.5, 0.2),
+        "mixed_resident": Measurement("mixed_resident", 15.0, 0.34, 0.5, 0.2),
+    }
+    engine = Engine(EngineConfig(model_id=str(tiny_model), device="cpu", memory_mode="fp8mm_resident"), table=table)
+    engine.start()
+    assert await engine.wait_ready(60)
+    try:
+        assert engine.status().plan == "fp8mm_resident"
+
+        def refuse(*args: object, **kwargs: object) -> torch.Tensor:
+            raise RuntimeError("CUBLAS_STATUS_NOT_SUPPORTED")
+
+        monkeypatch.setattr(torch, "_scaled_mm", refuse)
+        result = await engine.generate(request(seed=3))
+    finally:
+        await engine.stop()
+    assert result.plan == "mixed_resident" and result.images
+    assert any("fp8 matmul failed under fp8mm_resident; using mixed_resident" in n for n in result.notes)
