@@ -114,22 +114,48 @@ def _park(module: torch.nn.Module, on_gpu: bool, device: torch.device) -> torch.
     return module
 
 
-def eight_bit_matmuls(model: torch.nn.Module, quant: Quant, device: torch.device) -> torch.nn.Module:
-    """The transformer's block linears quantized for the card's 8-bit matmuls (engine.quant8), one block at a
-    time on `device`: the GPU holds the 8-bit blocks so far plus one bf16 block, never a bf16 model."""
+def load_8bit_by_block(cls: Any, source: Path, quant: Quant, where: torch.device) -> torch.nn.Module:
+    """The transformer built straight into its 8-bit matmul form (engine.quant8), one block at a time from the
+    model's safetensors files: the host holds one block's bf16 weights at a time, never the bf16 model
+    (12.7 GB for CogView4-6B), and `where` (the GPU) the 8-bit blocks so far plus one bf16 block."""
+    from accelerate import init_empty_weights
+    from safetensors import safe_open
+
     from engine.quant8 import quantize_block
 
-    for block in model.transformer_blocks:
-        quantize_block(block.to(device), COMPUTE_KERNEL[quant])  # type: ignore[arg-type]
-    return model
+    with init_empty_weights():
+        model = cls.from_config(cls.load_config(source))
+    files = {}
+    for path in sorted(source.glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as handle:
+            files.update(dict.fromkeys(handle.keys(), path))
+
+    def read(names: list[str], prefix: str) -> dict[str, torch.Tensor]:
+        state = {}
+        for path in dict.fromkeys(files[name] for name in names):
+            with safe_open(str(path), framework="pt", device="cpu") as handle:
+                for name in names:
+                    if files[name] == path:
+                        state[name[len(prefix) :]] = handle.get_tensor(name).to(where, DTYPE)
+        return state
+
+    blocks = "transformer_blocks."
+    model.load_state_dict(read([n for n in files if not n.startswith(blocks)], ""), strict=False, assign=True)
+    for index, block in enumerate(model.transformer_blocks):
+        prefix = f"{blocks}{index}."
+        block.load_state_dict(read([n for n in files if n.startswith(prefix)], prefix), strict=True, assign=True)
+        quantize_block(block, COMPUTE_KERNEL[quant])  # type: ignore[arg-type]
+    missing = [n for n, t in model.state_dict().items() if t.is_meta]
+    if missing:
+        raise ValueError(f"{source} lacks weights for {', '.join(missing[:5])}")
+    return model.to(where)
 
 
 def _load_kwargs(library: str, quant: Quant, device: torch.device, on_gpu: bool) -> dict[str, Any]:
-    """NF4 quantizes while weights land on the GPU; FP8 and the 8-bit matmul formats start on the host (a
-    bf16 copy on the GPU would need twice the room) and are cast block by block; bf16 goes straight to where
-    it will live."""
+    """NF4 quantizes while weights land on the GPU; FP8 storage is cast on the host (a bf16 copy on the GPU
+    would need twice the room); bf16 goes straight to where it will live."""
     kwargs: dict[str, Any] = {"dtype": DTYPE}
-    if quant in ("fp8", "fp8mm", "int8mm"):
+    if quant == "fp8":
         return kwargs
     if quant == "nf4":
         kwargs["quantization_config"] = nf4_config(library)
@@ -148,9 +174,9 @@ def _load(
     where = device if on_gpu else torch.device("cpu")
 
     def build() -> torch.nn.Module:
-        model = cls.from_pretrained(source, **_load_kwargs(library, quant, device, on_gpu))
         if eight_bit:
-            return eight_bit_matmuls(model, quant, where)
+            return load_8bit_by_block(cls, source, quant, where)
+        model = cls.from_pretrained(source, **_load_kwargs(library, quant, device, on_gpu))
         return store_fp8(model) if quant == "fp8" else model
 
     if cache is None or quant == "bf16":

@@ -38,4 +38,3 @@ def encode_job_pngs(images: Sequence[Image.Image], parameters: dict[str, Any]) -
         encode_png(image, {**parameters, "seed": image_seed(base_seed, index), "index": index})
         for index, image in enumerate(images)
     ]
-

@@ -67,10 +67,7 @@ def missing_model_folder(model_id: str) -> str | None:
     if path.exists():
         return None
     looks_local = (
-        path.is_absolute()
-        or model_id.startswith((".", "~"))
-        or "\\" in model_id
-        or len(Path(model_id).parts) != 2
+        path.is_absolute() or model_id.startswith((".", "~")) or "\\" in model_id or len(Path(model_id).parts) != 2
     )
     if not looks_local:
         return None

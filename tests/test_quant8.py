@@ -195,3 +195,23 @@ async def test_a_kernel_that_fails_in_a_job_steps_down_like_running_out_of_memor
         await engine.stop()
     assert result.plan == "mixed_resident" and result.images
     assert any("fp8 matmul failed under fp8mm_resident; using mixed_resident" in n for n in result.notes)
+
+
+@pytest.mark.parametrize("quant", ["fp8mm", "int8mm"])
+def test_building_block_by_block_gives_the_weights_of_quantizing_the_whole_model(tiny_model: Path, quant: str) -> None:
+    """The first start reads one block at a time from the model files instead of the whole bf16 model."""
+    from diffusers import CogView4Transformer2DModel
+
+    from engine.loader import load_8bit_by_block
+    from engine.quant8 import quantize_blocks
+
+    whole = quantize_blocks(
+        CogView4Transformer2DModel.from_pretrained(tiny_model / "transformer", dtype=torch.bfloat16),
+        catalog.COMPUTE_KERNEL[quant],  # type: ignore[arg-type]
+    )
+    by_block = load_8bit_by_block(CogView4Transformer2DModel, tiny_model / "transformer", quant, CPU)  # type: ignore[arg-type]
+    want, got = whole.state_dict(), by_block.state_dict()
+    assert want.keys() == got.keys()
+    for name, tensor in want.items():
+        assert got[name].dtype == tensor.dtype and got[name].device == CPU, name
+        assert torch.equal(got[name].reshape(-1).view(torch.uint8), tensor.reshape(-1).view(torch.uint8)), name
