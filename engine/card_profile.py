@@ -96,7 +96,12 @@ def measure(device: torch.device, block_config: dict[str, int], key: str | None 
             kernels.append(kernel)
     block_s = {"bf16": time_block(device, block_config, None)}
     for kernel in kernels:
-        block_s[kernel] = time_block(device, block_config, kernel)
+        try:
+            block_s[kernel] = time_block(device, block_config, kernel)
+        except RuntimeError as exc:  # KernelFailed included: refused at the real shapes, not on the probe's
+            if isinstance(exc, torch.OutOfMemoryError):
+                raise
+            refused[kernel] = f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}"
     profile = CardProfile(
         key=key or card_key(device),
         gpu=torch.cuda.get_device_name(device),

@@ -80,6 +80,27 @@ def _quantize(x: torch.Tensor, kernel: Kernel) -> tuple[torch.Tensor, torch.Tens
     return quantize_int8_rows(x.reshape(-1, features))
 
 
+@torch.library.custom_op("cogview_bot::fp8_matmul", mutates_args=())
+def fp8_matmul(
+    q: torch.Tensor, scale: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """(batch, tokens, in) e4m3 × weightᵀ → (batch, tokens, out) bf16: one cuBLAS matmul per batch item, each
+    with its own activation scale. An opaque op for torch.compile, which fuses the quantization around it
+    and calls cuBLAS as it is (the compiler's own lowering of `_scaled_mm` asserted on this shape)."""
+    items = []
+    for b in range(q.shape[0]):
+        # A scale of its own per item: cuBLAS reads it through a pointer that must be aligned.
+        items.append(torch._scaled_mm(q[b], weight.t(), scale[b].clone(), weight_scale, bias=bias, out_dtype=BF16))
+    return items[0].unsqueeze(0) if len(items) == 1 else torch.stack(items)
+
+
+@fp8_matmul.register_fake
+def _(
+    q: torch.Tensor, scale: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    return q.new_empty((q.shape[0], q.shape[1], weight.shape[0]), dtype=BF16)
+
+
 class InputShare:
     """One quantized activation for a group of linears called one after the other on the same input (the
     query, key and value projections): the first quantizes it, the others reuse it, the last lets it go.
@@ -161,30 +182,18 @@ class Linear8(nn.Module):
         return self._fp8_mm(q, scale) if self.kernel == "fp8" else self._int8_mm(q, scale)
 
     def _fp8_mm(self, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        """One matmul per batch item, each with its own activation scale (cuBLAS takes one per matrix)."""
-
-        def matmul(b: int, out: torch.Tensor | None = None) -> torch.Tensor:
-            kwargs = {} if out is None else {"out": out}
-            return torch._scaled_mm(
-                q[b], self.weight.t(), scale[b], self.weight_scale, bias=self.bias, out_dtype=BF16, **kwargs
-            )
-
-        if q.shape[0] == 1 or torch.compiler.is_compiling():
-            return torch.stack([matmul(b) for b in range(q.shape[0])])
-        out = torch.empty(q.shape[0], q.shape[1], self.out_features, dtype=BF16, device=q.device)
-        for b in range(q.shape[0]):
-            matmul(b, out[b])  # straight into the batch's output: no copy
-        return out
+        return fp8_matmul(q, scale, self.weight, self.weight_scale, self.bias)
 
     def _int8_mm(self, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         rows = q.shape[0]
         if rows < _INT_MM_MIN_ROWS and q.is_cuda:
             q = torch.nn.functional.pad(q, (0, 0, 0, _INT_MM_MIN_ROWS - rows))
         acc = torch._int_mm(q, self.weight.t())[:rows]
-        out = acc * scale  # int32 · float32 per row → float32
+        scaled = acc * scale  # int32 · float32 per row → float32
+        out = torch.empty(scaled.shape, dtype=BF16, device=scaled.device)
         if self.bias is None:
-            return torch.mul(out, self.weight_scale).to(BF16)
-        return torch.addcmul(self.bias.float(), out, self.weight_scale).to(BF16)
+            return torch.mul(scaled, self.weight_scale, out=out)  # per column, cast to bf16 in the same pass
+        return torch.addcmul(self.bias, scaled, self.weight_scale, out=out)
 
 
 class WeightOnly8(nn.Module):
