@@ -35,6 +35,7 @@ ENGINE_NOTES: dict[str, str] = {
         "{name} cannot run here: this GPU's {kernel} matmul failed when it was tested ({error}). Update the NVIDIA "
         "driver, or let auto pick another plan."
     ),
+    "plan.compile_failed": "torch.compile failed on this GPU with {plan}; it runs without compiling (slower).",
     "plan.kernel_step_down": "The {kernel} matmul failed under {plan}; using {leaner} instead.",
     "plan.reason.balanced": (
         "auto chose {plan} (QUALITY=balanced): the fastest plan here that fits with at least {floor} dB of fidelity."

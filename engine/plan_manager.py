@@ -197,7 +197,8 @@ class PlanManager:
         notes = [resolved.note] if resolved.note else []
         while True:
             try:
-                self._place(plan)
+                if not self._place(plan):
+                    notes.append(note("plan.compile_failed", plan=plan.name))
                 break
             except torch.OutOfMemoryError:
                 log.warning("Out of GPU memory while loading plan %s", plan.name, exc_info=True)
@@ -211,7 +212,8 @@ class PlanManager:
         if self.plan_note:
             log.warning("%s", self.plan_note)
 
-    def _place(self, plan: Plan) -> None:
+    def _place(self, plan: Plan) -> bool:
+        """Load and place the plan; False where torch.compile failed on this GPU and it runs eager instead."""
         from diffusers import CogView4Pipeline
 
         from engine.loader import load_components
@@ -248,6 +250,7 @@ class PlanManager:
             pipe, plan, self.device, ram_bytes=None if ram_gib is None else int(ram_gib * plan_catalog.GIB)
         )
         compiled = plan.fast and self.config.torch_compile and self.has_gpu
+        compiled_ok = True
         if plan.fast:
             from engine.attention import install
 
@@ -271,11 +274,12 @@ class PlanManager:
         runner = Runner(pipe, plan, self.device, options, residency=residency)
         if compiled:
             self._on_load_progress(note("load.compiling"), 0.97)
-            runner.warm_up(self.limits.native_size)
+            compiled_ok = _warm_up_compiled(runner, c.transformer, self.limits.native_size)
         if embeddings is not None:
             runner.embeddings = embeddings  # same encoder weights: the embeddings stay valid
         self.runner = runner
         self.model_loads += 1
+        return compiled_ok
 
     def _teardown(self) -> None:
         from engine.device import release_memory
@@ -384,6 +388,24 @@ class PlanManager:
                 self._install(Resolved(plan_catalog.PLANS[name]), allow_step_down=True)
                 return f"Only {free:.1f} GiB of GPU memory was free; switched from {previous} to {name}."
         return None
+
+
+def _warm_up_compiled(runner: Any, transformer: Any, size: int) -> bool:
+    """Compile by making the warm-up image; where the compiler fails on this GPU (a kernel it cannot lower),
+    the blocks go back to eager, so the plan still runs. False then."""
+    import torch
+
+    try:
+        runner.warm_up(size)
+        return True
+    except torch.OutOfMemoryError:
+        raise
+    except Exception:
+        log.warning("torch.compile failed on this GPU; the transformer runs eager", exc_info=True)
+        for block in transformer.transformer_blocks:
+            block._compiled_call_impl = None  # what nn.Module.compile() set
+        torch._dynamo.reset()
+        return False
 
 
 _frozen = threading.Event()

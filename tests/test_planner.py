@@ -81,13 +81,17 @@ def test_the_committed_table_is_measured_data_for_known_plans() -> None:
     real_6gb = choose_auto(6.0 - 0.68, table)  # a real 6 GB card: its CUDA context takes 0.68 GiB
     assert real_6gb.plan.name == "nf4_swap" and real_6gb.note is None  # proven on that card: no warning
     real_12gb = choose_auto(12.0 - 0.68, table, capability=(8, 9))
-    assert real_12gb.plan.name == "fp8_swap" and real_12gb.note is None
-    # The same card beside a desktop that holds 0.8 GiB: nothing faithful fits, so the 8-bit swap plan
-    # proven on the whole card is tried (it shrinks to fit), with a warning; `fastest` takes the 4-bit plan.
-    desktop_12gb = choose_auto(12.0 - 0.68 - 0.8, table, capability=(8, 9))
-    assert desktop_12gb.plan.name == "fp8_swap" and desktop_12gb.note and "may run out of memory" in desktop_12gb.note
-    assert choose_auto(12.0 - 0.68 - 0.8, table, capability=(8, 9), quality="fastest").plan.name == "nf4_swap"
-    assert choose_auto(12.0 - 0.68 - 0.8, table, capability=(8, 6)).plan.name == "nf4_swap", "no FP8 on Ampere"
-    assert choose_auto(8.0, table).plan.name == "nf4_swap"
+    assert real_12gb.plan.name == "fp8mm_swap" and real_12gb.note is None
+    real_8gb = choose_auto(8.0 - 0.68, table, capability=(8, 9))
+    assert real_8gb.plan.name == "fp8mm_swap" and real_8gb.note is None  # 8-bit where 4-bit was the only choice
+    # An 8 GB card beside a desktop that holds 0.8 GiB: nothing faithful fits, so the 8-bit swap plan proven on
+    # the whole card is tried (it shrinks to fit), with a warning; `fastest` takes the 4-bit plan.
+    desktop_8gb = choose_auto(8.0 - 0.68 - 0.8, table, capability=(8, 9))
+    assert desktop_8gb.plan.name == "fp8mm_swap" and desktop_8gb.note and "may run out of memory" in desktop_8gb.note
+    assert choose_auto(8.0 - 0.68 - 0.8, table, capability=(8, 9), quality="fastest").plan.name == "nf4_swap"
+    assert choose_auto(8.0 - 0.68 - 0.8, table, capability=(8, 6)).plan.name == "nf4_swap", "no FP8 on Ampere"
+    desktop_12gb_ampere = choose_auto(12.0 - 0.68 - 0.8, table, capability=(8, 6))
+    assert desktop_12gb_ampere.plan.name == "int8mm_swap" and desktop_12gb_ampere.note, "int8 matmuls on RTX 30"
+    assert choose_auto(8.0, table).plan.name == "fp8mm_swap"
     assert choose_auto(24.0, table).plan.name == "mixed_swap"
     assert choose_auto(79.0, table, allow_compile=True).plan.name == "bf16_fast"

@@ -126,9 +126,13 @@ def test_the_committed_table_carries_fidelity_and_says_where_it_came_from() -> N
     assert "estimated" in meta["fidelity"]
     assert table["fp8_swap"].psnr_db and table["fp8_swap"].psnr_db >= 40
     assert table["nf4_swap"].psnr_db and table["nf4_swap"].psnr_db < 40
-    # What the rule implies for common cards with the committed table:
-    assert choose_auto(12.0, table, capability=ADA).plan.name == "fp8_swap"
-    assert choose_auto(12.0, table, capability=AMPERE).plan.name == "nf4_swap"
+    for eight_bit in ("fp8mm_swap", "int8mm_swap"):
+        assert (table[eight_bit].psnr_db or 0) >= catalog.FIDELITY_FLOOR_DB
+    # What the rule implies for common cards with the committed table: 8-bit matmuls where the card has them.
+    assert choose_auto(12.0, table, capability=ADA).plan.name == "fp8mm_swap"
+    assert choose_auto(8.0 - 0.68, table, capability=ADA).plan.name == "fp8mm_swap"
+    assert choose_auto(12.0 - 0.68, table, capability=AMPERE).plan.name == "int8mm_swap"
+    assert choose_auto(8.0 - 0.68, table, capability=AMPERE).plan.name == "nf4_swap", "int8 not proven at 8 GiB"
     assert choose_auto(8.0, table, quality="fastest").plan.name == "nf4_swap"
     # Eager, the 4-bit plan with batched CFG is a little faster (its passes need less room): `fastest` takes it,
     # `balanced` keeps the 8-bit transformer, being well within 2x of it.
@@ -141,7 +145,7 @@ def test_doctor_without_a_gpu_says_so_instead_of_naming_a_gpu_plan() -> None:
 
     doctor = report("THUDM/CogView4-6B")
     assert "would use" not in doctor
-    assert "auto: no CUDA GPU, so the bot would run on the CPU" in doctor
+    assert "auto (QUALITY=balanced): no CUDA GPU here, so the engine would run bf16_resident on the CPU" in doctor
 
 
 def test_doctor_and_memory_show_fidelity_beside_speed_and_memory(monkeypatch: pytest.MonkeyPatch) -> None:

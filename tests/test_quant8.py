@@ -215,3 +215,23 @@ def test_building_block_by_block_gives_the_weights_of_quantizing_the_whole_model
     for name, tensor in want.items():
         assert got[name].dtype == tensor.dtype and got[name].device == CPU, name
         assert torch.equal(got[name].reshape(-1).view(torch.uint8), tensor.reshape(-1).view(torch.uint8)), name
+
+
+def test_a_compiler_failure_while_warming_up_leaves_the_blocks_eager() -> None:
+    """torch.compile that cannot lower a kernel on some GPU must not leave the bot without a model."""
+    from engine.plan_manager import _warm_up_compiled
+
+    block = nn.Linear(4, 4)
+    block.compile()
+    transformer = nn.Module()
+    transformer.transformer_blocks = nn.ModuleList([block])
+
+    class FailingRunner:
+        def warm_up(self, size: int) -> None:
+            raise RuntimeError("InductorError: LoweringException: AssertionError")
+
+    assert block._compiled_call_impl is not None
+    assert _warm_up_compiled(FailingRunner(), transformer, 64) is False
+    assert block._compiled_call_impl is None
+    with torch.inference_mode():
+        assert block(torch.ones(1, 4)).shape == (1, 4)  # eager again

@@ -137,9 +137,11 @@ def report(
         if refused:
             lines.append(f"8-bit kernels that cannot run here: {refused}")
     if not has_gpu:
+        cpu_plan = plan_catalog.choose_auto(None, table).plan.name
         lines.append(
-            "auto: no CUDA GPU, so the bot would run on the CPU in bf16 (minutes per image). "
-            "Install the CUDA build of torch for an NVIDIA card (see the note above)."
+            f"auto (QUALITY={quality}): no CUDA GPU here, so the engine would run {cpu_plan} on the CPU "
+            "(minutes per image: enough to try the bot, not to serve it). The GPU plans below need an NVIDIA card "
+            "and the CUDA build of torch (see the note above)."
         )
     else:
         try:

@@ -32,6 +32,7 @@ _CHINESE = {
         "{name} 无法在本机运行：测试时此 GPU 的 {kernel} 矩阵乘失败（{error}）。"
         "请更新 NVIDIA 驱动，或让 auto 选择其他方案。"
     ),
+    "plan.compile_failed": "torch.compile 在此 GPU 上编译 {plan} 失败；改为不编译运行（较慢）。",
     "plan.kernel_step_down": "{plan} 下的 {kernel} 矩阵乘失败；改用 {leaner}。",
     "plan.reason.balanced": (
         "auto 选择了 {plan}（QUALITY=balanced）：本机上保真度不低于 {floor} dB 且放得下的最快方案。"
