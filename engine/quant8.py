@@ -21,7 +21,7 @@ plus one fused multiply-and-cast; under torch.compile the compiler fuses all of 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Self
 
 import torch
 from torch import nn
@@ -126,37 +126,54 @@ class InputShare:
 # --- modules ------------------------------------------------------------------------------------
 
 
-class Linear8(nn.Module):
-    """A linear layer whose matmul runs in 8 bits on the card's tensor cores; bf16 in and out."""
+class _Stored8(nn.Module):
+    """A linear layer's weight in 8 bits with its scales, and its bias in bf16."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool, kernel: Kernel) -> None:
         super().__init__()
         self.in_features, self.out_features, self.kernel = in_features, out_features, kernel
         dtype = FP8 if kernel == "fp8" else torch.int8
-        scale_shape = () if kernel == "fp8" else (out_features,)
         self.register_buffer("weight", torch.empty(out_features, in_features, dtype=dtype))
-        self.register_buffer("weight_scale", torch.empty(scale_shape, dtype=torch.float32))
+        self.register_buffer("weight_scale", torch.empty(self._scale_shape(), dtype=torch.float32))
         self.register_buffer("bias", torch.empty(out_features, dtype=BF16) if bias else None)
-        self.share: InputShare | None = None
-        self.share_role = ""  # "first", "middle" or "last" of the linears that share one input
+
+    def _scale_shape(self) -> tuple[int, ...]:
+        raise NotImplementedError
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, kernel: Kernel) -> Linear8:
+    def _quantized(cls, weight: torch.Tensor, kernel: Kernel) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, kernel: Kernel) -> Self:
         module = cls(linear.in_features, linear.out_features, linear.bias is not None, kernel)
-        weight = linear.weight.detach()
-        if kernel == "fp8":
-            q, scale = quantize_fp8(weight.float()[None])  # the whole matrix as one item: one scale
-            q, scale = q[0], scale[0]
-        else:
-            q, scale = quantize_int8_rows(weight.float())
-            scale = scale.squeeze(1)
-        module.weight, module.weight_scale = q, scale
+        module.weight, module.weight_scale = cls._quantized(linear.weight.detach().float(), kernel)
         if linear.bias is not None:
             module.bias = linear.bias.detach().to(BF16)
         return module
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, kernel={self.kernel}"
+
+
+class Linear8(_Stored8):
+    """A linear layer whose matmul runs in 8 bits on the card's tensor cores; bf16 in and out."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, kernel: Kernel) -> None:
+        super().__init__(in_features, out_features, bias, kernel)
+        self.share: InputShare | None = None
+        self.share_role = ""  # "first", "middle" or "last" of the linears that share one input
+
+    def _scale_shape(self) -> tuple[int, ...]:
+        return () if self.kernel == "fp8" else (self.out_features,)
+
+    @classmethod
+    def _quantized(cls, weight: torch.Tensor, kernel: Kernel) -> tuple[torch.Tensor, torch.Tensor]:
+        if kernel == "fp8":
+            q, scale = quantize_fp8(weight[None])  # the whole matrix as one item: one scale
+            return q[0], scale[0]
+        q, scale = quantize_int8_rows(weight)
+        return q, scale.squeeze(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -196,33 +213,19 @@ class Linear8(nn.Module):
         return torch.addcmul(self.bias, scaled, self.weight_scale, out=out)
 
 
-class WeightOnly8(nn.Module):
+class WeightOnly8(_Stored8):
     """A linear layer stored in 8 bits (one scale per output channel) and computed in bf16: for the
     modulation linears, which hold many weights but multiply one vector per image."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool, kernel: Kernel) -> None:
-        super().__init__()
-        self.in_features, self.out_features, self.kernel = in_features, out_features, kernel
-        dtype = FP8 if kernel == "fp8" else torch.int8
-        self.register_buffer("weight", torch.empty(out_features, in_features, dtype=dtype))
-        self.register_buffer("weight_scale", torch.empty(out_features, 1, dtype=torch.float32))
-        self.register_buffer("bias", torch.empty(out_features, dtype=BF16) if bias else None)
+    def _scale_shape(self) -> tuple[int, ...]:
+        return (self.out_features, 1)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, kernel: Kernel) -> WeightOnly8:
-        module = cls(linear.in_features, linear.out_features, linear.bias is not None, kernel)
-        weight = linear.weight.detach().float()
+    def _quantized(cls, weight: torch.Tensor, kernel: Kernel) -> tuple[torch.Tensor, torch.Tensor]:
         amax = torch.linalg.vector_norm(weight, float("inf"), dim=-1, keepdim=True).clamp(min=_TINY)
         top = FP8_MAX if kernel == "fp8" else INT8_MAX
         scaled = weight * (top / amax)
-        module.weight = scaled.to(FP8) if kernel == "fp8" else scaled.round_().to(torch.int8)
-        module.weight_scale = amax / top
-        if linear.bias is not None:
-            module.bias = linear.bias.detach().to(BF16)
-        return module
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, stored={self.kernel}"
+        return (scaled.to(FP8) if kernel == "fp8" else scaled.round_().to(torch.int8)), amax / top
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = (self.weight.to(BF16) * self.weight_scale.to(BF16)).to(x.dtype)

@@ -120,22 +120,13 @@ def test_block_config_comes_from_the_transformer_config() -> None:
 
 def test_memory_shows_each_plans_time_here_and_why_auto_chose_in_both_languages() -> None:
     from cogs.utils.reports import memory_report
-    from engine.types import EngineState, EngineStatus
+    from tests.test_bot_messages import engine_status
 
     rows = plan_rows(TABLE, has_gpu=True, capability=(8, 9), card=ADA_HOME, reference=H100)
-    status = EngineStatus(
-        state=EngineState.READY,
-        requested_mode="auto",
+    status = engine_status(
         plan="fp8mm_swap",
-        plan_note=None,
-        load_message="",
-        load_fraction=1.0,
         device_name="RTX 4060 Ti",
         free_vram_gib=7.3,
-        step_s=None,
-        jobs_done=0,
-        jobs_failed=0,
-        started_at=0.0,
         plan_reason=catalog.auto_reason("fp8mm_swap", "balanced", ADA_HOME, H100),
     )
     english = memory_report(status, rows)
