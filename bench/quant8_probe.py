@@ -44,13 +44,17 @@ def layer_errors(device: torch.device, config: dict[str, int], kernel: str) -> d
     quantized = card_profile.make_block(device, config, kernel)
     inputs = card_profile.block_inputs(device, config)
     seen: dict[str, torch.Tensor] = {}
-    hooks = []
-    for path in COMPUTE_LINEARS:
-        module = reference.get_submodule(path)
-        hooks.append(module.register_forward_hook(lambda m, a, o, path=path: seen.setdefault(path, a[0].clone())))
+
+    def keep_input(path: str):  # a forward hook that returns nothing leaves the output as it is
+        def hook(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
+            seen.setdefault(path, args[0].clone())
+
+        return hook
+
+    hooks = [reference.get_submodule(path).register_forward_hook(keep_input(path)) for path in COMPUTE_LINEARS]
     reference(*inputs)
-    for hook in hooks:
-        hook.remove()
+    for handle in hooks:
+        handle.remove()
     errors = {}
     for path, x in seen.items():
         want = reference.get_submodule(path)(x).float()
