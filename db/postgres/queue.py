@@ -28,7 +28,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from db import core, enqueue, userdata
+from db import base, clock, core, enqueue
 from db.models import RESUMED_WORKER_LOST, Enqueued, EnqueueLimits, Heartbeat, Job, QueueError, Requester
 from db.postgres import dispatch
 from db.postgres.inputs import DatabaseInputs
@@ -77,7 +77,7 @@ def _pg(sql: str) -> str:
 
 
 class _Conn:
-    """db.core.Conn on a psycopg connection."""
+    """db.base.Conn on a psycopg connection."""
 
     def __init__(self, conn: psycopg.AsyncConnection) -> None:
         self.conn = conn
@@ -98,12 +98,12 @@ class _Conn:
             return cursor.rowcount
 
 
-def _raw(conn: core.Conn) -> psycopg.AsyncConnection:
+def _raw(conn: base.Conn) -> psycopg.AsyncConnection:
     assert isinstance(conn, _Conn)
     return conn.conn
 
 
-class PostgresJobQueue(core.QueueCore, userdata.UserData):
+class PostgresJobQueue(core.QueueCore):
     """`db.interface.JobQueue` on PostgreSQL, plus what GPU workers and /status need."""
 
     JOB_COLUMNS = "j.*, p.step AS progress_step, p.total AS progress_total"
@@ -217,31 +217,31 @@ class PostgresJobQueue(core.QueueCore, userdata.UserData):
         raise AssertionError("unreachable")
 
     # --- backend hooks of db.core ---------------------------------------------------------------------
-    async def _announce(self, conn: core.Conn, what: str = "") -> None:
+    async def _announce(self, conn: base.Conn, what: str = "") -> None:
         """Wake other processes' wait_for_change (delivered when the transaction commits)."""
         await conn.run("SELECT pg_notify(?, ?)", (CHANNEL, what))
 
-    async def _enter_queue(self, conn: core.Conn, job_id: int) -> None:
+    async def _enter_queue(self, conn: base.Conn, job_id: int) -> None:
         await conn.run("UPDATE job_progress SET step = NULL WHERE job_id = ?", (job_id,))
         row = await conn.one("SELECT fair_round, width * height AS area FROM jobs WHERE id = ?", (job_id,))
         assert row is not None
         await self._new_token(conn, job_id, row["fair_round"], row["area"])
 
-    async def _new_token(self, conn: core.Conn, job_id: int, fair_round: int, area: int) -> None:
+    async def _new_token(self, conn: base.Conn, job_id: int, fair_round: int, area: int) -> None:
         """procrastinate hands tokens out in claim order: priority = -round, then token id (db.fairness)."""
         token = await dispatch.defer_token(self._app, _raw(conn), job_id, fair_round, area)
         await conn.run("UPDATE jobs SET token_id = ? WHERE id = ?", (token, job_id))
 
-    async def _withdraw(self, conn: core.Conn, job_id: int, *, running: bool) -> None:
+    async def _withdraw(self, conn: base.Conn, job_id: int, *, running: bool) -> None:
         """Withdraw a waiting token, or have procrastinate notify the worker running it (abort)."""
         row = await conn.one("SELECT token_id FROM jobs WHERE id = ?", (job_id,))
         if row is not None and row["token_id"] is not None:
             await dispatch.cancel_token(self._app, _raw(conn), row["token_id"], abort=running)
 
-    async def _progress_done(self, conn: core.Conn, job_id: int) -> None:
+    async def _progress_done(self, conn: base.Conn, job_id: int) -> None:
         await conn.run("UPDATE job_progress SET step = total WHERE job_id = ?", (job_id,))
 
-    async def _on_resume(self, conn: core.Conn) -> None:
+    async def _on_resume(self, conn: base.Conn) -> None:
         queues = await conn.all("SELECT DISTINCT queue_name FROM procrastinate_jobs WHERE status = 'todo'")
         await dispatch.wake_workers(_raw(conn), [row["queue_name"] for row in queues])
 
@@ -286,7 +286,7 @@ class PostgresJobQueue(core.QueueCore, userdata.UserData):
                 "WHERE j.state = 'running' AND (j.lease_until IS NULL OR j.lease_until < ? OR w.id IS NULL "
                 "OR w.last_heartbeat < now() - make_interval(secs => ?)) "
                 "ORDER BY j.id FOR UPDATE OF j SKIP LOCKED",
-                (core.now(), self.stalled_after_s),
+                (clock.now(), self.stalled_after_s),
             )
             for row in rows:
                 if row["token"] in ("todo", "doing"):
@@ -323,7 +323,7 @@ class PostgresJobQueue(core.QueueCore, userdata.UserData):
         parent_job_id: int | None = None,
     ) -> Enqueued:
         checked = enqueue.check_enqueue(requester, request, limits, kind, parent_job_id)
-        at = core.now()
+        at = clock.now()
         async with self._tx() as conn:
             await conn.run("SELECT pg_advisory_xact_lock(?)", (ENQUEUE_LOCK,))
             facts = await conn.one(
@@ -372,7 +372,7 @@ class PostgresJobQueue(core.QueueCore, userdata.UserData):
         Idempotent for the same worker, so it can be retried after a lost connection."""
 
         async def claim() -> Job | None:
-            at = core.now()
+            at = clock.now()
             async with self._tx() as conn:
                 fresh = "CASE WHEN state = 'queued' THEN"
                 row = await conn.one(
@@ -400,7 +400,7 @@ class PostgresJobQueue(core.QueueCore, userdata.UserData):
     async def _beat(
         self, job_id: int, worker_id: str, lease_s: float, step: int | None, total: int | None, preview: bytes | None
     ) -> Heartbeat:
-        at = core.now()
+        at = clock.now()
         async with self._tx() as conn:
             row = await conn.one(
                 "UPDATE jobs SET lease_until = ? WHERE id = ? AND state = 'running' AND worker_id = ? "
@@ -435,7 +435,7 @@ class PostgresJobQueue(core.QueueCore, userdata.UserData):
         unknown = set(fields) - allowed
         if unknown:
             raise ValueError(f"unknown worker fields {sorted(unknown)}")
-        values = {**fields, "name": name, "last_seen": core.now()}
+        values = {**fields, "name": name, "last_seen": clock.now()}
         values.setdefault("started_at", values["last_seen"])
         columns = list(values)
         updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c != "name" and (c in fields or c == "last_seen"))
