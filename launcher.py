@@ -29,7 +29,7 @@ from db.models import QueueError
 from engine.rules import missing_model_folder
 from settings import Settings, SettingsError, load_settings
 
-log = logging.getLogger("bot")  # the name the start-up's log lines have always carried
+log = logging.getLogger("bot")  # every start-up log line is named "bot"
 
 
 def api_base(url: str) -> str:

@@ -23,7 +23,7 @@ from engine.service import Engine, EngineConfig
 from engine.types import EngineView
 from settings import Settings
 
-log = logging.getLogger("bot")  # the name the start-up's log lines have always carried
+log = logging.getLogger("bot")  # every start-up log line is named "bot"
 
 
 @dataclass

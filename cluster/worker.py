@@ -29,6 +29,7 @@ from procrastinate.job_context import AbortReason, JobContext
 from procrastinate.worker import Worker
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
+import jobrequest
 from db.postgres import PostgresJobQueue
 from db.postgres.dispatch import TASK_NAME, queues_up_to
 from dispatch.dispatcher import Dispatcher
@@ -117,6 +118,7 @@ class GpuWorker:
             heartbeat_s=self.options.progress_s,
             lookahead=0,  # the next jobs may go to other GPUs: no prefetching their prompts here
             dispatch_timings=True,  # the scale-out benchmark reads claim → engine and claim → first step
+            check=lambda request: jobrequest.check(request, self.engine.limits),  # this machine's model
         )
         self._queues = queues_up_to(self.engine.max_area())
         self.queue.procrastinate_app.task(name=TASK_NAME, pass_context=True)(self._generate)

@@ -1,6 +1,6 @@
 """Retention: every hour, delete the result images older than RETENTION_DAYS (files and rows together).
 
-The queue does the deleting in crash-safe steps (`JobQueue.prune_results`, db/userdata.py); this loop
+The queue does the deleting in crash-safe steps (`JobQueue.prune_results`, db/retention.py); this loop
 only decides when. RETENTION_DAYS=0 (the default) keeps everything and the loop never starts.
 """
 

@@ -15,125 +15,38 @@ Rules kept here (enqueue's checks, caps and cooldown are in db.enqueue, the clai
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager
-from typing import Any, ClassVar, Protocol, Self, TypeVar
+from collections.abc import Iterable, Sequence
+from typing import Any
 
-from db import fairness
+from db import clock, fairness
+from db.base import Conn, Row
 from db.heartbeats import Heartbeats
 from db.models import (
     ADMIN_CANCEL,
     CRASH_ERROR,
     PURGED,
     RESUMED_RESTART,
-    AuditEntry,
     CancelOutcome,
     Job,
     JobNotFound,
     JobState,
     NotAllowed,
-    Notice,
     NoticeKind,
     QueueError,
     QueueStats,
 )
-from db.results import ResultStore
+from db.outbox import Outbox
+from db.per_user import PerUser
 from db.retention import Retention
-from db.rows import audit_from_row, job_from_row, parse_states
-
-T = TypeVar("T")
-Row = Mapping[str, Any]
+from db.rows import parse_states
+from db.runtime import RuntimeState
 
 
-def now() -> float:
-    """Unix seconds; every stored time comes from here (tests replace it to move time)."""
-    return time.time()
-
-
-# --- the shared backend ------------------------------------------------------------------------------------
-
-
-class Conn(Protocol):
-    """One connection inside a backend's transaction (or read), with `?` placeholders."""
-
-    async def one(self, sql: str, params: Sequence[Any] = ()) -> Row | None: ...
-
-    async def all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]: ...
-
-    async def run(self, sql: str, params: Sequence[Any] = ()) -> int:
-        """Execute; returns the number of rows changed."""
-        ...
-
-
-class QueueCore(Retention, Heartbeats):
-    """`db.interface.JobQueue` minus what needs a backend's own SQL; subclasses add that."""
-
-    results: ResultStore
-    # SQL pieces that differ: the job row (PostgreSQL keeps progress in a table of its own), the
-    # column holding a queued job's turn (db.fairness), and row locks (SQLite locks the whole file).
-    JOB_COLUMNS: ClassVar[str] = "j.*"
-    JOB_FROM: ClassVar[str] = "jobs j"
-    TURN: ClassVar[str] = "queue_seq"
-    FOR_UPDATE: ClassVar[str] = ""
-
-    def __init__(self) -> None:
-        self._changed_event = asyncio.Event()
-
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    # --- what a backend provides ---------------------------------------------------------------------
-    async def open(self) -> None:
-        raise NotImplementedError
-
-    async def close(self) -> None:
-        raise NotImplementedError
-
-    def _tx(self) -> AbstractAsyncContextManager[Conn]:
-        """One write transaction; local waiters are woken after it committed."""
-        raise NotImplementedError
-
-    def _read(self) -> AbstractAsyncContextManager[Conn]:
-        raise NotImplementedError
-
-    async def _retrying(self, fn: Callable[[], Awaitable[T]]) -> T:
-        """Worker-side writes; a backend whose database can restart under a worker retries them."""
-        return await fn()
-
-    async def _enter_queue(self, conn: Conn, job_id: int) -> None:
-        """The job (new or handed back) takes its turn in the queue; its progress is cleared."""
-        raise NotImplementedError
-
-    async def _withdraw(self, conn: Conn, job_id: int, *, running: bool) -> None:
-        """A queued job was cancelled, or a running one asked to stop (PostgreSQL: its token)."""
-
-    async def _progress_done(self, conn: Conn, job_id: int) -> None:
-        raise NotImplementedError
-
-    async def _announce(self, conn: Conn, what: str = "") -> None:
-        """Tell other processes that something changed (delivered on commit)."""
-
-    async def _on_resume(self, conn: Conn) -> None:
-        """The queue was resumed (PostgreSQL: wake the workers)."""
-
-    # --- change notification -------------------------------------------------------------------------
-    def _wake_local(self) -> None:
-        self._changed_event.set()
-        self._changed_event = asyncio.Event()
-
-    async def wait_for_change(self, max_wait: float) -> None:
-        event = self._changed_event
-        try:
-            await asyncio.wait_for(event.wait(), max_wait)
-        except TimeoutError:
-            pass
+class QueueCore(Outbox, RuntimeState, Retention, PerUser, Heartbeats):
+    """`db.interface.JobQueue` minus what needs a backend's own SQL; subclasses add that. The parts it is
+    made of each subclass `db.base.QueueBase`: the outbox, the runtime state and audit, retention, what is
+    kept per user, heartbeats."""
 
     # --- crashes -------------------------------------------------------------------------------------
     async def _settle_interrupted(self, conn: Conn, rows: Iterable[Row], reason: str) -> tuple[list[int], list[int]]:
@@ -218,19 +131,6 @@ class QueueCore(Retention, Heartbeats):
             await conn.run("UPDATE jobs SET result_deleted = ? WHERE id = ?", (True, job_id))
 
     # --- reads ---------------------------------------------------------------------------------------
-    async def get_job(self, job_id: int) -> Job | None:
-        async with self._read() as conn:
-            return await self._get(conn, job_id)
-
-    async def _get(self, conn: Conn, job_id: int, *, lock: bool = False) -> Job | None:
-        lock_sql = f"{self.FOR_UPDATE} OF j" if lock and self.FOR_UPDATE else ""
-        row = await conn.one(f"SELECT {self.JOB_COLUMNS} FROM {self.JOB_FROM} WHERE j.id = ?{lock_sql}", (job_id,))
-        return job_from_row(row) if row else None
-
-    async def _jobs(self, conn: Conn, where: str, params: Sequence[Any] = ()) -> list[Job]:
-        rows = await conn.all(f"SELECT {self.JOB_COLUMNS} FROM {self.JOB_FROM} WHERE {where}", params)
-        return [job_from_row(row) for row in rows]
-
     async def list_user_jobs(
         self, user_id: int, *, states: Iterable[JobState | str] | None = None, limit: int = 20
     ) -> list[Job]:
@@ -302,7 +202,8 @@ class QueueCore(Retention, Heartbeats):
         timings: dict[str, float] | None = None,
     ) -> bool:
         """Mark done with what `results.save` returned, and queue the result post, in one transaction."""
-        values = (now(), json.dumps(list(result_paths)), seed_used, plan, json.dumps(timings or {}), job_id, worker_id)
+        paths, timed = json.dumps(list(result_paths)), json.dumps(timings or {})
+        values = (clock.now(), paths, seed_used, plan, timed, job_id, worker_id)
 
         async def done() -> bool:
             async with self._tx() as conn:
@@ -326,7 +227,7 @@ class QueueCore(Retention, Heartbeats):
         await conn.run(
             "INSERT INTO job_previews (job_id, image, updated_at) VALUES (?, ?, ?) "
             "ON CONFLICT (job_id) DO UPDATE SET image = excluded.image, updated_at = excluded.updated_at",
-            (job_id, preview, now()),
+            (job_id, preview, clock.now()),
         )
 
     async def preview(self, job_id: int) -> bytes | None:
@@ -401,100 +302,7 @@ class QueueCore(Retention, Heartbeats):
         await conn.run(
             "UPDATE jobs SET state = ?, finished_at = ?, error = coalesce(?, error), worker_id = NULL, "
             "lease_until = NULL WHERE id = ?",
-            (state.value, now(), error, job_id),
+            (state.value, clock.now(), error, job_id),
         )
         await conn.run("DELETE FROM job_previews WHERE job_id = ?", (job_id,))  # previews are for running jobs
 
-    # --- outbox --------------------------------------------------------------------------------------
-    async def _add_notice(self, conn: Conn, job_id: int, kind: NoticeKind, body: str) -> None:
-        at = now()
-        await conn.run(
-            "INSERT INTO notices (job_id, kind, body, created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?)",
-            (job_id, kind.value, body, at, at),
-        )
-
-    async def pending_notices(self, limit: int = 20) -> list[Notice]:
-        async with self._read() as conn:
-            rows = await conn.all(
-                "SELECT n.id AS notice_id, n.kind AS notice_kind, n.body AS notice_body, "
-                f"n.attempts AS notice_attempts, {self.JOB_COLUMNS} FROM {self.JOB_FROM} "
-                "JOIN notices n ON n.job_id = j.id "
-                "WHERE n.delivered_at IS NULL AND n.next_attempt_at <= ? ORDER BY n.id LIMIT ?",
-                (now(), int(limit)),
-            )
-        return [
-            Notice(
-                id=row["notice_id"],
-                kind=NoticeKind(row["notice_kind"]),
-                job=job_from_row(row),
-                attempts=row["notice_attempts"],
-                body=row["notice_body"],
-            )
-            for row in rows
-        ]
-
-    async def notice_sent(self, notice_id: int, message_id: int | None) -> None:
-        at = now()
-        async with self._tx() as conn:
-            row = await conn.one(
-                "UPDATE notices SET delivered_at = ?, message_id = ?, attempts = attempts + 1 "
-                "WHERE id = ? AND delivered_at IS NULL RETURNING job_id, kind",
-                (at, message_id, notice_id),
-            )
-            if row is not None and row["kind"] == NoticeKind.RESULT.value:
-                await conn.run(
-                    "UPDATE jobs SET result_message_id = ?, delivered_at = ? WHERE id = ?",
-                    (message_id, at, row["job_id"]),
-                )
-
-    async def notice_failed(self, notice_id: int, error: str, retry_in_s: float, *, give_up: bool = False) -> None:
-        at = now()
-        async with self._tx() as conn:
-            await conn.run(
-                "UPDATE notices SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?, "
-                "delivered_at = CASE WHEN ? THEN CAST(? AS DOUBLE PRECISION) ELSE NULL END "
-                "WHERE id = ? AND delivered_at IS NULL",
-                (error[:1000], at + retry_in_s, give_up, at, notice_id),
-            )
-
-    # --- runtime state and audit ---------------------------------------------------------------------
-    async def _kv_get(self, conn: Conn, key: str) -> str | None:
-        row = await conn.one("SELECT value FROM kv WHERE key = ?", (key,))
-        return row["value"] if row else None
-
-    async def kv_get(self, key: str) -> str | None:
-        async with self._read() as conn:
-            return await self._kv_get(conn, key)
-
-    async def kv_set(self, key: str, value: str) -> None:
-        async with self._tx() as conn:
-            await self._kv_set(conn, key, value)
-
-    async def _kv_set(self, conn: Conn, key: str, value: str) -> None:
-        await conn.run(
-            "INSERT INTO kv (key, value, updated_at) VALUES (?, ?, ?) "
-            "ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-            (key, value, now()),
-        )
-
-    async def set_paused(self, paused: bool) -> None:
-        async with self._tx() as conn:
-            await self._kv_set(conn, "paused", "1" if paused else "0")
-            if not paused:
-                await self._on_resume(conn)
-            await self._announce(conn)
-
-    async def is_paused(self) -> bool:
-        return await self.kv_get("paused") == "1"
-
-    async def audit(self, actor_id: int, action: str, detail: str = "", *, guild_id: int | None = None) -> None:
-        async with self._tx() as conn:
-            await conn.run(
-                "INSERT INTO audit (at, actor_id, guild_id, action, detail) VALUES (?, ?, ?, ?, ?)",
-                (now(), actor_id, guild_id, action, detail[:2000]),
-            )
-
-    async def audit_log(self, limit: int = 50) -> list[AuditEntry]:
-        async with self._read() as conn:
-            rows = await conn.all("SELECT * FROM audit ORDER BY id DESC LIMIT ?", (int(limit),))
-        return [audit_from_row(row) for row in rows]

@@ -5,16 +5,12 @@ SQL for renewing the lease (PostgreSQL also vouches for the procrastinate worker
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
-
+from db.base import QueueBase
 from db.models import Heartbeat
 
 
-class Heartbeats:
-    """Mixed into `db.core.QueueCore`; uses its retry (PostgreSQL retries through a database restart)."""
-
-    _retrying: Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]
+class Heartbeats(QueueBase):
+    """Part of `db.core.QueueCore`; uses the backend's retry (PostgreSQL retries through a database restart)."""
 
     async def heartbeat(
         self,

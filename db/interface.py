@@ -176,7 +176,7 @@ class JobQueue(JobSource, Protocol):
     async def list_workers(self) -> list[WorkerInfo]:
         """The GPU workers serving this queue as they last reported; none on a single machine."""
 
-    # --- personal settings, the daily quota, retention (db.userdata) -------------------------------------
+    # --- per user (db.per_user), retention (db.retention) --------------------------------------------------
     async def user_settings(self, user_id: int) -> UserSettings:
         """The user's saved /settings, or all defaults."""
 

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from db import core, enqueue, fairness, userdata
+from db import base, clock, core, enqueue, fairness
 from db.inputs import FolderInputs
 from db.migrate import migrate
 from db.models import (
@@ -65,7 +65,7 @@ _CLAIM_SQL = (
 
 
 class _Conn:
-    """db.core.Conn on the aiosqlite connection."""
+    """db.base.Conn on the aiosqlite connection."""
 
     def __init__(self, conn: aiosqlite.Connection) -> None:
         self.conn = conn
@@ -80,7 +80,7 @@ class _Conn:
         return (await self.conn.execute(sql, params)).rowcount
 
 
-class SqliteJobQueue(core.QueueCore, userdata.UserData):
+class SqliteJobQueue(core.QueueCore):
     """`db.interface.JobQueue` on a local SQLite file.
 
     `results`: where result images are kept (default: an `outputs` folder next to the file); start images
@@ -219,10 +219,10 @@ class SqliteJobQueue(core.QueueCore, userdata.UserData):
             yield _Conn(self._db)
 
     # --- backend hooks of db.core ------------------------------------------------------------------
-    async def _enter_queue(self, conn: core.Conn, job_id: int) -> None:
+    async def _enter_queue(self, conn: base.Conn, job_id: int) -> None:
         await conn.run(_ENTER_QUEUE, (job_id,))
 
-    async def _progress_done(self, conn: core.Conn, job_id: int) -> None:
+    async def _progress_done(self, conn: base.Conn, job_id: int) -> None:
         await conn.run("UPDATE jobs SET progress_step = progress_total WHERE id = ?", (job_id,))
 
     # --- recovery ----------------------------------------------------------------------------------
@@ -231,7 +231,7 @@ class SqliteJobQueue(core.QueueCore, userdata.UserData):
         return await self._requeue_where("", (), RESUMED_RESTART)
 
     async def requeue_expired_leases(self) -> tuple[list[int], list[int]]:
-        return await self._requeue_where(" AND lease_until < ?", (core.now(),), RESUMED_WORKER_LOST)
+        return await self._requeue_where(" AND lease_until < ?", (clock.now(),), RESUMED_WORKER_LOST)
 
     async def _requeue_where(self, where: str, params: tuple[Any, ...], reason: str) -> tuple[list[int], list[int]]:
         async with self._tx() as conn:
@@ -256,7 +256,7 @@ class SqliteJobQueue(core.QueueCore, userdata.UserData):
         parent_job_id: int | None = None,
     ) -> Enqueued:
         checked = enqueue.check_enqueue(requester, request, limits, kind, parent_job_id)
-        at = core.now()
+        at = clock.now()
         position_sql = fairness.POSITION_SQL.format(turn=self.TURN)
 
         def insert(db: sqlite3.Connection) -> Enqueued:
@@ -274,7 +274,7 @@ class SqliteJobQueue(core.QueueCore, userdata.UserData):
 
     # --- consumers ---------------------------------------------------------------------------------
     async def claim_next(self, worker_id: str, lease_s: float) -> Job | None:
-        at = core.now()
+        at = clock.now()
         async with self._tx() as conn:
             row = await conn.one(_CLAIM_SQL, (worker_id, at + lease_s, at))
             return job_from_row(row) if row else None
@@ -287,7 +287,7 @@ class SqliteJobQueue(core.QueueCore, userdata.UserData):
                 "UPDATE jobs SET lease_until = ?, progress_step = coalesce(?, progress_step), "
                 "progress_total = coalesce(?, progress_total) "
                 "WHERE id = ? AND state = 'running' AND worker_id = ? RETURNING cancel_requested",
-                (core.now() + lease_s, step, total, job_id, worker_id),
+                (clock.now() + lease_s, step, total, job_id, worker_id),
             )
             if row is not None and preview is not None:
                 await self._save_preview(conn, job_id, preview)

@@ -25,7 +25,7 @@ from db.results import UnsafeResult
 from engine.png import encode_job_pngs
 from engine.service import Engine, Prefetch
 from engine.types import ENGINE_TEXTS, EngineError, EngineUnavailable, GenerationResult, JobCancelled, Progress
-from jobrequest import InvalidRequest, strength_used, uses_cfg
+from jobrequest import InvalidRequest, JobRequest, strength_used, uses_cfg
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +58,13 @@ class Dispatcher:
         lookahead: int = 8,
         idle_poll_s: float = 2.0,
         dispatch_timings: bool = False,
+        check: Callable[[JobRequest], object] | None = None,
     ) -> None:
         """`dispatch_timings`: also record claim → engine start and claim → first step in each job's
-        timings (`claim_to_engine_s`, `claim_to_first_step_s`), which the scale-out benchmark reads."""
+        timings (`claim_to_engine_s`, `claim_to_first_step_s`), which the scale-out benchmark reads.
+        `check`: where this process is an edge of its own (a cluster worker, whose jobs were checked against
+        the bot machine's idea of the model), each job's one check against this engine's model before it
+        runs (`jobrequest.check`); a request it refuses fails with that sentence."""
         self.source = source
         self.engine = engine
         self.worker_id = worker_id
@@ -70,6 +74,7 @@ class Dispatcher:
         self.lookahead = lookahead
         self.idle_poll_s = idle_poll_s
         self.dispatch_timings = dispatch_timings
+        self.check = check
         self._stopping = asyncio.Event()
         self._running: _Running | None = None
         self._task: asyncio.Task[None] | None = None
@@ -143,6 +148,8 @@ class Dispatcher:
             prefetch = await self._lookahead(job)
             engine_at = time.time()
             try:
+                if self.check is not None:
+                    self.check(job.request)
                 result = await self.engine.generate(
                     job.request,
                     on_progress=lambda p: self._on_progress(running, p),

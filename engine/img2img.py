@@ -1,8 +1,9 @@
 """The start image of an image-to-image or upscale job: decoded, then resized and cropped to a size the
 model accepts (jobrequest.fit_size).
 
-The bytes were checked where they came in (the stored PNG of db.inputs); this decodes them again on the
-GPU thread and refuses, with a user-facing message, anything Pillow cannot read.
+The bytes are an upload checked where it came in (its stored PNG in db.inputs) or one of our own results (a
+Vary, Remix or Upscale starts from it by reference); this decodes them on the GPU thread and refuses, with a
+user-facing message, anything Pillow cannot read.
 """
 
 from __future__ import annotations

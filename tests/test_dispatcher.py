@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+import jobrequest
 from db.models import JobState, NoticeKind, Requester
 from db.results import FolderResults
 from db.sqlite_queue import SqliteJobQueue
@@ -96,6 +97,26 @@ async def test_a_job_becomes_a_png_and_a_pending_result_post(rig: Rig) -> None:
     notices = await rig.queue.pending_notices()
     assert [(n.kind, n.job.id) for n in notices] == [(NoticeKind.RESULT, job.id)]
     assert "claim_to_engine_s" not in job.timings, "dispatch timings only where asked for (cluster workers)"
+
+
+async def test_a_worker_that_is_its_own_edge_checks_each_job_once_against_its_model(rig: Rig) -> None:
+    """A cluster worker's jobs were checked against the bot machine's idea of the model: with `check`, the
+    dispatcher holds each one to this engine's limits before it runs, and a refused one fails in words."""
+    checked: list[int] = []
+
+    def check(request: JobRequest) -> None:
+        checked.append(request.steps)
+        jobrequest.check(request, rig.engine.limits)
+
+    rig.dispatcher.check = check
+    bad = await rig.queue.enqueue(ALICE, job_request(steps=500))  # past MAX_STEPS: no edge of this machine saw it
+    good = await rig.queue.enqueue(BOB, job_request(steps=2))
+    rig.dispatcher.start()
+    await rig.wait_state(good.job_id, JobState.DONE)
+    failed = await rig.queue.get_job(bad.job_id)
+    assert failed is not None and failed.state is JobState.FAILED
+    assert failed.error == "Steps must be from 1 to 100 (got 500)." and failed.result_paths == []
+    assert checked == [500, 2], "each job checked once, before it runs"
 
 
 @pytest.mark.parametrize("rig", [(0.02, True)], indirect=True)

@@ -242,3 +242,15 @@ def test_doctor_without_a_gpu_says_what_would_happen_and_what_to_do(monkeypatch:
     (auto,) = [line for line in doctor.splitlines() if line.startswith("auto ")]
     assert auto.startswith("auto (QUALITY=balanced): no CUDA GPU here, so the engine would run bf16_resident on")
     assert "CUDA build of torch" in auto
+
+
+def test_a_worker_with_a_model_folder_that_does_not_exist_says_so(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(settings_module, "PROGRAM_FOLDER", tmp_path)
+    monkeypatch.setenv("MODEL_ID", "/no/such/folder")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://nobody@localhost/none")
+    assert cli.main(["worker"]) == 2
+    message = one_sentence(capsys.readouterr().err)
+    assert message.startswith("MODEL_ID: The model folder /no/such/folder does not exist")

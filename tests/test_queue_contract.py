@@ -3,7 +3,7 @@
 What the cogs and the dispatcher rely on (fair claim order, positions, caps, cancel, leases,
 crash recovery, the outbox) must not depend on the backend. Nothing is mocked: SQLite files
 and a real PostgreSQL server (tests/pgserver.py). Crashes are real SIGKILLed child processes.
-Time is faked only by replacing `db.core.now` (every stored time comes from it), where a test is about leases,
+Time is faked only by replacing `db.clock.now` (every stored time comes from it), where a test is about leases,
 cooldowns or retry times.
 """
 
@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 
-import db.core
+import db.clock
 from db.fairness import next_round
 from db.interface import JobQueue
 from db.models import (
@@ -150,7 +150,7 @@ class Clock:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch, backend: Backend) -> Clock:
     c = Clock()
-    monkeypatch.setattr(db.core, "now", c)
+    monkeypatch.setattr(db.clock, "now", c)
     return c
 
 

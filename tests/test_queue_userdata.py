@@ -1,7 +1,7 @@
-"""Personal settings, the daily quota and retention, on both backends (db.userdata, db.enqueue).
+"""Personal settings, the daily quota and retention, on both backends (db.per_user, db.retention, db.enqueue).
 
 Same fixtures as tests/test_queue_contract.py: a SQLite file and a real PostgreSQL server, time
-faked only through `db.core.now`.
+faked only through `db.clock.now`.
 """
 
 from __future__ import annotations

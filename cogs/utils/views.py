@@ -158,8 +158,8 @@ class RerollButton(_JobButton, template=r"cv4:reroll:(?P<job>\d+)"):
     style = discord.ButtonStyle.primary
 
 
-# "cv4:vary:" is what this button was called before "vary" came to mean image-to-image only: buttons posted
-# then still work.
+# Also answers "cv4:vary:", the id this button carries on results posted by earlier versions ("vary" now
+# names image-to-image only).
 class VariationsButton(_JobButton, template=r"cv4:(?:variations|vary):(?P<job>\d+)"):
     handler = variations
     emoji, action = "🔀", "variations"

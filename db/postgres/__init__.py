@@ -6,6 +6,7 @@ so a single-machine install never needs the cluster extra.
 
 from __future__ import annotations
 
-from db.postgres.queue import DatabaseUnreachable, PostgresJobQueue
+from db.postgres.connection import DatabaseUnreachable
+from db.postgres.queue import PostgresJobQueue
 
 __all__ = ["DatabaseUnreachable", "PostgresJobQueue"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from db import core
+from db import clock
 from db.inputs import check_digest, digest_of
 from db.models import InvalidJob
 from db.postgres.results import DatabaseStore
@@ -21,7 +21,7 @@ class DatabaseInputs(DatabaseStore):
                 await conn.run(
                     "INSERT INTO start_images (digest, png, created_at) VALUES (?, ?, ?) "
                     "ON CONFLICT (digest) DO NOTHING",
-                    (digest, bytes(data), core.now()),
+                    (digest, bytes(data), clock.now()),
                 )
 
         await self._retrying(store)
