@@ -3,13 +3,14 @@
 A home card's CogView4 step is compute-bound, so the weight format is chosen for the card's matmul
 kernels, not only for memory:
 - `fp8` (compute capability 8.9+, RTX 40/50): weights e4m3 with one scale per tensor, activations
-  quantized per tensor on the fly; `torch._scaled_mm` multiplies, scales and adds the bias in one kernel.
-  Per-tensor is the recipe cuBLAS runs on sm_89, sm_90 and sm_120 (row-wise scales are refused there).
+  quantized on the fly with one scale per image; `torch._scaled_mm` multiplies, scales and adds the bias in
+  one kernel. Tensor-wise scales are what cuBLAS runs on sm_89, sm_90 and sm_120 (row-wise are refused there).
 - `int8` (8.0+, RTX 30): weights with one scale per output channel, activations one per token;
   `torch._int_mm` multiplies into int32 and one rescale follows.
 
-What is quantized (measured on the random full-size model, bench/quant8_probe.py): the attention
-projections and the feed-forward inside the 28 blocks, where almost all of the compute is. The adaLN
+What is quantized: the attention projections and the feed-forward inside the 28 blocks, where almost all of
+the compute is (both kernels measured above 44 dB on the random full-size model, first and last blocks
+included: bench/RESULTS.md). The adaLN
 modulation linears take a vector per image (no compute to speak of) but hold 11 % of the weights: they are
 stored 8-bit and dequantized to bf16 for their matmul (`WeightOnly8`). Embeddings, norms, the output
 projection and its modulation stay bf16.
