@@ -58,6 +58,7 @@ JOB_COLUMNS: tuple[Column, ...] = (
     Column("strength", "real", False),
     Column("upscale", "int", False),
     Column("locale", "text"),
+    Column("draft", "bool", False),
 )
 
 # Where a backend keeps a fact elsewhere (PostgreSQL: progress in job_progress, written at every
@@ -92,4 +93,5 @@ INSERT_COLUMNS: tuple[str, ...] = (
     "strength",
     "upscale",
     "locale",
+    "draft",
 )

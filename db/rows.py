@@ -51,6 +51,7 @@ def job_from_row(row: Mapping[str, Any]) -> Job:
             start_image=row["start_image"],
             strength=row["strength"],
             upscale=row["upscale"],
+            draft=bool(row["draft"]),
         ),
         state=JobState(row["state"]),
         attempts=row["attempts"],

@@ -16,6 +16,7 @@ from typing import Any
 from engine.img2img import StartImage, open_image, start_image
 from engine.plan_manager import PlanManager
 from engine.preview import Previewer
+from engine.stepcache import DRAFT_THRESHOLD
 from engine.types import GenerationResult, JobCancelled, OutOfMemory, Prefetch, Progress
 from jobrequest import (
     InvalidRequest,
@@ -240,6 +241,7 @@ class Generator:
                 init_image=None if start is None else start.image,
                 strength=strength,
                 preview=previewer,
+                cache_threshold=DRAFT_THRESHOLD if request.draft else None,
             )
             images.append(image)
             timings.append(timing)
@@ -253,6 +255,9 @@ class Generator:
             "steady_step_s": sum((t.steady_step_s or t.step_s) for t in timings) / max(1, len(timings)),
             "total_s": time.perf_counter() - started,
         }
+        if request.draft:
+            summary["passes"] = sum(t.passes for t in timings)
+            summary["skipped_passes"] = sum(t.skipped_passes for t in timings)
         return GenerationResult(images=images, seed=seed, plan=runner.plan.name, timings=summary)
 
     def _previewer(self, runner: Any) -> Previewer | None:
@@ -267,9 +272,10 @@ class Generator:
             return None
 
     def _record_speed(self, request: JobRequest, timings: list[Any]) -> None:
-        """Smooth the measured seconds per step (scaled to the native size) into the ETA's rate."""
+        """Smooth the measured seconds per step (scaled to the native size) into the ETA's rate: the rate of
+        full steps, so a draft's cached steps do not count (the ETA divides by jobrequest.DRAFT_SPEEDUP)."""
         steps = sum(t.steps for t in timings)
-        if not steps:
+        if not steps or request.draft:
             return
         area = request.width * request.height / (self.plans.limits.native_size**2)
         step_s = sum(t.denoise_s for t in timings) / steps / max(area, 1e-6)
