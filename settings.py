@@ -39,6 +39,8 @@ _HINTS: dict[str, str] = {
 # `.env` is read next to the program (the folder of bot.py and .env.example) and in the current folder; the
 # current folder's wins where both set a variable.
 PROGRAM_FOLDER = Path(__file__).resolve().parent
+# SAFETY_MODEL when it is empty: a ViT-base NSFW classifier (labels normal / nsfw, 86 M parameters, Apache-2.0).
+DEFAULT_SAFETY_MODEL = "Falconsai/nsfw_image_detection"
 
 
 def env_folders() -> list[Path]:
@@ -159,6 +161,21 @@ class Settings(BaseSettings):
     @classmethod
     def _no_upscaler(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    # The image safety check (engine.safety): an image classifier, a folder or a Hugging Face id, downloaded on
+    # the first start like MODEL_ID; empty: DEFAULT_SAFETY_MODEL; "off": no check (the server's /safety mode
+    # then has nothing to act on). An image whose adult-content score is above SAFETY_THRESHOLD is flagged.
+    safety_model: str | None = DEFAULT_SAFETY_MODEL
+    safety_threshold: float = Field(default=0.5, ge=0, le=1)
+
+    @field_validator("safety_model", mode="before")
+    @classmethod
+    def _safety_model(cls, value: object) -> object:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return DEFAULT_SAFETY_MODEL
+        if isinstance(value, str) and value.strip().lower() in ("off", "none", "false", "0"):
+            return None
+        return value.strip() if isinstance(value, str) else value
 
 
 class SettingsError(Exception):

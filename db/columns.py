@@ -59,6 +59,7 @@ JOB_COLUMNS: tuple[Column, ...] = (
     Column("upscale", "int", False),
     Column("locale", "text"),
     Column("draft", "bool", False),
+    Column("flagged", "bool", False),
 )
 
 # Where a backend keeps a fact elsewhere (PostgreSQL: progress in job_progress, written at every

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from db import core, enqueue, fairness, userdata
+from db import core, enqueue, fairness, flags, userdata
 from db.inputs import FolderInputs
 from db.migrate import migrate
 from db.models import (
@@ -80,7 +80,7 @@ class _Conn:
         return (await self.conn.execute(sql, params)).rowcount
 
 
-class SqliteJobQueue(core.QueueCore, userdata.UserData):
+class SqliteJobQueue(core.QueueCore, userdata.UserData, flags.Flags):
     """`db.interface.JobQueue` on a local SQLite file.
 
     `results`: where result images are kept (default: an `outputs` folder next to the file); start images

@@ -17,7 +17,7 @@ from engine.img2img import StartImage, open_image, start_image
 from engine.plan_manager import PlanManager
 from engine.preview import Previewer
 from engine.stepcache import DRAFT_THRESHOLD
-from engine.types import GenerationResult, JobCancelled, OutOfMemory, Prefetch, Progress
+from engine.types import EngineUnavailable, GenerationResult, JobCancelled, OutOfMemory, Prefetch, Progress
 from jobrequest import (
     InvalidRequest,
     JobRequest,
@@ -43,6 +43,8 @@ class Generator:
         self._step_s: float | None = None
         self._step_s_load = 0  # the plan placement (PlanManager.model_loads) the step rate was measured under
         self._upscaler: Any = None  # engine.upscaler.Upscaler, loaded at the first upscale job
+        self._safety: Any = None  # engine.safety.SafetyChecker, loaded at start (load_safety) or the first job
+        self._safety_error: EngineUnavailable | None = None  # why it could not load: every job fails with it
 
     # --- read from any thread ------------------------------------------------------------------
     @property
@@ -77,6 +79,27 @@ class Generator:
         return estimate_seconds(request, step_s, encode_decode, self.plans.limits.native_size)
 
     # --- GPU thread ------------------------------------------------------------------------------
+    def load_safety(self) -> Any:
+        """The safety checker (SAFETY_MODEL), loaded once; None when the check is off. A model that cannot load
+        raises EngineUnavailable, now and for every later job (no image goes out unchecked)."""
+        model = self.plans.config.safety_model
+        if model is None or self._safety is not None:
+            return self._safety
+        if self._safety_error is not None:
+            raise self._safety_error
+        import torch
+
+        from engine.safety import SafetyChecker
+
+        device = self.plans.device or torch.device("cpu")  # the model's device, once it is placed
+        try:
+            self._safety = SafetyChecker(model, device, self.plans.config.safety_threshold, _log_progress)
+        except EngineUnavailable as exc:
+            log.error("%s", exc)
+            self._safety_error = exc
+            raise
+        return self._safety
+
     def generate(
         self,
         request: JobRequest,
@@ -86,8 +109,30 @@ class Generator:
         lookahead: list[Prefetch],
         start_image: bytes | None = None,
     ) -> GenerationResult:
-        """Make the images of one job; retry once under a leaner plan if the GPU runs out of memory.
+        """Make the images of one job and check them (the safety check, before anything is stored or posted).
         `start_image` (the stored bytes of request.start_image) makes it image-to-image or an upscale."""
+        try:
+            checker = self.load_safety()
+        except EngineUnavailable:
+            self._failed(holder)
+            raise
+        result = self._generate(request, report, should_cancel, holder, lookahead, start_image)
+        if checker is not None and result.images:
+            started = time.perf_counter()
+            result.flagged = any(checker.flags(result.images))
+            result.timings["safety_s"] = time.perf_counter() - started
+        return result
+
+    def _generate(
+        self,
+        request: JobRequest,
+        report: ProgressCallback,
+        should_cancel: CancelCheck | None,
+        holder: object,
+        lookahead: list[Prefetch],
+        start_image: bytes | None,
+    ) -> GenerationResult:
+        """Make the images of one job; retry once under a leaner plan if the GPU runs out of memory."""
         import torch
 
         from engine.quant8 import KernelFailed
@@ -282,3 +327,7 @@ class Generator:
         previous = self.step_s
         self._step_s = step_s if previous is None else 0.7 * previous + 0.3 * step_s
         self._step_s_load = self.plans.model_loads
+
+
+def _log_progress(message: str, fraction: float) -> None:
+    log.info("Safety check: %s (%.0f%%)", message, 100 * fraction)

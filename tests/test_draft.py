@@ -95,3 +95,14 @@ async def test_a_draft_request_runs_under_the_cache_and_its_eta_is_shorter(tiny_
     assert made.timings["passes"] == 4, "4 steps, cond and uncond as one batch (the fast path)"
     assert "passes" not in finished.timings
     assert np.asarray(made.images[0]).shape == (64, 64, 3)
+
+
+def test_cli_generate_draft_records_it_and_counts_skipped_passes(tiny_model: Path, tmp_path: Path, capsys) -> None:
+    from tests.pngs import read_parameters
+    from tools.cli import main
+
+    out = tmp_path / "draft.png"
+    args = ["generate", "a lighthouse", "--model", str(tiny_model), "--device", "cpu", "--out", str(out)]
+    assert main([*args, "--steps", "3", "--seed", "4", "--size", "64x64", "--draft"]) == 0
+    assert read_parameters(out)["draft"] is True
+    assert "passes 3.00" in capsys.readouterr().out, "one batched pass a step, counted"

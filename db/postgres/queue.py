@@ -28,7 +28,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from db import core, enqueue, userdata
+from db import core, enqueue, flags, userdata
 from db.models import RESUMED_WORKER_LOST, Enqueued, EnqueueLimits, Heartbeat, Job, QueueError, Requester
 from db.postgres import dispatch
 from db.postgres.inputs import DatabaseInputs
@@ -103,7 +103,7 @@ def _raw(conn: core.Conn) -> psycopg.AsyncConnection:
     return conn.conn
 
 
-class PostgresJobQueue(core.QueueCore, userdata.UserData):
+class PostgresJobQueue(core.QueueCore, userdata.UserData, flags.Flags):
     """`db.interface.JobQueue` on PostgreSQL, plus what GPU workers and /status need."""
 
     JOB_COLUMNS = "j.*, p.step AS progress_step, p.total AS progress_total"
