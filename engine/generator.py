@@ -109,30 +109,9 @@ class Generator:
         lookahead: list[Prefetch],
         start_image: bytes | None = None,
     ) -> GenerationResult:
-        """Make the images of one job and check them (the safety check, before anything is stored or posted).
+        """Make the images of one job; retry once under a leaner plan if the GPU runs out of memory. The safety
+        check looks at them before they are returned (`checked`), so nothing unchecked is stored or posted.
         `start_image` (the stored bytes of request.start_image) makes it image-to-image or an upscale."""
-        try:
-            checker = self.load_safety()
-        except EngineUnavailable:
-            self._failed(holder)
-            raise
-        result = self._generate(request, report, should_cancel, holder, lookahead, start_image)
-        if checker is not None and result.images:
-            started = time.perf_counter()
-            result.flagged = any(checker.flags(result.images))
-            result.timings["safety_s"] = time.perf_counter() - started
-        return result
-
-    def _generate(
-        self,
-        request: JobRequest,
-        report: ProgressCallback,
-        should_cancel: CancelCheck | None,
-        holder: object,
-        lookahead: list[Prefetch],
-        start_image: bytes | None,
-    ) -> GenerationResult:
-        """Make the images of one job; retry once under a leaner plan if the GPU runs out of memory."""
         import torch
 
         from engine.quant8 import KernelFailed
@@ -140,8 +119,13 @@ class Generator:
 
         self.plans.require_runner()
         seed = request.seed if request.seed is not None else new_seed()
+        try:
+            checker = self.load_safety()
+        except EngineUnavailable:
+            self._failed(holder)
+            raise
         if request.upscale and start_image is not None and self.plans.config.upscaler_model is not None:
-            return self._upscale(request, start_image, seed, report, should_cancel, holder)
+            return checked(self._upscale(request, start_image, seed, report, should_cancel, holder), checker)
         try:
             start = self._start(request, start_image)
         except Exception:
@@ -176,7 +160,7 @@ class Generator:
             else:
                 result.notes = notes + result.notes
                 self.jobs_done += 1
-                return result
+                return checked(result, checker)
         raise AssertionError("unreachable")
 
     def _start(self, request: JobRequest, data: bytes | None) -> StartImage | None:
@@ -327,6 +311,15 @@ class Generator:
         previous = self.step_s
         self._step_s = step_s if previous is None else 0.7 * previous + 0.3 * step_s
         self._step_s_load = self.plans.model_loads
+
+
+def checked(result: GenerationResult, checker: Any) -> GenerationResult:
+    """The result with the safety check's verdict on its images (`checker` None: the check is off)."""
+    if checker is not None and result.images:
+        started = time.perf_counter()
+        result.flagged = any(checker.flags(result.images))
+        result.timings["safety_s"] = time.perf_counter() - started
+    return result
 
 
 def _log_progress(message: str, fraction: float) -> None:
