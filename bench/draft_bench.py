@@ -8,6 +8,9 @@ the share of transformer passes skipped):
     python bench/draft_bench.py --model THUDM/CogView4-6B --plan auto --steps 50 \\
         --thresholds 0.05,0.1,0.15,0.2,0.3 --out bench/results/draft.jsonl
 
+Run it under the plan the bot uses (--plan), with --compile where TORCH_COMPILE=true, and once under a
+streamed plan: a skipped block also skips its weight transfer there.
+
 The engine's DRAFT_THRESHOLD is the threshold chosen from this table: the smallest cost in dB for at least
 jobrequest.DRAFT_SPEEDUP times the speed. The first image pays warm-up (compile, first CUDA calls) and is not
 counted. Saves every image next to --out when --images is given, to look at them.
@@ -62,7 +65,8 @@ async def measure(args: argparse.Namespace) -> list[dict[str, object]]:
     from bench.hostmem import psnr
     from engine.service import Engine, EngineConfig
 
-    engine = Engine(EngineConfig(model_id=args.model, memory_mode=args.plan, device=args.device))
+    config = EngineConfig(model_id=args.model, memory_mode=args.plan, device=args.device, torch_compile=args.compile)
+    engine = Engine(config)
     engine.start()
     if not await engine.wait_ready(3600) or engine.status().error:
         raise SystemExit(f"the engine did not load: {engine.status().error}")
@@ -146,6 +150,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--size", type=int, default=0, help="square side in px (default: the model's native size)")
     parser.add_argument("--thresholds", default="0.05,0.1,0.15,0.2,0.3")
+    parser.add_argument("--compile", action="store_true", help="per-block torch.compile, as TORCH_COMPILE=true")
     parser.add_argument("--prompts", type=int, default=3, help=f"how many of the {len(PROMPTS)} prompts")
     parser.add_argument("--out", default="", help="append the JSON lines to this file too")
     parser.add_argument("--images", action="store_true", help="save every image in a folder named like --out")
