@@ -89,7 +89,7 @@ async def imagine_from_image(
     shape (an aspect is refused rather than ignored)."""
     if choices.aspect is not None:
         raise Refused(msg("imagine.image_no_aspect"))
-    defaults = await imagine_defaults(bot, interaction)
+    defaults = await imagine_defaults(bot, interaction, choices)
     request = build_request(dataclasses.replace(choices, strength=None), bot.engine.limits, bot.settings, defaults)
     strength = choices.strength
 

@@ -59,10 +59,11 @@ def build_request(
     return check_request(request, limits, settings)
 
 
-async def imagine_defaults(bot: Host, interaction: discord.Interaction) -> UserSettings:
-    """The user's own /settings, with the server's /drafts default where they chose nothing about drafts."""
+async def imagine_defaults(bot: Host, interaction: discord.Interaction, choices: Choices) -> UserSettings:
+    """The user's own /settings, with the server's /drafts default where neither they nor this /imagine chose
+    anything about drafts (only then is it read)."""
     own = await bot.queue.user_settings(interaction.user.id)
-    if own.draft is not None or interaction.guild_id is None:
+    if choices.draft is not None or own.draft is not None or interaction.guild_id is None:
         return own
     return replace(own, draft=await bot.queue.kv_get(drafts_key(interaction.guild_id)) == "1")
 
@@ -98,7 +99,7 @@ async def submit(
     require_allowed_role(interaction, bot.settings)
     limits = bot.engine.limits
     if isinstance(asked, Choices):
-        request = build_request(asked, limits, bot.settings, await imagine_defaults(bot, interaction))
+        request = build_request(asked, limits, bot.settings, await imagine_defaults(bot, interaction, asked))
     else:
         request = check_request(asked, limits, bot.settings)
     requester = requester_of(interaction)
