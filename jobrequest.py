@@ -36,6 +36,10 @@ REMIX_STRENGTH = 0.7  # strong enough for an edited prompt to show, close enough
 HIRES_STRENGTH = 0.35
 UPSCALE_FACTORS = (2, 4)
 UPSCALE_FACTOR = 2  # the Upscale button
+# A draft is denoised under the step cache (engine.stepcache.DRAFT_THRESHOLD): its steps take this share of
+# the time on average. Provisional, from diffusers' CogView4 figure at that threshold (2.3×, rounded down);
+# to be confirmed by bench/draft_bench.py on the real model.
+DRAFT_SPEEDUP = 2.0
 
 ASPECTS: dict[str, tuple[int, int]] = {
     "1:1": (1, 1),
@@ -122,6 +126,7 @@ class JobRequest:
     start_image: str | None = None  # sha256 hex of the stored start image (PNG bytes): image-to-image
     strength: float = 1.0  # image-to-image: how much of the schedule is re-run (1.0 = text-to-image)
     upscale: int = 0  # 2 or 4: an upscale job of the start image
+    draft: bool = False  # denoised under the step cache: about DRAFT_SPEEDUP times faster, a little less exact
 
     def __post_init__(self) -> None:
         self.validate()
@@ -155,6 +160,8 @@ class JobRequest:
             raise InvalidRequest(f"strength must be a number above 0 and at most 1 (got {self.strength!r}).")
         if not _whole(self.upscale) or self.upscale not in (0, *UPSCALE_FACTORS):
             raise InvalidRequest(f"upscale must be 0, 2 or 4 (got {self.upscale!r}).")
+        if not isinstance(self.draft, bool):
+            raise InvalidRequest(f"draft must be true or false (got {self.draft!r}).")
         if self.start_image is None and (self.strength != 1 or self.upscale):
             raise InvalidRequest("strength and upscale need a start image.")
 
@@ -194,9 +201,11 @@ def steps_run(request: JobRequest) -> int:
 
 
 def estimate_seconds(request: JobRequest, step_s: float, encode_decode_s: float, native_size: int) -> float:
-    """A job's run time from a step rate at the model's native size (width × height is the size made)."""
+    """A job's run time from a full step's rate at the model's native size (width × height is the size made);
+    a draft's steps take 1 / DRAFT_SPEEDUP of that."""
     area = request.width * request.height / (native_size**2)
-    return request.count * (steps_run(request) * step_s * area + encode_decode_s)
+    speedup = DRAFT_SPEEDUP if request.draft else 1.0
+    return request.count * (steps_run(request) * step_s * area / speedup + encode_decode_s)
 
 
 # --- sizes ------------------------------------------------------------------------------------------------

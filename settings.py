@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from jobrequest import DEFAULT_GUIDANCE, DEFAULT_STEPS, MAX_GUIDANCE, MAX_STEPS, MIN_GUIDANCE, MIN_STEPS
@@ -39,6 +39,10 @@ _HINTS: dict[str, str] = {
 # `.env` is read next to the program (the folder of bot.py and .env.example) and in the current folder; the
 # current folder's wins where both set a variable.
 PROGRAM_FOLDER = Path(__file__).resolve().parent
+# SAFETY_MODEL when it is empty: a ViT-base NSFW classifier (labels normal / nsfw, 86 M parameters, Apache-2.0).
+DEFAULT_SAFETY_MODEL = "Falconsai/nsfw_image_detection"
+# A model folder may bring its own safety classifier here (the tiny smoke-test model does).
+SAFETY_SUBFOLDER = "safety"
 
 
 def env_folders() -> list[Path]:
@@ -159,6 +163,29 @@ class Settings(BaseSettings):
     @classmethod
     def _no_upscaler(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    # The image safety check (engine.safety): an image classifier, a folder or a Hugging Face id, downloaded on
+    # the first start like MODEL_ID; empty: the model folder's own `safety/` classifier where it has one (the
+    # tiny smoke-test model does), else DEFAULT_SAFETY_MODEL; "off": no check (the server's /safety mode then has
+    # nothing to act on). An image whose adult-content score is above SAFETY_THRESHOLD is flagged.
+    safety_model: str | None = ""
+    safety_threshold: float = Field(default=0.5, ge=0, le=1)
+
+    @field_validator("safety_model", mode="before")
+    @classmethod
+    def _safety_model(cls, value: object) -> object:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return ""
+        if isinstance(value, str) and value.strip().lower() in ("off", "none", "false", "0"):
+            return None
+        return value.strip() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _default_safety_model(self) -> Settings:
+        if self.safety_model == "":
+            own = Path(self.model_id).expanduser() / SAFETY_SUBFOLDER
+            self.safety_model = str(own) if own.is_dir() else DEFAULT_SAFETY_MODEL
+        return self
 
 
 class SettingsError(Exception):

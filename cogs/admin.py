@@ -1,4 +1,4 @@
-"""Admin commands: /memory, /pause, /resume, /purge, /status, /spoilers.
+"""Admin commands: /memory, /pause, /resume, /purge, /status, /spoilers, /drafts, /safety.
 
 Every command is checked in code (``admin_only``): Manage Server, ADMIN_USER_IDS or
 ADMIN_ROLE_IDS, never in DMs. Every change is written to the audit table. Replies are in the admin's language.
@@ -18,9 +18,10 @@ from discord.ext import commands
 from cogs.utils.checks import admin_only
 from cogs.utils.errors import reply_private
 from cogs.utils.host import Host
-from cogs.utils.i18n import EngineSaid, t
-from cogs.utils.kv_keys import MEMORY_KEY, spoilers_key
+from cogs.utils.i18n import EngineSaid, msg, t
+from cogs.utils.kv_keys import MEMORY_KEY, drafts_key, safety_key, spoilers_key
 from cogs.utils.reports import memory_report, status_report, workers_report
+from cogs.utils.safety import MODES, server_mode
 from cogs.utils.text import clip
 from db.models import JobState, QueueError
 from engine.plans import PLANS
@@ -122,15 +123,67 @@ class Admin(commands.Cog):
     @admin_only()
     async def spoilers(self, interaction: discord.Interaction, enabled: bool | None = None) -> None:
         assert interaction.guild_id is not None  # admin_only refuses DMs
-        key = spoilers_key(interaction.guild_id)
+        locale = interaction.locale
+        texts = (t("admin.spoilers_on", locale), t("admin.spoilers_off", locale))
+        said = (t("admin.spoilers_set_on", locale), t("admin.spoilers_set_off", locale))
+        await self._switch(interaction, "spoilers", spoilers_key(interaction.guild_id), enabled, texts, said)
+
+    @app_commands.command(name="drafts", description="Make drafts this server's default for /imagine, or not (admins)")
+    @app_commands.describe(enabled="On: /imagine makes fast drafts unless asked otherwise; off: full images")
+    @admin_only()
+    async def drafts(self, interaction: discord.Interaction, enabled: bool | None = None) -> None:
+        assert interaction.guild_id is not None  # admin_only refuses DMs
+        locale = interaction.locale
+        texts = (t("admin.drafts_on", locale), t("admin.drafts_off", locale))
+        said = (t("admin.drafts_set_on", locale), t("admin.drafts_set_off", locale))
+        await self._switch(interaction, "drafts", drafts_key(interaction.guild_id), enabled, texts, said)
+
+    @app_commands.command(name="safety", description="What happens to images the safety check flags here (admins)")
+    @app_commands.describe(mode="off, spoiler, age-restricted (the default) or block")
+    @app_commands.choices(mode=[app_commands.Choice(name=m, value=m) for m in MODES])
+    @admin_only()
+    async def safety(self, interaction: discord.Interaction, mode: str | None = None) -> None:
+        assert interaction.guild_id is not None  # admin_only refuses DMs
+        locale = interaction.locale
+        if mode is None:
+            current = await server_mode(self.bot.queue, interaction.guild_id)
+            await reply_private(interaction, t("admin.safety_is", locale, mode=mode_text(current, locale)))
+            return
+        if mode not in MODES:  # a choice, unless a client sends something else
+            raise QueueError(msg("admin.safety_modes", modes=", ".join(MODES)))
+        await self.bot.queue.kv_set(safety_key(interaction.guild_id), mode)
+        await self._audit(interaction, "safety", mode)
+        await reply_private(interaction, t("admin.safety_set", locale, mode=mode_text(mode, locale)))
+
+    async def _switch(
+        self,
+        interaction: discord.Interaction,
+        name: str,
+        key: str,
+        enabled: bool | None,
+        texts: tuple[str, str],
+        said: tuple[str, str],
+    ) -> None:
+        """A server's on/off setting: without `enabled`, says how it is (`texts`: on, off); else stores it, audits
+        it and says so (`said`: on, off)."""
         if enabled is None:
             on = await self.bot.queue.kv_get(key) == "1"
-            await reply_private(interaction, t("admin.spoilers_on" if on else "admin.spoilers_off", interaction.locale))
+            await reply_private(interaction, texts[0] if on else texts[1])
             return
         await self.bot.queue.kv_set(key, "1" if enabled else "0")
-        await self._audit(interaction, "spoilers", "on" if enabled else "off")
-        said = t("admin.spoilers_set_on" if enabled else "admin.spoilers_set_off", interaction.locale)
-        await reply_private(interaction, said)
+        await self._audit(interaction, name, "on" if enabled else "off")
+        await reply_private(interaction, said[0] if enabled else said[1])
+
+
+def mode_text(mode: str, locale: discord.Locale | str | None) -> str:
+    """A /safety mode and what it does, in the admin's language."""
+    if mode == "off":
+        return t("safety.mode_off", locale)
+    if mode == "spoiler":
+        return t("safety.mode_spoiler", locale)
+    if mode == "block":
+        return t("safety.mode_block", locale)
+    return t("safety.mode_age_restricted", locale)
 
 
 async def setup(bot: commands.Bot) -> None:

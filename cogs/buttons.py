@@ -11,7 +11,7 @@ from discord.ext import commands
 from cogs.utils.errors import report
 from cogs.utils.host import Host
 from cogs.utils.image_jobs import modal_values, remix
-from cogs.utils.views import RESULT_BUTTONS
+from cogs.utils.views import DYNAMIC_BUTTONS
 
 _REMIX_MODAL = re.compile(r"cv4:remixed:(\d+)")
 
@@ -40,9 +40,9 @@ class RemixSubmits(commands.Cog):
 
 
 async def setup(bot: commands.Bot) -> None:
-    bot.add_dynamic_items(*RESULT_BUTTONS)
+    bot.add_dynamic_items(*DYNAMIC_BUTTONS)
     await bot.add_cog(RemixSubmits(cast(Host, bot)))
 
 
 async def teardown(bot: commands.Bot) -> None:
-    bot.remove_dynamic_items(*RESULT_BUTTONS)
+    bot.remove_dynamic_items(*DYNAMIC_BUTTONS)

@@ -3,7 +3,8 @@
 The queue writes a notice in the same transaction that finishes a job; this loop posts
 it with ``channel.send`` (interaction tokens die after 15 minutes) and then records the
 message id (a result goes by DM when the user's /settings ask for private results, and as
-spoilers where a server's admins turned /spoilers on). Each notice has its own nonce with
+spoilers where a server's admins turned /spoilers on; a result the safety check flagged follows the server's
+/safety mode, cogs.utils.safety). Each notice has its own nonce with
 ``enforce_nonce``, so if the bot dies between posting and recording, the retry returns the
 message already posted instead of a duplicate. A failed post is retried later with exponential
 backoff and jitter, without holding up the other notices; only errors that can never succeed
@@ -30,8 +31,9 @@ from cogs.utils.i18n import t
 from cogs.utils.images import fit_upload
 from cogs.utils.kv_keys import spoilers_key
 from cogs.utils.notices import Post, compose
+from cogs.utils.safety import age_restricted, flagged_post, server_mode, spoilered, treatment
 from cogs.utils.text import only_user
-from cogs.utils.views import result_view
+from cogs.utils.views import by_dm_view, result_view
 from db.models import Notice, NoticeKind
 from db.results import ResultFile
 
@@ -167,12 +169,28 @@ class Delivery(commands.Cog):
         post = await compose(notice, self.bot.queue.results)
         job = notice.job
         channel = self.bot.get_partial_messageable(job.requester.channel_id, guild_id=job.requester.guild_id)
-        if post.files and (await self.bot.queue.user_settings(post.user_id)).private:
+        private = bool(post.files) and (await self.bot.queue.user_settings(post.user_id)).private
+        if post.files and job.flagged:
+            mode = await server_mode(self.bot.queue, job.requester.guild_id)
+            where = None if private else await self._channel(job.requester.channel_id)  # a DM is not age-restricted
+            post = flagged_post(post, job, treatment(mode, True, age_restricted(where)))
+        if private:
             return await self._post_private(notice, post, channel)
         guild_id = job.requester.guild_id
         if post.files and guild_id and await self.bot.queue.kv_get(spoilers_key(guild_id)) == "1":
-            post = replace(post, files=[ResultFile(f"SPOILER_{f.name}", f.data) for f in post.files])
+            post = replace(post, files=spoilered(post.files))
         return await self._send(channel, notice, post)
+
+    async def _channel(self, channel_id: int) -> object:
+        """The channel as Discord describes it (its age-restricted mark), from the cache or asked for; None if
+        it cannot be read (then it counts as not age-restricted)."""
+        found = self.bot.get_channel(channel_id)
+        if found is not None:
+            return found
+        try:
+            return await self.bot.fetch_channel(channel_id)
+        except (discord.HTTPException, aiohttp.ClientError, OSError):
+            return None
 
     async def _post_private(self, notice: Notice, post: Post, channel: discord.PartialMessageable) -> int:
         """The user chose private results: by DM; if their DMs are closed, a short notice in the channel
@@ -194,7 +212,7 @@ class Delivery(commands.Cog):
         first = await channel.send(
             post.content,
             files=[_file(name, data) for name, data in groups[0]] if groups else discord.utils.MISSING,
-            view=result_view(post.buttons_for, post.locale) if post.buttons_for is not None else discord.utils.MISSING,
+            view=post_view(post),
             allowed_mentions=only_user(post.user_id),
             nonce=nonce_for(notice),
         )
@@ -205,6 +223,15 @@ class Delivery(commands.Cog):
                 nonce=nonce_for(notice, part),
             )
         return first.id
+
+
+def post_view(post: Post) -> discord.ui.View:
+    """A result's buttons, a flagged result's notice's button, or none."""
+    if post.buttons_for is not None:
+        return result_view(post.buttons_for, post.locale, draft=post.draft)
+    if post.dm_button_for is not None:
+        return by_dm_view(post.dm_button_for, post.locale)
+    return discord.utils.MISSING
 
 
 def _file(name: str, data: bytes) -> discord.File:

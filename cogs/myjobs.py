@@ -16,6 +16,7 @@ from cogs.utils.eta import finish_times, queue_positions
 from cogs.utils.host import Host
 from cogs.utils.i18n import msg, t
 from cogs.utils.kv_keys import spoilers_key
+from cogs.utils.safety import Treatment, age_restricted, server_mode, spoilered, treatment
 from cogs.utils.text import NO_MENTIONS, clip, now, params_line, quote, relative, whole_minutes
 from cogs.utils.views import result_view
 from db.models import Job, JobNotFound, JobState, NotAllowed, QueueError
@@ -104,19 +105,31 @@ class MyJobs(commands.Cog):
         files = await self._images(found)
         if not files:
             raise QueueError(msg("show.gone", job=job))
-        if interaction.guild_id and await self.bot.queue.kv_get(spoilers_key(interaction.guild_id)) == "1":
-            files = [ResultFile(f"SPOILER_{image.name}", image.data) for image in files]
-        await interaction.response.defer(thinking=True)
+        # A flagged result follows this server's /safety mode here (cogs.utils.safety): outside age-restricted
+        # channels it is shown only to the one who asked to see it (an ephemeral reply, as spoilers).
+        mode = await server_mode(self.bot.queue, interaction.guild_id) if found.flagged else "off"
+        how = treatment(mode, found.flagged, age_restricted(interaction.channel))
+        if how is Treatment.BLOCKED:
+            raise QueueError(msg("show.blocked", job=job))
+        private = how is Treatment.BY_DM
+        spoilers = interaction.guild_id and await self.bot.queue.kv_get(spoilers_key(interaction.guild_id)) == "1"
+        if spoilers or how is not Treatment.AS_USUAL:
+            files = spoilered(files)
+        await interaction.response.defer(thinking=True, ephemeral=private)
         locale = interaction.locale  # a reply to the one who asked to see it again
-        content = clip(
-            f"{t('show.post', locale, job=job, user=found.requester.user_id)}\n> {quote(found.request.prompt, 900)}\n"
-            f"-# {params_line(found.request, found.seed_used, locale)}"
-        )
+        lines = [
+            t("show.post", locale, job=job, user=found.requester.user_id),
+            f"> {quote(found.request.prompt, 900)}",
+            f"-# {params_line(found.request, found.seed_used, locale)}",
+        ]
+        if found.flagged:
+            lines.append(f"-# {t('info.flagged', locale)}")
         await interaction.followup.send(
-            content,
+            clip("\n".join(lines)),
             files=[discord.File(io.BytesIO(image.data), filename=image.name) for image in files],
-            view=result_view(job, locale),
+            view=result_view(job, locale, draft=found.request.draft),
             allowed_mentions=NO_MENTIONS,
+            ephemeral=private,
         )
 
     async def _images(self, job: Job) -> list[ResultFile]:

@@ -49,6 +49,8 @@ def describe(own: UserSettings, settings: Settings, locale: discord.Locale | str
         else t("settings.without_nothing", locale),
         t("settings.by_dm" if own.private else "settings.in_channel", locale),
     ]
+    if own.draft is not None:
+        lines.append(t("settings.drafts", locale, value=t("settings.on" if own.draft else "settings.off", locale)))
     return "\n".join(lines)
 
 
@@ -63,6 +65,7 @@ class PersonalSettings(commands.Cog):
         guidance="Default guidance (how closely to follow the prompt)",
         negative_prompt="What to keep out of every image you make",
         private="Send your results by direct message instead of in the channel",
+        draft="Make your /imagine a fast draft unless you ask otherwise",
         reset="Forget all your settings first (then apply any given here)",
     )
     @app_commands.choices(aspect=[app_commands.Choice(name=a, value=a) for a in ASPECTS])
@@ -74,6 +77,7 @@ class PersonalSettings(commands.Cog):
         guidance: app_commands.Range[float, MIN_GUIDANCE, MAX_GUIDANCE] | None = None,
         negative_prompt: app_commands.Range[str, 1, MAX_PROMPT_CHARS] | None = None,
         private: bool | None = None,
+        draft: bool | None = None,
         reset: bool = False,
     ) -> None:
         queue, user, locale = self.bot.queue, interaction.user.id, interaction.locale
@@ -85,6 +89,7 @@ class PersonalSettings(commands.Cog):
                 ("guidance", guidance),
                 ("negative_prompt", negative_prompt.strip() if negative_prompt else None),
                 ("private", private),
+                ("draft", draft),
             )
             if value is not None
         }

@@ -58,6 +58,8 @@ JOB_COLUMNS: tuple[Column, ...] = (
     Column("strength", "real", False),
     Column("upscale", "int", False),
     Column("locale", "text"),
+    Column("draft", "bool", False),
+    Column("flagged", "bool", False),
 )
 
 # Where a backend keeps a fact elsewhere (PostgreSQL: progress in job_progress, written at every
@@ -92,4 +94,5 @@ INSERT_COLUMNS: tuple[str, ...] = (
     "strength",
     "upscale",
     "locale",
+    "draft",
 )

@@ -21,6 +21,7 @@ from typing import Any
 
 from db import clock, fairness
 from db.base import Conn, Row
+from db.flags import Flags
 from db.heartbeats import Heartbeats
 from db.models import (
     ADMIN_CANCEL,
@@ -43,7 +44,7 @@ from db.rows import parse_states
 from db.runtime import RuntimeState
 
 
-class QueueCore(Outbox, RuntimeState, Retention, PerUser, Heartbeats):
+class QueueCore(Outbox, RuntimeState, Retention, PerUser, Heartbeats, Flags):
     """`db.interface.JobQueue` minus what needs a backend's own SQL; subclasses add that. The parts it is
     made of each subclass `db.base.QueueBase`: the outbox, the runtime state and audit, retention, what is
     kept per user, heartbeats."""

@@ -134,5 +134,6 @@ def insert_values(
         "strength": float(request.strength),
         "upscale": request.upscale,
         "locale": requester.locale,
+        "draft": request.draft,
     }
     return tuple(values[name] for name in INSERT_COLUMNS)

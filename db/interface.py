@@ -71,6 +71,10 @@ class JobSource(Protocol):
 
         `result_paths` is what `results.save` returned for the job's images."""
 
+    async def mark_flagged(self, job_id: int, worker_id: str) -> bool:
+        """The safety check flagged the running job's images: marked (and audited once) before `complete`.
+        False if the lease was lost (db.flags)."""
+
     async def fail(self, job_id: int, worker_id: str, error: str, *, retry: bool = False) -> bool:
         """Mark failed (and tell the user), or with retry=True requeue while attempts remain."""
 

@@ -170,6 +170,7 @@ class Job:
     status_message_id: int | None = None
     result_message_id: int | None = None
     delivered_at: float | None = None
+    flagged: bool = False  # the safety check found adult content in its images (the server's /safety applies)
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,3 +254,4 @@ class UserSettings:
     guidance: float | None = None
     negative_prompt: str | None = None
     private: bool = False
+    draft: bool | None = None  # None: the server's default (/drafts)

@@ -51,6 +51,7 @@ def job_from_row(row: Mapping[str, Any]) -> Job:
             start_image=row["start_image"],
             strength=row["strength"],
             upscale=row["upscale"],
+            draft=bool(row["draft"]),
         ),
         state=JobState(row["state"]),
         attempts=row["attempts"],
@@ -71,6 +72,7 @@ def job_from_row(row: Mapping[str, Any]) -> Job:
         status_message_id=row["status_message_id"],
         result_message_id=None if row["result_deleted"] else row["result_message_id"],
         delivered_at=row["delivered_at"],
+        flagged=bool(row["flagged"]),
     )
 
 

@@ -241,6 +241,8 @@ class Dispatcher:
             parameters.update(
                 start_image=request.start_image, strength=strength_used(request), upscale=request.upscale
             )
+        if request.draft:
+            parameters["draft"] = True
         try:
             pngs = await asyncio.to_thread(encode_job_pngs, result.images, parameters)
             paths = await self.source.results.save(job.id, pngs)
@@ -262,7 +264,11 @@ class Dispatcher:
             # Give the owner time to free space instead of burning the job's attempts.
             self._hold_claims_until = time.monotonic() + DISK_FULL_HOLD_S
             return
-        done = await self._record(
+        # A flagged result is marked first: its post, queued by complete, must never go out unmarked.
+        marked = not result.flagged or await self._record(
+            job, "the safety mark", lambda: self.source.mark_flagged(job.id, self.worker_id)
+        )
+        done = marked and await self._record(
             job,
             "the result",
             lambda: self.source.complete(

@@ -16,7 +16,8 @@ from typing import Any
 from engine.img2img import StartImage, open_image, start_image
 from engine.plan_manager import PlanManager
 from engine.preview import Previewer
-from engine.types import GenerationResult, JobCancelled, OutOfMemory, Prefetch, Progress
+from engine.stepcache import DRAFT_THRESHOLD
+from engine.types import EngineUnavailable, GenerationResult, JobCancelled, OutOfMemory, Prefetch, Progress
 from jobrequest import (
     InvalidRequest,
     JobRequest,
@@ -42,6 +43,8 @@ class Generator:
         self._step_s: float | None = None
         self._step_s_load = 0  # the plan placement (PlanManager.model_loads) the step rate was measured under
         self._upscaler: Any = None  # engine.upscaler.Upscaler, loaded at the first upscale job
+        self._safety: Any = None  # engine.safety.SafetyChecker, loaded at start (load_safety) or the first job
+        self._safety_error: EngineUnavailable | None = None  # why it could not load: every job fails with it
 
     # --- read from any thread ------------------------------------------------------------------
     @property
@@ -76,6 +79,27 @@ class Generator:
         return estimate_seconds(request, step_s, encode_decode, self.plans.limits.native_size)
 
     # --- GPU thread ------------------------------------------------------------------------------
+    def load_safety(self) -> Any:
+        """The safety checker (SAFETY_MODEL), loaded once; None when the check is off. A model that cannot load
+        raises EngineUnavailable, now and for every later job (no image goes out unchecked)."""
+        model = self.plans.config.safety_model
+        if model is None or self._safety is not None:
+            return self._safety
+        if self._safety_error is not None:
+            raise self._safety_error
+        import torch
+
+        from engine.safety import SafetyChecker
+
+        device = self.plans.device or torch.device("cpu")  # the model's device, once it is placed
+        try:
+            self._safety = SafetyChecker(model, device, self.plans.config.safety_threshold, _log_progress)
+        except EngineUnavailable as exc:
+            log.error("%s", exc)
+            self._safety_error = exc
+            raise
+        return self._safety
+
     def generate(
         self,
         request: JobRequest,
@@ -85,7 +109,8 @@ class Generator:
         lookahead: list[Prefetch],
         start_image: bytes | None = None,
     ) -> GenerationResult:
-        """Make the images of one job; retry once under a leaner plan if the GPU runs out of memory.
+        """Make the images of one job; retry once under a leaner plan if the GPU runs out of memory. The safety
+        check looks at them before they are returned (`checked`), so nothing unchecked is stored or posted.
         `start_image` (the stored bytes of request.start_image) makes it image-to-image or an upscale."""
         import torch
 
@@ -94,8 +119,13 @@ class Generator:
 
         self.plans.require_runner()
         seed = request.seed if request.seed is not None else new_seed()
+        try:
+            checker = self.load_safety()
+        except EngineUnavailable:
+            self._failed(holder)
+            raise
         if request.upscale and start_image is not None and self.plans.config.upscaler_model is not None:
-            return self._upscale(request, start_image, seed, report, should_cancel, holder)
+            return checked(self._upscale(request, start_image, seed, report, should_cancel, holder), checker)
         try:
             start = self._start(request, start_image)
         except Exception:
@@ -130,7 +160,7 @@ class Generator:
             else:
                 result.notes = notes + result.notes
                 self.jobs_done += 1
-                return result
+                return checked(result, checker)
         raise AssertionError("unreachable")
 
     def _start(self, request: JobRequest, data: bytes | None) -> StartImage | None:
@@ -240,6 +270,7 @@ class Generator:
                 init_image=None if start is None else start.image,
                 strength=strength,
                 preview=previewer,
+                cache_threshold=DRAFT_THRESHOLD if request.draft else None,
             )
             images.append(image)
             timings.append(timing)
@@ -253,6 +284,9 @@ class Generator:
             "steady_step_s": sum((t.steady_step_s or t.step_s) for t in timings) / max(1, len(timings)),
             "total_s": time.perf_counter() - started,
         }
+        if request.draft:
+            summary["passes"] = sum(t.passes for t in timings)
+            summary["skipped_passes"] = sum(t.skipped_passes for t in timings)
         return GenerationResult(images=images, seed=seed, plan=runner.plan.name, timings=summary)
 
     def _previewer(self, runner: Any) -> Previewer | None:
@@ -267,12 +301,26 @@ class Generator:
             return None
 
     def _record_speed(self, request: JobRequest, timings: list[Any]) -> None:
-        """Smooth the measured seconds per step (scaled to the native size) into the ETA's rate."""
+        """Smooth the measured seconds per step (scaled to the native size) into the ETA's rate: the rate of
+        full steps, so a draft's cached steps do not count (the ETA divides by jobrequest.DRAFT_SPEEDUP)."""
         steps = sum(t.steps for t in timings)
-        if not steps:
+        if not steps or request.draft:
             return
         area = request.width * request.height / (self.plans.limits.native_size**2)
         step_s = sum(t.denoise_s for t in timings) / steps / max(area, 1e-6)
         previous = self.step_s
         self._step_s = step_s if previous is None else 0.7 * previous + 0.3 * step_s
         self._step_s_load = self.plans.model_loads
+
+
+def checked(result: GenerationResult, checker: Any) -> GenerationResult:
+    """The result with the safety check's verdict on its images (`checker` None: the check is off)."""
+    if checker is not None and result.images:
+        started = time.perf_counter()
+        result.flagged = any(checker.flags(result.images))
+        result.timings["safety_s"] = time.perf_counter() - started
+    return result
+
+
+def _log_progress(message: str, fraction: float) -> None:
+    log.info("Safety check: %s (%.0f%%)", message, 100 * fraction)

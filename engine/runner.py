@@ -44,6 +44,8 @@ class Timings:
     decode_s: float = 0.0
     steps: int = 0
     steady_step_s: float | None = None  # mean of steps 2..n on the GPU clock (step 1 pays warm-up)
+    passes: int = 0  # transformer passes under the step cache (a draft); 0 without it
+    skipped_passes: int = 0  # of those, the passes whose blocks after the first were skipped
 
     @property
     def step_s(self) -> float:
@@ -176,10 +178,12 @@ class Runner:
         init_image: Any = None,
         strength: float = 1.0,
         preview: Any = None,
+        cache_threshold: float | None = None,
     ) -> tuple[Any, Timings]:
         """One image; the text embeddings must already be in the cache (see encode). With `init_image` (a PIL
         image of exactly width × height) the denoising starts from it: image-to-image at `strength`. `preview`:
-        an engine.preview.Previewer that renders the current guess of the image when it is due."""
+        an engine.preview.Previewer that renders the current guess of the image when it is due.
+        `cache_threshold`: a draft, denoised under the step cache at that threshold (engine.stepcache)."""
         timings = Timings()
         device = self.device
         t0 = time.perf_counter()
@@ -202,24 +206,29 @@ class Runner:
             t1 = time.perf_counter()
             batched = cfg and self.options.batched_cfg and self.batch_fits(width * height)
             working = self._pass_bytes(width * height) * (2 if batched else 1)
-            latents = self._phase(
-                "transformer",
-                working,
-                lambda: self._denoise(
-                    prompt_embeds,
-                    negative_embeds,
-                    width,
-                    height,
-                    steps,
-                    guidance,
-                    seed,
-                    on_step,
-                    batched,
-                    step_events,
-                    start,
-                    preview,
-                ),
+            denoise = functools.partial(
+                self._denoise,
+                prompt_embeds,
+                negative_embeds,
+                width,
+                height,
+                steps,
+                guidance,
+                seed,
+                on_step,
+                batched,
+                step_events,
+                start,
+                preview,
             )
+            if cache_threshold is None:
+                latents = self._phase("transformer", working, denoise)
+            else:
+                from engine.stepcache import step_cache
+
+                with step_cache(self.pipe.transformer, cache_threshold) as count:
+                    latents = self._phase("transformer", working, denoise)
+                timings.passes, timings.skipped_passes = count.passes, count.skipped
             _sync(device)
             timings.denoise_s = time.perf_counter() - t1
             if len(step_events) >= 3:
@@ -314,16 +323,17 @@ class Runner:
                 meter.start()
             if batched:
                 try:
-                    pred = transformer(
-                        hidden_states=torch.cat([model_input, model_input]),
-                        encoder_hidden_states=both_embeds,
-                        timestep=t.expand(2),
-                        original_size=sizes.repeat(2, 1),
-                        target_size=sizes.repeat(2, 1),
-                        crop_coords=crops.repeat(2, 1),
-                        attention_mask=key_starts,
-                        return_dict=False,
-                    )[0]
+                    with transformer.cache_context("cfg"):
+                        pred = transformer(
+                            hidden_states=torch.cat([model_input, model_input]),
+                            encoder_hidden_states=both_embeds,
+                            timestep=t.expand(2),
+                            original_size=sizes.repeat(2, 1),
+                            target_size=sizes.repeat(2, 1),
+                            crop_coords=crops.repeat(2, 1),
+                            attention_mask=key_starts,
+                            return_dict=False,
+                        )[0]
                     noise_cond, noise_uncond = pred.chunk(2)
                     noise_pred = noise_uncond + guidance * (noise_cond - noise_uncond)
                 except torch.OutOfMemoryError:

@@ -62,6 +62,8 @@ class Engine:
             return
         self._thread.start()
         self._thread.submit(lambda: self.plan_manager.load(self.plan_manager.requested_mode))
+        # Downloaded on the first start, like the model; a failure is logged and every job fails with it.
+        self._thread.submit(self.generator.load_safety)
 
     async def stop(self) -> None:
         if not self._thread.started:

@@ -44,6 +44,10 @@ ENGINE_TEXTS: dict[str, str] = {
         "Could not get {model} from Hugging Face ({reason}). Check the internet connection and the MODEL_ID "
         "spelling, or set MODEL_ID to a local folder; a half-finished download resumes on the next start."
     ),
+    "engine.safety_load": (
+        "The image safety check could not load {model} ({reason}). No image is posted unchecked: set SAFETY_MODEL "
+        "to an image classifier (a folder or a Hugging Face id) or to off, then restart the bot."
+    ),
     "engine.start_image_gone": (
         "The picture this job starts from is no longer stored (it may have been purged); send it again."
     ),
@@ -102,6 +106,7 @@ class GenerationResult:
     plan: str
     timings: dict[str, float]
     notes: list[str] = field(default_factory=list)
+    flagged: bool = False  # the safety check found adult content in one of the images
 
 
 @dataclass(frozen=True)
@@ -154,6 +159,8 @@ class EngineConfig:
     previews: bool = False  # PREVIEWS (on in the bot): render a small preview of the image forming now and then
     preview_cache_dir: Path | None = None  # the fitted latent → RGB maps (engine.preview); None: fit each start
     host_ram_gib: float | None = None  # HOST_RAM_GIB: RAM the bot may count on; None: the machine's
+    safety_model: str | None = None  # SAFETY_MODEL: an image classifier folder or Hub id; None: no safety check
+    safety_threshold: float = 0.5  # SAFETY_THRESHOLD: an image scoring above it is flagged (engine.safety)
 
     @classmethod
     def from_settings(cls, settings: Any) -> EngineConfig:
@@ -169,6 +176,8 @@ class EngineConfig:
             previews=settings.previews,
             preview_cache_dir=settings.quantized_cache_dir / "latent_rgb",
             host_ram_gib=settings.host_ram_gib,
+            safety_model=settings.safety_model,
+            safety_threshold=settings.safety_threshold,
         )
 
 

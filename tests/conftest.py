@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,10 @@ import pytest
 
 from tests.fakediscord import FakeChannel, FakeDiscord, FakeGuild, FakeUser, Perm
 from tests.pg_fixtures import pg_server, pg_template, pg_url  # noqa: F401  (PostgreSQL fixtures)
+
+# No test downloads the default safety classifier: the bots and workers tests start (their settings read the
+# environment) run without the check, and the tests of the check name the tiny one (tests/test_safety.py).
+os.environ.setdefault("SAFETY_MODEL", "off")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -31,6 +36,14 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tools.tiny import write_tiny_model
 
     return write_tiny_model(tmp_path_factory.mktemp("tiny") / "cogview4-tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random NSFW classifier folder (normal / nsfw); SAFETY_THRESHOLD 0 flags everything, 1 nothing."""
+    from tools.tiny import write_classifier
+
+    return write_classifier(tmp_path_factory.mktemp("tiny") / "nsfw-tiny")
 
 
 @dataclass

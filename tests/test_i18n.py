@@ -133,6 +133,8 @@ async def test_synced_commands_carry_chinese_localizations(world: World, tiny_mo
                 sent[item[field]] = (item.get(f"{field}_localizations") or {}).get("zh-CN", "")
         for option in item.get("options") or []:
             collect(option)
+        for choice in item.get("choices") or []:
+            sent[choice["name"]] = (choice.get("name_localizations") or {}).get("zh-CN", "")
 
     for command in commands.values():
         collect(command)

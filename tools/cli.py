@@ -138,6 +138,7 @@ def prepare_generation(args: argparse.Namespace, model_id: str) -> Generation:
         steps=args.steps,
         guidance=args.guidance,
         seed=args.seed,
+        draft=args.draft,
         **image,
     )
     jobrequest.check(request, limits)
@@ -200,6 +201,8 @@ async def _generate(generation: Generation, plan: str, device: str, upscaler: Pa
         parameters.update(
             start_image=request.start_image, strength=jobrequest.strength_used(request), upscale=request.upscale
         )
+    if request.draft:
+        parameters["draft"] = True
     out = generation.out
     partial = out.with_name(f".{out.name}.tmp")  # a crash never leaves a truncated PNG at --out
     try:
@@ -217,10 +220,15 @@ async def _generate(generation: Generation, plan: str, device: str, upscaler: Pa
 
 
 def cmd_tiny_model(args: argparse.Namespace) -> int:
-    from tools.tiny import write_tiny_model
+    from settings import SAFETY_SUBFOLDER
+    from tools.tiny import write_classifier, write_tiny_model
 
     folder = write_tiny_model(args.dir)
-    print(f"Wrote a tiny random CogView4 pipeline to {folder} (native size 64x64). Use MODEL_ID={folder}")
+    write_classifier(folder / SAFETY_SUBFOLDER, passes_everything=True)
+    print(
+        f"Wrote a tiny random CogView4 pipeline to {folder} (native size 64x64), with a safety classifier that "
+        f"passes every image in {folder / SAFETY_SUBFOLDER}. Use MODEL_ID={folder}"
+    )
     return 0
 
 
@@ -283,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--size", type=_size, default=None, help="WIDTHxHEIGHT (default: the model's native size)")
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--out", default="out.png")
+    g.add_argument(
+        "--draft", action="store_true", help="a fast draft: the step cache skips blocks (about twice as fast)"
+    )
     g.add_argument("--model", help="model id or folder (default: MODEL_ID from .env)")
     g.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
     g.add_argument("--image", help="start from this picture (image-to-image); made at its fitted size, not --size")

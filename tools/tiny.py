@@ -136,3 +136,37 @@ def write_tiny_model(folder: str | Path, *, seed: int = 0) -> Path:
     )
     pipe.save_pretrained(folder)
     return folder
+
+
+def write_classifier(
+    folder: str | Path, *, seed: int = 0, full_size: bool = False, passes_everything: bool = False
+) -> Path:
+    """A random-weight NSFW image classifier folder (ViTForImageClassification, labels normal/nsfw, with its image
+    processor), loaded by engine.safety like a Hub one. Tiny by default (32 px, one layer); `full_size` is the
+    shape of Falconsai/nsfw_image_detection (ViT-base, 224 px), to measure what the check costs.
+    `passes_everything`: its head always says `normal` (the tiny model's own, for smoke runs), so only
+    SAFETY_THRESHOLD=0 flags."""
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    side = 224 if full_size else 32
+    shape = {} if full_size else {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2}
+    config = ViTConfig(
+        image_size=side,
+        patch_size=16 if full_size else 8,
+        intermediate_size=3072 if full_size else 32,
+        id2label={0: "normal", 1: "nsfw"},
+        label2id={"normal": 0, "nsfw": 1},
+        **shape,
+    )
+    model = ViTForImageClassification(config)
+    if passes_everything:
+        with torch.no_grad():
+            model.classifier.weight.zero_()
+            model.classifier.bias.copy_(torch.tensor([8.0, -8.0]))
+    model.save_pretrained(folder)
+    ViTImageProcessor(size={"height": side, "width": side}).save_pretrained(folder)
+    return folder

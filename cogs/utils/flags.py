@@ -1,7 +1,7 @@
 """Midjourney-style inline flags in a prompt: ``a cat --ar 16:9 --seed 42 --no text, blur``.
 
 Pure parsing (no Discord, no engine) so every odd input can be tested on its own.
-Flags go after the prompt text; each one may appear once. Ranges (steps 1–100 and
+Flags go after the prompt text; each one may appear once; ``--draft`` alone takes no value. Ranges (steps 1–100 and
 so on) are checked later by ``jobrequest.check``, in one place for the options and
 the flags alike. Phones often turn ``--`` into an em dash, so ``—ar`` works too.
 An /imagine's options and its flags are the same type, ``Choices``, parsed once
@@ -32,6 +32,7 @@ _ALIASES = {
     "cfg": "guidance",
     "count": "count",
     "strength": "strength",
+    "draft": "draft",
 }
 _EXAMPLES = {
     "aspect": "--ar 16:9",
@@ -41,7 +42,9 @@ _EXAMPLES = {
     "guidance": "--guidance 4",
     "count": "--count 2",
     "strength": "--strength 0.6",
+    "draft": "--draft",
 }
+_SWITCHES = ("draft",)  # flags that take no value: given means on
 
 
 class FlagError(ValueError):
@@ -60,6 +63,7 @@ class Choices:
     seed: int | None = None
     count: int | None = None
     strength: float | None = None  # with an image only (cogs.utils.image_jobs)
+    draft: bool | None = None
 
     def over(self, other: Choices) -> Choices:
         """These choices where given, else `other`'s (the prompt is always this one's)."""
@@ -92,6 +96,10 @@ def parse_flags(text: str) -> Choices:
 
 
 def _value(key: str, name: str, raw: str) -> object:
+    if key in _SWITCHES:
+        if raw:
+            raise FlagError(msg("flag.no_value", name=name, example=_EXAMPLES[key], got=_short(raw)))
+        return True
     if not raw:
         raise FlagError(msg("flag.needs_value", name=name, example=_EXAMPLES[key]))
     if key == "negative_prompt":

@@ -34,6 +34,10 @@ class Host(Protocol):
 
     async def create_dm(self, user: discord.abc.Snowflake) -> discord.DMChannel: ...
 
+    def get_channel(self, id: int, /) -> Any: ...
+
+    async def fetch_channel(self, channel_id: int, /) -> Any: ...
+
 
 @runtime_checkable
 class ProgressHooks(Protocol):

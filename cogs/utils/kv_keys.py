@@ -9,3 +9,13 @@ MEMORY_KEY = "memory_mode"
 def spoilers_key(guild_id: int) -> str:
     """/spoilers remembers under this key that a server's results are posted as spoilers."""
     return f"spoilers:{guild_id}"
+
+
+def drafts_key(guild_id: int) -> str:
+    """/drafts remembers under this key that a server's /imagine makes drafts unless asked otherwise."""
+    return f"drafts:{guild_id}"
+
+
+def safety_key(guild_id: int) -> str:
+    """/safety remembers a server's mode for flagged results under this key (cogs.utils.safety.MODES)."""
+    return f"safety:{guild_id}"

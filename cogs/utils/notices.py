@@ -32,6 +32,8 @@ class Post:
     files: list[ResultFile] = field(default_factory=list)
     buttons_for: int | None = None
     locale: str | None = None  # the buttons' labels are in the language of the one who asked
+    draft: bool = False  # a draft's buttons start with Finish
+    dm_button_for: int | None = None  # a flagged result's notice: the button that sends that job's images by DM
 
 
 async def compose(notice: Notice, results: ResultStore) -> Post:
@@ -82,7 +84,7 @@ async def _result(job: Job, results: ResultStore) -> Post:
     lines.append(f"-# {params_line(job.request, job.seed_used, locale)}")
     if job.request.negative_prompt:
         lines.append(f"-# {t('settings.without', locale, negative=quote(job.request.negative_prompt, 300))}")
-    return Post(clip("\n".join(lines)), user, files=files, buttons_for=job.id, locale=locale)
+    return Post(clip("\n".join(lines)), user, files=files, buttons_for=job.id, locale=locale, draft=job.request.draft)
 
 
 def kind_name(kind: str, locale: Locale) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from dataclasses import replace
 from typing import TypeVar
 
 import aiohttp
@@ -21,6 +22,7 @@ from cogs.utils.checks import require_allowed_channel, require_allowed_role, req
 from cogs.utils.flags import Choices
 from cogs.utils.host import Host
 from cogs.utils.i18n import msg
+from cogs.utils.kv_keys import drafts_key
 from cogs.utils.status import StatusLine, engine_note, status_line, status_text
 from cogs.utils.text import NO_MENTIONS, now
 from db.models import Enqueued, EnqueueLimits, InvalidJob, Job, JobState, QueueError, Requester, UserSettings
@@ -36,7 +38,8 @@ def build_request(
 ) -> JobRequest:
     """Apply defaults to an /imagine's parsed choices (``cogs.utils.flags.parse_choices``) and check every rule
     (``check_request``); raise a user-facing error for any problem. The choices (inline flags over options) beat
-    the user's own /settings (`defaults`), which beat the bot's defaults."""
+    the user's own /settings (`defaults`, with the server's /drafts default filled in: ``imagine_defaults``),
+    which beat the bot's defaults."""
     defaults = defaults or UserSettings()
     if not choices.prompt:
         raise InvalidJob(msg("imagine.empty_prompt"))
@@ -51,8 +54,18 @@ def build_request(
         guidance=float(_first(choices.guidance, defaults.guidance, settings.default_guidance)),
         seed=choices.seed,
         count=_first(choices.count, 1),
+        draft=_first(choices.draft, defaults.draft, False),
     )
     return check_request(request, limits, settings)
+
+
+async def imagine_defaults(bot: Host, interaction: discord.Interaction, choices: Choices) -> UserSettings:
+    """The user's own /settings, with the server's /drafts default where neither they nor this /imagine chose
+    anything about drafts (only then is it read)."""
+    own = await bot.queue.user_settings(interaction.user.id)
+    if choices.draft is not None or own.draft is not None or interaction.guild_id is None:
+        return own
+    return replace(own, draft=await bot.queue.kv_get(drafts_key(interaction.guild_id)) == "1")
 
 
 def check_request(request: JobRequest, limits: ModelLimits, settings: Settings) -> JobRequest:
@@ -86,7 +99,7 @@ async def submit(
     require_allowed_role(interaction, bot.settings)
     limits = bot.engine.limits
     if isinstance(asked, Choices):
-        request = build_request(asked, limits, bot.settings, await bot.queue.user_settings(interaction.user.id))
+        request = build_request(asked, limits, bot.settings, await imagine_defaults(bot, interaction, asked))
     else:
         request = check_request(asked, limits, bot.settings)
     requester = requester_of(interaction)

@@ -85,6 +85,8 @@ def params_line(request: JobRequest, seed: int | None, locale: Locale = None) ->
     ]
     if request.count > 1:
         parts.insert(0, t("params.images", locale, count=request.count))
+    if request.draft:
+        parts.append(t("params.draft", locale))
     return " · ".join(parts)
 
 

@@ -1,4 +1,5 @@
-"""The buttons under every result: Re-roll, Variations, Info, Delete.
+"""The buttons under every result: Re-roll, Variations, Info, Delete (and Finish under a draft); and under the
+notice that stands for a flagged result outside age-restricted channels, the one that sends it by DM.
 
 They are ``DynamicItem``s whose custom_id carries the job id (``cv4:reroll:12``), so
 after a restart discord.py rebuilds them from the id alone: no view state has to
@@ -10,6 +11,7 @@ same ``report`` as slash commands.
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -24,6 +26,7 @@ from cogs.utils.i18n import Locale, msg, t
 from cogs.utils.image_jobs import finished_job as _finished_job
 from cogs.utils.image_jobs import open_remix, upscale, vary
 from cogs.utils.notices import kind_name
+from cogs.utils.safety import spoilered
 from cogs.utils.status import reason_text
 from cogs.utils.submit import submit
 from cogs.utils.text import clip, params_line, quote, relative, seconds_text
@@ -62,6 +65,33 @@ async def variations(bot: Host, interaction: discord.Interaction, job_id: int) -
     seed = image_seed(parent.seed_used, parent.request.count)
     request = dataclasses.replace(parent.request, seed=seed, count=MAX_IMAGES_PER_JOB)
     await submit(bot, interaction, request, kind="variations", parent_job_id=job_id)
+
+
+async def finish(bot: Host, interaction: discord.Interaction, job_id: int) -> None:
+    """A draft made in full: the same prompt, seed and size without the step cache."""
+    parent = await _finished_job(bot, job_id)
+    request = dataclasses.replace(parent.request, seed=parent.seed_used, draft=False)
+    await submit(bot, interaction, request, kind="finish", parent_job_id=job_id)
+
+
+async def send_by_dm(bot: Host, interaction: discord.Interaction, job_id: int) -> None:
+    """A flagged result's images, by DM and as spoilers, to the one who asked for it (nobody else)."""
+    job = await bot.queue.get_job(job_id)
+    if job is None:
+        raise JobNotFound(msg("job.gone", job=job_id))
+    if interaction.user.id != job.requester.user_id:
+        raise NotAllowed(msg("safety.not_yours", job=job_id))
+    await interaction.response.defer(ephemeral=True, thinking=True)
+    files = spoilered(await bot.queue.results.read(job))
+    locale = interaction.locale
+    dm = await bot.create_dm(interaction.user)
+    text = clip(f"{t('safety.by_dm', locale, job=job_id)}\n> {quote(job.request.prompt, 900)}")
+    try:
+        await dm.send(text, files=[discord.File(io.BytesIO(f.data), filename=f.name) for f in files])
+    except discord.Forbidden:
+        await reply_private(interaction, t("safety.dm_closed", locale, job=job_id))
+        return
+    await reply_private(interaction, t("safety.sent", locale, job=job_id))
 
 
 async def info(bot: Host, interaction: discord.Interaction, job_id: int) -> None:
@@ -124,6 +154,8 @@ def job_info(job: Job, model_id: str, locale: Locale = None) -> str:
         timing.append(t("info.ran", locale, duration=seconds_text(job.finished_at - job.started_at, locale)))
     lines.append(t("info.timing", locale, timing=" · ".join(timing)))
     lines.append(t("info.by", locale, user=job.requester.user_id))
+    if job.flagged:
+        lines.append(t("info.flagged", locale))
     if job.error and job.state is not JobState.DONE:
         lines.append(t("info.error", locale, error=quote(reason_text(job.error, locale), 400)))
     return clip("\n".join(lines))
@@ -137,9 +169,9 @@ class _JobButton(discord.ui.DynamicItem[Button], template=r"cv4:(?P<action>[a-z]
     action: str  # also names its label in the catalogue: button.<action>
     style = discord.ButtonStyle.secondary
 
-    def __init__(self, job_id: int, locale: Locale = None) -> None:
+    def __init__(self, job_id: int, locale: Locale = None, row: int | None = None) -> None:
         label = t(f"button.{self.action}", locale)
-        super().__init__(_button(label, self.emoji, self.action, job_id, self.style))
+        super().__init__(_button(label, self.emoji, self.action, job_id, self.style), row=row)
         self.job_id = job_id
 
     @classmethod
@@ -204,6 +236,12 @@ class UpscaleButton(_JobButton, template=r"cv4:upscale:(?P<job>\d+)"):
     emoji, action = "🔍", "upscale"
 
 
+class FinishButton(_JobButton, template=r"cv4:finish:(?P<job>\d+)"):
+    handler = finish
+    emoji, action = "✨", "finish"
+    style = discord.ButtonStyle.success
+
+
 # Two rows on the message: the four buttons of every result, then the four that start from its image.
 RESULT_BUTTONS: tuple[type[_JobButton], ...] = (
     RerollButton,
@@ -217,10 +255,30 @@ RESULT_BUTTONS: tuple[type[_JobButton], ...] = (
 )
 
 
-def result_view(job_id: int, locale: Locale = None) -> discord.ui.View:
-    """The buttons for a result message; they keep working after a restart (see RESULT_BUTTONS). Everyone who
-    sees the message sees the same labels: they are in the language of the one the post is addressed to."""
+class SendByDmButton(_JobButton, template=r"cv4:bydm:(?P<job>\d+)"):
+    handler = send_by_dm
+    emoji, action = "📩", "bydm"
+    style = discord.ButtonStyle.primary
+
+
+# Every button discord.py rebuilds from its custom_id after a restart (cogs.buttons registers them).
+DYNAMIC_BUTTONS: tuple[type[_JobButton], ...] = (*RESULT_BUTTONS, FinishButton, SendByDmButton)
+
+
+def by_dm_view(job_id: int, locale: Locale = None) -> discord.ui.View:
+    """The button under a flagged result's notice (cogs.utils.safety: age-restricted mode)."""
     view = discord.ui.View(timeout=None)
+    view.add_item(SendByDmButton(job_id, locale))
+    return view
+
+
+def result_view(job_id: int, locale: Locale = None, *, draft: bool = False) -> discord.ui.View:
+    """The buttons for a result message; they keep working after a restart (see DYNAMIC_BUTTONS). Everyone who
+    sees the message sees the same labels: they are in the language of the one the post is addressed to. A
+    draft's first row starts with Finish."""
+    view = discord.ui.View(timeout=None)
+    if draft:
+        view.add_item(FinishButton(job_id, locale, row=0))
     for index, item in enumerate(RESULT_BUTTONS):
         button = item(job_id, locale)
         button.row = index // 4

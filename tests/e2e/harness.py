@@ -58,6 +58,7 @@ def process_env(server: FakeDiscord, model: Path, tmp: Path, **extra: str) -> di
             "DATABASE_PATH": str(tmp / "queue.sqlite3"),
             "OUTPUT_DIR": str(tmp / "outputs"),
             "DEFAULT_STEPS": "4",
+            "SAFETY_MODEL": "off",
             "PYTHONUNBUFFERED": "1",
         }
     )

@@ -67,7 +67,8 @@ async def test_refusals_follow_each_users_language(world: World, tiny_model: Pat
     assert zh_flag == "--steps 需要一个整数，例如 --steps 30（收到的是“abc”）。"
     assert en_flag == "--steps needs a whole number, e.g. --steps 30 (got “abc”)."
     assert zh_unknown == (
-        "未知参数 --sharpness。可用的参数：--ar、--seed、--no、--steps、--guidance、--count、--strength（有图片时）。"
+        "未知参数 --sharpness。可用的参数："
+        "--ar、--seed、--no、--steps、--guidance、--count、--draft、--strength（有图片时）。"
     )
     assert zh_rule == "步数必须在 1 到 100 之间（当前为 500）。"
     assert [(job.id, job.requester.locale) for job in jobs] == [(zh_job, "zh-CN"), (en_job, "en-US")]

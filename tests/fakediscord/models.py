@@ -12,6 +12,7 @@ from .ids import iso_now
 # Channel types (subset).
 TEXT_CHANNEL = 0
 DM_CHANNEL = 1
+PUBLIC_THREAD = 11
 
 # Message flags the fake interprets.
 FLAG_EPHEMERAL = 1 << 6
@@ -53,7 +54,9 @@ class FakeRole:
 
 @dataclass
 class FakeChannel:
-    """A text channel in a guild (type 0) or a DM channel (type 1, ``recipient_ids``)."""
+    """A text channel in a guild (type 0), a DM channel (type 1, ``recipient_ids``) or a public thread (type 11,
+    under ``parent_id``, started by ``owner_id``). ``nsfw`` is the age-restricted mark of a guild text channel;
+    a thread has none of its own: Discord treats it as its parent's."""
 
     id: int
     type: int
@@ -64,12 +67,17 @@ class FakeChannel:
     nsfw: bool = False
     parent_id: int | None = None
     recipient_ids: list[int] = field(default_factory=list)
+    owner_id: int | None = None
     permission_overwrites: list[dict[str, Any]] = field(default_factory=list)
     last_message_id: int | None = None
 
     @property
     def is_dm(self) -> bool:
         return self.type == DM_CHANNEL
+
+    @property
+    def is_thread(self) -> bool:
+        return self.type == PUBLIC_THREAD
 
     @property
     def mention(self) -> str:

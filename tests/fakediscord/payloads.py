@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .ids import iso_now
 from .models import FakeChannel, FakeGuild, FakeMember, FakeRole, FakeUser
 
 if TYPE_CHECKING:
@@ -63,6 +64,27 @@ def channel_payload(channel: FakeChannel, state: FakeState, *, include_guild_id:
     }
     if channel.is_dm:
         out["recipients"] = [user_payload(state.users[uid]) for uid in channel.recipient_ids]
+        return out
+    if channel.is_thread:  # a thread object: no nsfw, topic or overwrites of its own (its parent's apply)
+        out.update(
+            {
+                "name": channel.name,
+                "parent_id": str(channel.parent_id),
+                "owner_id": str(channel.owner_id),
+                "rate_limit_per_user": 0,
+                "message_count": 0,
+                "member_count": 1,
+                "total_message_sent": 0,
+                "thread_metadata": {
+                    "archived": False,
+                    "auto_archive_duration": 1440,
+                    "archive_timestamp": iso_now(),
+                    "locked": False,
+                },
+            }
+        )
+        if include_guild_id and channel.guild_id is not None:
+            out["guild_id"] = str(channel.guild_id)
         return out
     out.update(
         {
@@ -158,8 +180,10 @@ def guild_create_payload(guild: FakeGuild, state: FakeState, *, include_all_memb
             "joined_at": guild.joined_at,
             "member_count": len(guild.members),
             "members": [member_payload(m, state) for m in members],
-            "channels": [channel_payload(c, state, include_guild_id=False) for c in guild.channels.values()],
-            "threads": [],
+            "channels": [
+                channel_payload(c, state, include_guild_id=False) for c in guild.channels.values() if not c.is_thread
+            ],
+            "threads": [channel_payload(c, state) for c in guild.channels.values() if c.is_thread],
             "presences": [],
             "voice_states": [],
             "stage_instances": [],

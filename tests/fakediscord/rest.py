@@ -314,7 +314,8 @@ class RestApi:
     async def get_guild_channels(self, request: web.Request) -> web.Response:
         self._check_auth(request)
         guild = self._guild(request)
-        return json_response([payloads.channel_payload(c, self.state) for c in guild.channels.values()])
+        channels = [c for c in guild.channels.values() if not c.is_thread]  # threads are listed elsewhere
+        return json_response([payloads.channel_payload(c, self.state) for c in channels])
 
     async def get_guild_roles(self, request: web.Request) -> web.Response:
         self._check_auth(request)

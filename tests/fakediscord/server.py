@@ -223,8 +223,13 @@ class FakeDiscord:
     def add_role(self, guild: IdLike, name: str, permissions: int = 0) -> FakeRole:
         return self.state.add_role(guild, name, permissions)
 
-    def add_text_channel(self, guild: IdLike, name: str, *, topic: str | None = None) -> FakeChannel:
-        return self.state.add_text_channel(guild, name, topic=topic)
+    def add_text_channel(
+        self, guild: IdLike, name: str, *, topic: str | None = None, nsfw: bool = False
+    ) -> FakeChannel:
+        return self.state.add_text_channel(guild, name, topic=topic, nsfw=nsfw)
+
+    def add_thread(self, parent: IdLike, name: str, owner: IdLike) -> FakeChannel:
+        return self.state.add_thread(parent, name, owner)
 
     def add_member(
         self,

@@ -11,6 +11,7 @@ from . import payloads
 from .ids import SnowflakeFactory
 from .models import (
     DM_CHANNEL,
+    PUBLIC_THREAD,
     TEXT_CHANNEL,
     FakeChannel,
     FakeGuild,
@@ -177,16 +178,43 @@ class FakeState:
         self.changed()
         return role
 
-    def add_text_channel(self, guild: IdLike, name: str, *, topic: str | None = None) -> FakeChannel:
+    def add_text_channel(
+        self, guild: IdLike, name: str, *, topic: str | None = None, nsfw: bool = False
+    ) -> FakeChannel:
+        """A text channel; ``nsfw`` marks it age-restricted."""
         g = self.guild(guild)
         channel = FakeChannel(
-            id=self.ids.next(), type=TEXT_CHANNEL, name=name, guild_id=g.id, position=len(g.channels), topic=topic
+            id=self.ids.next(),
+            type=TEXT_CHANNEL,
+            name=name,
+            guild_id=g.id,
+            position=len(g.channels),
+            topic=topic,
+            nsfw=nsfw,
         )
         g.channels[channel.id] = channel
         self.channels[channel.id] = channel
         self.publish("CHANNEL_CREATE", payloads.channel_payload(channel, self), Intent.GUILDS)
         self.changed()
         return channel
+
+    def add_thread(self, parent: IdLike, name: str, owner: IdLike) -> FakeChannel:
+        """A public thread under a text channel, started by ``owner`` (THREAD_CREATE, as Discord sends it)."""
+        under = self.channel(parent)
+        assert under.guild_id is not None and under.type == TEXT_CHANNEL, "threads live under guild text channels"
+        thread = FakeChannel(
+            id=self.ids.next(),
+            type=PUBLIC_THREAD,
+            name=name,
+            guild_id=under.guild_id,
+            parent_id=under.id,
+            owner_id=self.user(owner).id,
+        )
+        self.guilds[under.guild_id].channels[thread.id] = thread
+        self.channels[thread.id] = thread
+        self.publish("THREAD_CREATE", {**payloads.channel_payload(thread, self), "newly_created": True}, Intent.GUILDS)
+        self.changed()
+        return thread
 
     def add_member(
         self,

@@ -74,6 +74,35 @@ ADMIN: Entries = {
         EN: "Spoilers off: applies to results posted from now.",
         ZH: "已关闭剧透：从现在起发布的结果生效。",
     },
+    "admin.safety_is": {EN: "Flagged images here: {mode}.", ZH: "本服务器被标记的图片：{mode}。"},
+    "admin.safety_set": {
+        EN: "Saved. Flagged images here: {mode} (applies to results posted from now).",
+        ZH: "已保存。本服务器被标记的图片：{mode}（从现在起发布的结果生效）。",
+    },
+    "safety.mode_off": {EN: "off — posted like any other result", ZH: "关闭 — 像其他结果一样发布"},
+    "safety.mode_spoiler": {EN: "spoiler — posted hidden until clicked", ZH: "剧透 — 发布时隐藏，点击后显示"},
+    "safety.mode_age_restricted": {
+        EN: "age-restricted — posted only in age-restricted channels; elsewhere a notice with a button that sends "
+        "them by direct message",
+        ZH: "仅限年龄限制频道 — 只在年龄限制频道中发布；其他地方发一条通知，附有通过私信发送的按钮",
+    },
+    "safety.mode_block": {EN: "block — not posted; the one who asked is told", ZH: "屏蔽 — 不发布；告知发起人"},
+    "admin.drafts_on": {
+        EN: "Drafts are this server's default: /imagine makes fast drafts unless asked otherwise.",
+        ZH: "本服务器默认生成草稿：除非另行指定，/imagine 生成快速草稿。",
+    },
+    "admin.drafts_off": {
+        EN: "Drafts are not this server's default: /imagine makes full images unless asked for a draft.",
+        ZH: "本服务器默认不生成草稿：除非要求草稿，/imagine 生成完整图片。",
+    },
+    "admin.drafts_set_on": {
+        EN: "Drafts on by default: applies to /imagine from now (a user's own /settings still win).",
+        ZH: "已默认开启草稿：从现在起的 /imagine 生效（用户自己的 /settings 优先）。",
+    },
+    "admin.drafts_set_off": {
+        EN: "Drafts off by default: applies to /imagine from now (a user's own /settings still win).",
+        ZH: "已默认关闭草稿：从现在起的 /imagine 生效（用户自己的 /settings 优先）。",
+    },
     # /status
     **ENGINE_STATES,
     **PLAN_SUMMARIES,

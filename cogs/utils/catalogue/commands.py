@@ -38,6 +38,11 @@ COMMANDS: Entries = {
         EN: "With an image: how much may change, 0.05 (little) to 1 (everything); default 0.7",
         ZH: "有图片时：可改变的程度，0.05（很少）到 1（全部）；默认 0.7",
     },
+    "cmd.draft": {EN: "draft", ZH: "草稿"},
+    "cmd.draft.description": {
+        EN: "A fast draft, about twice as fast; its Finish button makes the full image",
+        ZH: "快速草稿，约快一倍；点它的“完成”按钮生成完整图片",
+    },
     "cmd.queue": {EN: "queue", ZH: "队列"},
     "cmd.queue.description": {EN: "Your jobs and their place in line", ZH: "你的任务及其排队位置"},
     "cmd.cancel": {EN: "cancel", ZH: "取消"},
@@ -74,6 +79,10 @@ COMMANDS: Entries = {
         ZH: "通过私信而不是在频道中发送你的结果",
     },
     "cmd.reset": {EN: "reset", ZH: "重置"},
+    "cmd.settings.draft.description": {
+        EN: "Make your /imagine a fast draft unless you ask otherwise",
+        ZH: "除非另行指定，你的 /imagine 都生成快速草稿",
+    },
     "cmd.settings.reset.description": {
         EN: "Forget all your settings first (then apply any given here)",
         ZH: "先清除你的所有设置（再应用这里给出的设置）",
@@ -120,6 +129,29 @@ COMMANDS: Entries = {
         EN: "On: images are hidden until clicked; off: shown at once",
         ZH: "开：图片在点击前隐藏；关：立即显示",
     },
+    "cmd.drafts": {EN: "drafts", ZH: "草稿模式"},
+    "cmd.drafts.description": {
+        EN: "Make drafts this server's default for /imagine, or not (admins)",
+        ZH: "是否让本服务器的 /imagine 默认生成草稿（管理员）",
+    },
+    "cmd.drafts.enabled.description": {
+        EN: "On: /imagine makes fast drafts unless asked otherwise; off: full images",
+        ZH: "开：除非另行指定，/imagine 生成快速草稿；关：生成完整图片",
+    },
+    "cmd.safety": {EN: "safety", ZH: "安全检查"},
+    "cmd.safety.description": {
+        EN: "What happens to images the safety check flags here (admins)",
+        ZH: "本服务器如何处理被安全检查标记的图片（管理员）",
+    },
+    "cmd.mode": {EN: "mode", ZH: "模式"},
+    "cmd.safety.mode.description": {
+        EN: "off, spoiler, age-restricted (the default) or block",
+        ZH: "关闭、剧透、仅限年龄限制频道（默认）或屏蔽",
+    },
+    "cmd.safety_off": {EN: "off", ZH: "关闭"},
+    "cmd.safety_spoiler": {EN: "spoiler", ZH: "剧透"},
+    "cmd.safety_age_restricted": {EN: "age-restricted", ZH: "仅限年龄限制频道"},
+    "cmd.safety_block": {EN: "block", ZH: "屏蔽"},
     # The message command (right-click a message → Apps); Discord shows it by this name.
     "cmd.vary_this_image": {EN: "Vary this image", ZH: "变化这张图片"},
 }

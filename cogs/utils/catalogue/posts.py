@@ -52,6 +52,10 @@ POSTS: Entries = {
     "params.random_seed": {EN: "random seed", ZH: "随机种子"},
     "params.seed": {EN: "seed {seed}", ZH: "种子 {seed}"},
     "params.seeds": {EN: "seeds {first}–{last}", ZH: "种子 {first}–{last}"},
+    "params.draft": {
+        EN: "draft (fast, a little less exact: Finish makes the full image)",
+        ZH: "草稿（更快，细节略少：点“完成”生成完整图片）",
+    },
     # The posts the outbox owes (cogs.utils.notices, cogs.delivery)
     "notice.result": {EN: "<@{user}> here is **#{job}**{origin}", ZH: "<@{user}> 这是 **#{job}**{origin}"},
     "notice.origin": {EN: " ({kind} of #{parent})", ZH: "（#{parent} 的{kind}）"},
@@ -101,6 +105,7 @@ POSTS: Entries = {
     "kind.vary": {EN: "vary", ZH: "变化"},
     "kind.remix": {EN: "remix", ZH: "重混"},
     "kind.upscale": {EN: "upscale", ZH: "放大"},
+    "kind.finish": {EN: "finish", ZH: "完成"},
     "state.queued": {EN: "queued", ZH: "排队中"},
     "state.running": {EN: "running", ZH: "生成中"},
     "state.done": {EN: "done", ZH: "已完成"},
@@ -115,4 +120,22 @@ POSTS: Entries = {
     "button.strong": {EN: "Vary (Strong)", ZH: "大幅变化"},
     "button.remix": {EN: "Remix", ZH: "重混"},
     "button.upscale": {EN: "Upscale", ZH: "放大"},
+    "button.finish": {EN: "Finish", ZH: "完成"},
+    "button.bydm": {EN: "Send it to me by DM", ZH: "私信发给我"},
+    # A result the safety check flagged (cogs.utils.safety)
+    "safety.spoilered": {
+        EN: "Flagged by the safety check: hidden until clicked.",
+        ZH: "已被安全检查标记：点击后才显示。",
+    },
+    "safety.notice": {
+        EN: "<@{user}> #{job} is ready, but the safety check flagged it as adult content, which is posted only in "
+        "age-restricted channels. Use the button to get it by direct message.",
+        ZH: "<@{user}> #{job} 已完成，但安全检查将其标记为成人内容，此类内容只在年龄限制频道中发布。"
+        "请用下方按钮通过私信获取。",
+    },
+    "safety.blocked": {
+        EN: "<@{user}> #{job} is ready, but the safety check flagged it as adult content, and this server does not "
+        "post such images. Try another prompt.",
+        ZH: "<@{user}> #{job} 已完成，但安全检查将其标记为成人内容，本服务器不发布此类图片。请换一个提示词。",
+    },
 }

@@ -61,6 +61,10 @@ _CHINESE: dict[str, str] = {
         "无法从 Hugging Face 获取 {model}（{reason}）。请检查网络连接和 MODEL_ID 的拼写，或将 MODEL_ID 设为本地文件夹；"
         "未完成的下载会在下次启动时继续。"
     ),
+    "engine.safety_load": (
+        "图片安全检查无法加载 {model}（{reason}）。未经检查的图片不会发布：请将 SAFETY_MODEL 设为一个图片分类模型"
+        "（文件夹或 Hugging Face id）或 off，然后重启机器人。"
+    ),
     "engine.start_image_gone": "这个任务的起始图片已不再保存（可能已被清除）；请重新发送。",
     "engine.unexpected": "生成图片时出了问题（已记录为任务 #{id}）。请再试一次；如果一直出现，请告诉机器人管理者。",
     "engine.disk_full": "机器人的磁盘已满，图片无法保存；需要机器人管理者释放一些空间。",
@@ -75,8 +79,8 @@ REFUSALS: Entries = {
     **RAISED,
     # cogs.utils.flags
     "flag.help": {
-        EN: "--ar, --seed, --no, --steps, --guidance, --count, --strength (with an image)",
-        ZH: "--ar、--seed、--no、--steps、--guidance、--count、--strength（有图片时）",
+        EN: "--ar, --seed, --no, --steps, --guidance, --count, --draft, --strength (with an image)",
+        ZH: "--ar、--seed、--no、--steps、--guidance、--count、--draft、--strength（有图片时）",
     },
     "flag.unknown": {
         EN: "Unknown flag --{name}. The flags are: {flags}.",
@@ -84,6 +88,10 @@ REFUSALS: Entries = {
     },
     "flag.twice": {EN: "--{name} is given twice: keep one.", ZH: "--{name} 出现了两次：请只保留一个。"},
     "flag.needs_value": {EN: "--{name} needs a value, e.g. {example}.", ZH: "--{name} 需要一个值，例如 {example}。"},
+    "flag.no_value": {
+        EN: "--{name} takes no value: write just {example} (got “{got}”). Put the flags after the prompt text.",
+        ZH: "--{name} 不需要值：只写 {example} 即可（收到的是“{got}”）。请把参数写在提示词之后。",
+    },
     "flag.one_value": {
         EN: "--{name} takes one value, e.g. {example} (got “{got}”). Put the flags after the prompt text.",
         ZH: "--{name} 只接受一个值，例如 {example}（收到的是“{got}”）。请把参数写在提示词之后。",
@@ -133,6 +141,11 @@ REFUSALS: Entries = {
     },
     "image.not_kept": {EN: "The images of #{job} are no longer kept.", ZH: "#{job} 的图片已不再保留。"},
     "job.gone": {EN: "Job #{job} no longer exists.", ZH: "任务 #{job} 已不存在。"},
+    "safety.not_yours": {
+        EN: "Only the person who asked for #{job} can get it by direct message.",
+        ZH: "只有发起 #{job} 的人才能通过私信获取它。",
+    },
+    "admin.safety_modes": {EN: "The safety modes are: {modes}.", ZH: "安全模式有：{modes}。"},
     "job.no_images": {
         EN: "Job #{job} has no finished images to start from.",
         ZH: "任务 #{job} 没有可作为起点的已完成图片。",

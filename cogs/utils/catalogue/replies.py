@@ -22,6 +22,9 @@ REPLIES: Entries = {
     "settings.without_nothing": {EN: "without: (nothing)", ZH: "排除：（无）"},
     "settings.by_dm": {EN: "results: by direct message", ZH: "结果：通过私信"},
     "settings.in_channel": {EN: "results: in the channel", ZH: "结果：在频道中"},
+    "settings.drafts": {EN: "drafts: {value}", ZH: "草稿：{value}"},
+    "settings.on": {EN: "on", ZH: "开"},
+    "settings.off": {EN: "off", ZH: "关"},
     "imagine.strength_needs_image": {
         EN: "Strength needs an image: attach one with the image option.",
         ZH: "强度参数需要图片：请用 image（图片）选项附上一张。",
@@ -111,6 +114,20 @@ REPLIES: Entries = {
     "info.ran": {EN: "ran {duration}", ZH: "运行 {duration}"},
     "info.by": {EN: "**By:** <@{user}>", ZH: "**发起人：** <@{user}>"},
     "info.error": {EN: "**Error:** {error}", ZH: "**错误：** {error}"},
+    "info.flagged": {EN: "Flagged by the safety check (adult content).", ZH: "已被安全检查标记（成人内容）。"},
+    "show.blocked": {
+        EN: "Job #{job} was flagged by the safety check, and this server does not post such images.",
+        ZH: "任务 #{job} 已被安全检查标记，本服务器不发布此类图片。",
+    },
+    "safety.by_dm": {
+        EN: "#{job}, flagged by the safety check, as you asked:",
+        ZH: "按你的要求发送 #{job}（已被安全检查标记）：",
+    },
+    "safety.sent": {EN: "Sent #{job} to you by direct message.", ZH: "已通过私信把 #{job} 发给你。"},
+    "safety.dm_closed": {
+        EN: "I can't send you direct messages: allow DMs from this server's members, then click again (#{job}).",
+        ZH: "我无法给你发私信：请允许本服务器的成员给你发私信，然后再点一次（#{job}）。",
+    },
     # Jobs that start from a picture (cogs.utils.image_jobs)
     "image.got": {EN: "Got the image: it is job #{job}, status below.", ZH: "已收到图片：任务 #{job}，状态见下方。"},
     "remix.title": {EN: "Remix #{job}", ZH: "重混 #{job}"},
