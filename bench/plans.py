@@ -366,6 +366,16 @@ def weights_on_host(engine: Any) -> dict[str, Any]:
         "moves": residency.moves,
         "oom_retries": residency.oom_retries,
         "modes": {name: [mode.keep, mode.pin] for name, mode in residency.modes.items()},
+        "streamed": {
+            name: {
+                "layers": len(stream.order),
+                "of": len(stream.layers),
+                "gb_per_pass": round(stream.bytes_per_pass() / 1e9, 3),
+                "pinned": stream.pinned,
+                "copies": stream.copies,
+            }
+            for name, stream in residency.streams.items()
+        },
     }
 
 

@@ -88,6 +88,8 @@ def parks_on_gpu(plan: Plan, component: str) -> bool:
         return True
     if plan.placement is Placement.SWAP:
         return component != "text_encoder"
+    if plan.placement is Placement.STREAM:  # the transformer waits on the host; placement brings in what fits
+        return component == "vae"
     return False
 
 
@@ -114,10 +116,14 @@ def _park(module: torch.nn.Module, on_gpu: bool, device: torch.device) -> torch.
     return module
 
 
-def load_8bit_by_block(cls: Any, source: Path, quant: Quant, where: torch.device) -> torch.nn.Module:
+def load_8bit_by_block(
+    cls: Any, source: Path, quant: Quant, where: torch.device, park: torch.device | None = None
+) -> torch.nn.Module:
     """The transformer built straight into its 8-bit matmul form (engine.quant8), one block at a time from the
     model's safetensors files: the host holds one block's bf16 weights at a time, never the bf16 model
-    (12.7 GB for CogView4-6B), and `where` (the GPU) the 8-bit blocks so far plus one bf16 block."""
+    (12.7 GB for CogView4-6B). Each block is quantized on `where` (the GPU: one bf16 block there at a time)
+    and kept on `park` (default: `where`; the host for a plan that streams the blocks)."""
+    park = park or where
     from accelerate import init_empty_weights
     from safetensors import safe_open
 
@@ -145,10 +151,11 @@ def load_8bit_by_block(cls: Any, source: Path, quant: Quant, where: torch.device
         prefix = f"{blocks}{index}."
         block.load_state_dict(read([n for n in files if n.startswith(prefix)], prefix), strict=True, assign=True)
         quantize_block(block, COMPUTE_KERNEL[quant])  # type: ignore[arg-type]
+        block.to(park)
     missing = [n for n, t in model.state_dict().items() if t.is_meta]
     if missing:
         raise ValueError(f"{source} lacks weights for {', '.join(missing[:5])}")
-    return model.to(where)
+    return model.to(park)
 
 
 def _load_kwargs(library: str, quant: Quant, device: torch.device, on_gpu: bool) -> dict[str, Any]:
@@ -174,8 +181,8 @@ def _load(
     where = device if on_gpu else torch.device("cpu")
 
     def build() -> torch.nn.Module:
-        if eight_bit:
-            return load_8bit_by_block(cls, source, quant, where)
+        if eight_bit:  # quantized on the GPU one block at a time, even when it waits on the host
+            return load_8bit_by_block(cls, source, quant, device if device.type == "cuda" else where, where)
         model = cls.from_pretrained(source, **_load_kwargs(library, quant, device, on_gpu))
         return store_fp8(model) if quant == "fp8" else model
 
@@ -211,7 +218,9 @@ def _load(
         model.load_state_dict(load_file(str(folder / _weights_file(quant))), strict=True, assign=True)
         return store_fp8(model)
 
-    return cache.load_or_build(source.name, quant, source, build, save, load)
+    # Waiting on the host, a component is read back from its cache entry once saved: its host copy is then
+    # the memory-mapped file (the OS may drop and re-read it), not anonymous memory.
+    return cache.load_or_build(source.name, quant, source, build, save, load, reload=eight_bit and not on_gpu)
 
 
 def _weights_file(quant: Quant) -> str:

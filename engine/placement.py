@@ -11,7 +11,8 @@ import logging
 import torch
 
 from engine.plans import Placement, Plan
-from engine.residency import Residency
+from engine.residency import Residency, available_bytes
+from engine.streaming import stream_layers
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +43,13 @@ def _to(module: torch.nn.Module, device: torch.device) -> None:
 
 
 def apply_placement(
-    pipe: object, plan: Plan, device: torch.device, *, ram_bytes: int | None = None
+    pipe: object, plan: Plan, device: torch.device, *, ram_bytes: int | None = None, work_bytes: int = 0
 ) -> Residency | None:
     """Install the plan's placement on a pipeline whose components carry no hooks.
 
-    Swap plans return the Residency that moves components in and out per phase; `ram_bytes` (the host RAM
-    the bot may count on) decides how their host copies are held (engine.residency.host_policy)."""
+    Swap and stream plans return the Residency that moves components in and out per phase; `ram_bytes` (the
+    host RAM the bot may count on) decides how their host copies are held (engine.residency.host_policy).
+    `work_bytes`: the working memory a step needs, kept free when deciding how many blocks stay resident."""
     te = pipe.text_encoder  # type: ignore[attr-defined]
     transformer = pipe.transformer  # type: ignore[attr-defined]
     vae = pipe.vae  # type: ignore[attr-defined]
@@ -66,6 +68,22 @@ def apply_placement(
             device,
             ram_bytes=ram_bytes,
             stays_on_host={"text_encoder": te.get_input_embeddings()},  # a lookup table: 1.2 GiB less to visit
+        )
+    elif placement is Placement.STREAM:
+        _to(te, cpu)
+        _to(vae, device)
+        blocks = transformer.transformer_blocks
+        for child in transformer.children():
+            if child is not blocks:
+                _to(child, device)
+        room = available_bytes(device) - work_bytes if device.type == "cuda" else None
+        stream = stream_layers(blocks, device, room_bytes=room, ram_bytes=ram_bytes)
+        residency = Residency(
+            {"text_encoder": te, "transformer": transformer, "vae": vae},
+            device,
+            ram_bytes=ram_bytes,
+            stays_on_host={"text_encoder": te.get_input_embeddings()},
+            streams={"transformer": stream} if stream is not None else None,
         )
     elif placement is Placement.MODEL_OFFLOAD:
         for module in (te, transformer, vae):

@@ -247,7 +247,11 @@ class PlanManager:
         )
         ram_gib = host_ram(self.config.host_ram_gib)
         residency = apply_placement(
-            pipe, plan, self.device, ram_bytes=None if ram_gib is None else int(ram_gib * plan_catalog.GIB)
+            pipe,
+            plan,
+            self.device,
+            ram_bytes=None if ram_gib is None else int(ram_gib * plan_catalog.GIB),
+            work_bytes=self._step_work_bytes(plan),
         )
         compiled = plan.fast and self.config.torch_compile and self.has_gpu
         compiled_ok = True
@@ -280,6 +284,20 @@ class PlanManager:
         self.runner = runner
         self.model_loads += 1
         return compiled_ok
+
+    def _step_work_bytes(self, plan: Plan) -> int:
+        """Working memory of one step at the native size with CFG as one batch: the plan's measured pass
+        memory, else that of a measured plan with the same transformer, else the runner's cautious figure."""
+        from engine.runner import RunnerOptions
+
+        same = [m for m in self.table.values() if m.work_gib > 0 and plan_catalog.PLANS.get(m.plan) is not None]
+        own = self.table.get(plan.name)
+        twin = next((m for m in same if plan_catalog.PLANS[m.plan].transformer == plan.transformer), None)
+        per_megapixel = (
+            own.work_gib if own is not None and own.work_gib > 0 else twin.work_gib if twin else RunnerOptions.work_gib
+        )
+        megapixels = self.limits.native_size**2 / (1024 * 1024)
+        return int(2 * per_megapixel * megapixels * plan_catalog.GIB)
 
     def _teardown(self) -> None:
         from engine.device import release_memory

@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from importlib import resources
 from typing import Any, Literal
 
+from engine.measurement import CardProfile, Measurement
 from engine.notes import note as engine_note
 from engine.types import PlanRow
 
@@ -37,6 +38,9 @@ class Placement(StrEnum):
     GROUP_BLOCK = "group_block"  # diffusers group offload, block level, overlapped on a CUDA stream
     GROUP_LEAF = "group_leaf"  # diffusers group offload, leaf level, overlapped on a CUDA stream
     SWAP = "swap"  # transformer + VAE resident; the text encoder visits once per batch of prompts
+    # as SWAP, but only the transformer blocks the card holds stay resident: the others stream in every pass,
+    # behind the compute (engine.streaming)
+    STREAM = "stream"
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,7 @@ class Plan:
 def _plan(name: str, te: Quant, tr: Quant, placement: Placement, summary: str, compile_only: bool = False) -> Plan:
     """Every plan that keeps the transformer on the GPU gets the fast path; the offloading plans keep
     diffusers' own hooks and two passes (the fast path was never measured with them)."""
-    fast = placement in (Placement.RESIDENT, Placement.SWAP)
+    fast = placement in (Placement.RESIDENT, Placement.SWAP, Placement.STREAM)
     return Plan(name, te, tr, placement, summary, fast, compile_only)
 
 
@@ -70,6 +74,8 @@ PLANS: dict[str, Plan] = {
         _plan("fp8mm_swap", "nf4", "fp8mm", P.SWAP, "FP8 matmuls (RTX 40/50), 4-bit text encoder visits per batch"),
         _plan("int8mm_resident", "nf4", "int8mm", P.RESIDENT, "int8 matmuls, 4-bit text encoder, all on the GPU"),
         _plan("int8mm_swap", "nf4", "int8mm", P.SWAP, "int8 matmuls (RTX 30), 4-bit text encoder visits per batch"),
+        _plan("fp8mm_stream", "nf4", "fp8mm", P.STREAM, "FP8 matmuls, blocks that do not fit stream in each step"),
+        _plan("int8mm_stream", "nf4", "int8mm", P.STREAM, "int8 matmuls, blocks that do not fit stream in each step"),
         _plan("fp8_resident", "nf4", "fp8", P.RESIDENT, "8-bit transformer, 4-bit text encoder, all on the GPU"),
         _plan("fp8_swap", "nf4", "fp8", P.SWAP, "8-bit transformer resident, 4-bit text encoder visits per batch"),
         _plan("mixed_resident", "nf4", "bf16", P.RESIDENT, "bf16 transformer, 4-bit text encoder, all on the GPU"),
@@ -90,9 +96,18 @@ REMAPS: dict[str, tuple[str, str]] = {
     "nf4_sequential": ("nf4_model_offload", engine_note("plan.sequential_nf4_crashes")),
 }
 
-# What works on a machine without a CUDA GPU (tests, CPU-only PCs): the resident plans whose
-# transformer is bf16 or FP8 (diffusers quantizes transformers with bitsandbytes only on a GPU).
-CPU_PLANS = ("bf16_resident", "mixed_resident", "fp8_resident", "fp8mm_resident", "int8mm_resident")
+# What works on a machine without a CUDA GPU (tests, CPU-only PCs): the plans whose transformer is bf16,
+# FP8 or 8-bit matmuls, resident (diffusers quantizes with bitsandbytes only on a GPU); a streamed plan
+# there streams half the blocks from one host buffer into another (nothing saved: the path, tested).
+CPU_PLANS = (
+    "bf16_resident",
+    "mixed_resident",
+    "fp8_resident",
+    "fp8mm_resident",
+    "int8mm_resident",
+    "fp8mm_stream",
+    "int8mm_stream",
+)
 
 
 class PlanError(ValueError):
@@ -158,43 +173,6 @@ def resolve(
 
 # --- the measured table -----------------------------------------------------------------------
 
-# Headroom on top of a peak measured without a cap: other processes, driver fragmentation.
-SAFETY_GIB = 0.25
-
-
-@dataclass(frozen=True)
-class Measurement:
-    """One plan's measured cost at the native size (1024² for CogView4-6B), one image, CFG on."""
-
-    plan: str
-    peak_gib: float  # the most the process held on the GPU (reserved), at load or while generating
-    step_s: float
-    encode_s: float
-    decode_s: float
-    ok: bool = True
-    note: str = ""
-    measured_cap_gib: float = 0.0  # > 0: proven to run under a hard cap of this size
-    # Final image PSNR (dB) against bf16_resident, same prompt and seed; None: not measured.
-    psnr_db: float | None = None
-    # Host RAM the OS can neither page out nor drop (anonymous + pinned), after loading and at its
-    # peak while loading or generating, GiB; None: not measured.
-    host_gib: float | None = None
-    host_peak_gib: float | None = None
-    # Working memory of one image pass at the native size, GiB (0: not measured). The runner batches
-    # cond+uncond only where twice this fits beside the weights.
-    work_gib: float = 0.0
-
-    def image_s(self, steps: int = 50) -> float:
-        return self.encode_s + steps * self.step_s + self.decode_s
-
-    def need_gib(self) -> float:
-        """VRAM this plan needs: the cap it was proven under, else its measured peak plus headroom."""
-        return self.measured_cap_gib if self.measured_cap_gib else self.peak_gib + SAFETY_GIB
-
-    def ram_need_gib(self) -> float | None:
-        known = [g for g in (self.host_gib, self.host_peak_gib) if g is not None]
-        return max(known) if known else None
-
 
 # --- fidelity ---------------------------------------------------------------------------------
 
@@ -245,26 +223,6 @@ BEST_PATIENCE = 1.15
 HOST_RESERVE_GIB = 2.0
 
 
-@dataclass(frozen=True)
-class CardProfile:
-    """What decides the plan on one card, measured there (engine.card_profile): seconds for one transformer
-    block at the native size per matmul kernel ("bf16", "fp8", "int8": those that ran), the host → device copy
-    speed from page-locked memory, and the kernels that failed with their error."""
-
-    key: str
-    gpu: str
-    capability: tuple[int, int]
-    block_s: dict[str, float]
-    h2d_gbps: float
-    refused: dict[str, str] = field(default_factory=dict)
-    measured_at: str = ""
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> CardProfile:
-        fields_ = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
-        return cls(**{**fields_, "capability": tuple(data["capability"])})
-
-
 def speed_ratio(plan: Plan, card: CardProfile | None, reference: CardProfile | None) -> tuple[float, float]:
     """How much slower this card runs the plan's transformer step and its bf16 phases (encode, decode) than
     the GPU the table was measured on: (step ratio, bf16 ratio). (1, 1) where either card is not measured."""
@@ -281,9 +239,14 @@ def projected_image_s(
     m: Measurement, card: CardProfile | None, reference: CardProfile | None, steps: int = 50
 ) -> float:
     """The plan's seconds per image on this card: the table's phases scaled by this card's block times
-    (its step by the plan's matmul kernel, encode and decode by bf16). Without a card profile: as measured."""
+    (its step by the plan's matmul kernel, encode and decode by bf16); a streamed plan's step is the larger
+    of that compute and its copies at this card's measured bus speed. Without a card profile: as measured."""
     step, bf16 = speed_ratio(PLANS[m.plan], card, reference)
-    return (m.encode_s + m.decode_s) * bf16 + steps * m.step_s * step
+    if card is None or reference is None or not m.stream_gib:
+        return (m.encode_s + m.decode_s) * bf16 + steps * m.step_s * step
+    compute = (m.compute_step_s or m.step_s) * step
+    copies = m.stream_gib * GIB / 1e9 / card.h2d_gbps
+    return (m.encode_s + m.decode_s) * bf16 + steps * max(compute, copies)
 
 
 def load_table(data: dict[str, Any] | None = None) -> dict[str, Measurement]:

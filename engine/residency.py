@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import torch
 from torch.utils.hooks import RemovableHandle
@@ -39,6 +39,15 @@ PIN_ORDER = ("transformer", "vae", "text_encoder")
 KEEP_SHARE = 0.5
 PIN_SHARE = 0.25
 _ALIGN = 4096  # page-aligned tensors inside one buffer: every dtype's view is aligned, registration is exact
+
+
+class Streamer(Protocol):
+    """What a component's layer streamer (engine.streaming.LayerStream) shows the residency."""
+
+    def streamed_layers(self) -> tuple[torch.nn.Module, ...]: ...
+    def host_bytes(self) -> int: ...
+    def pinned_bytes(self) -> int: ...
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -63,7 +72,10 @@ def host_policy(sizes: dict[str, int], ram_bytes: int | None) -> dict[str, HostM
 
 
 def available_bytes(device: torch.device) -> int:
-    """What this process can still allocate: free VRAM plus our cached blocks, within any cap."""
+    """What this process can still allocate: free VRAM plus our cached blocks, within any cap (on a device
+    without such accounting, the CPU: no limit)."""
+    if device.type != "cuda":
+        return 1 << 62
     free, _total = torch.cuda.mem_get_info(device)
     allocated = torch.cuda.memory_allocated(device)
     reserved = torch.cuda.memory_reserved(device)
@@ -95,10 +107,7 @@ class HostCopy:
         pin: bool,
         from_gpu: bool,
     ) -> None:
-        offsets, total = [], 0
-        for shape, dtype in specs:
-            offsets.append(total)
-            total += -(-_spec_bytes(shape, dtype) // _ALIGN) * _ALIGN
+        offsets, total = packed_offsets(specs)
         raw = torch.empty(total + _ALIGN, dtype=torch.uint8)
         start = -raw.data_ptr() % _ALIGN
         self.buffer = raw[start : start + total]
@@ -128,6 +137,15 @@ class HostCopy:
 
 def _spec_bytes(shape: torch.Size, dtype: torch.dtype) -> int:
     return shape.numel() * dtype.itemsize
+
+
+def packed_offsets(specs: list[tuple[torch.Size, torch.dtype]]) -> tuple[list[int], int]:
+    """Where each tensor starts in one buffer holding them all, page-aligned, and the buffer's size."""
+    offsets, total = [], 0
+    for shape, dtype in specs:
+        offsets.append(total)
+        total += -(-_spec_bytes(shape, dtype) // _ALIGN) * _ALIGN
+    return offsets, total
 
 
 def _register(buffer: torch.Tensor) -> bool:
@@ -163,9 +181,9 @@ def run_on_host(module: torch.nn.Module) -> list[RemovableHandle]:
     return [module.register_forward_pre_hook(inputs_to_weights), module.register_forward_hook(output_back)]
 
 
-def _weights(module: torch.nn.Module, skip: torch.nn.Module | None = None) -> list[tuple[Any, str]]:
-    """(owner, "name" or "buffer:name") of every weight of `module`, leaving out `skip`'s."""
-    skipped = set(skip.modules()) if skip is not None else set()
+def _weights(module: torch.nn.Module, *skip: torch.nn.Module | None) -> list[tuple[Any, str]]:
+    """(owner, "name" or "buffer:name") of every weight of `module`, leaving out those of the `skip` modules."""
+    skipped = {m for part in skip if part is not None for m in part.modules()}
     slots: list[tuple[Any, str]] = []
     for owner in module.modules():
         if owner in skipped:
@@ -186,14 +204,15 @@ def _set(owner: Any, key: str, tensor: torch.Tensor) -> None:
         owner._parameters[key].data = tensor
 
 
-def weight_bytes(module: torch.nn.Module, skip: torch.nn.Module | None = None) -> int:
-    return sum(_nbytes(_get(*slot)) for slot in _weights(module, skip))
+def weight_bytes(module: torch.nn.Module, *skip: torch.nn.Module | None) -> int:
+    return sum(_nbytes(_get(*slot)) for slot in _weights(module, *skip))
 
 
 class ComponentSwap:
     """A module whose weights move between the GPU and one host copy (see the module docstring).
 
-    `stays_on_host`: a submodule that never moves and computes on the host (`run_on_host`)."""
+    `stays_on_host`: a submodule that never moves and computes on the host (`run_on_host`); `streamed`:
+    submodules whose weights another mover handles (engine.streaming), left out here."""
 
     def __init__(
         self,
@@ -201,11 +220,12 @@ class ComponentSwap:
         device: torch.device,
         mode: HostMode,
         stays_on_host: torch.nn.Module | None = None,
+        streamed: tuple[torch.nn.Module, ...] = (),
     ) -> None:
         self.module = module
         self.device = device
         self.mode = mode
-        self._slots = _weights(module, skip=stays_on_host)
+        self._slots = _weights(module, stays_on_host, *streamed)
         self._quant_states = [
             owner._parameters[key].quant_state
             for owner, key in self._slots
@@ -293,24 +313,33 @@ class Residency:
         *,
         ram_bytes: int | None,
         stays_on_host: dict[str, torch.nn.Module] | None = None,
+        streams: dict[str, Streamer] | None = None,
     ) -> None:
         self.device = device
         stays = stays_on_host or {}
-        sizes = {name: weight_bytes(m, skip=stays.get(name)) for name, m in modules.items()}
+        self.streams = streams or {}
+
+        def streamed(name: str) -> tuple[torch.nn.Module, ...]:
+            return self.streams[name].streamed_layers() if name in self.streams else ()
+
+        sizes = {name: weight_bytes(m, stays.get(name), *streamed(name)) for name, m in modules.items()}
         self.modes = host_policy(sizes, ram_bytes)
         self.swaps = {
-            name: ComponentSwap(module, device, self.modes[name], stays_on_host=stays.get(name))
+            name: ComponentSwap(
+                module, device, self.modes[name], stays_on_host=stays.get(name), streamed=streamed(name)
+            )
             for name, module in modules.items()
         }
         self.moves = 0  # components brought in (tests and benchmarks count them)
         self.oom_retries = 0  # phases that ran out of memory and were retried alone
 
     def host_bytes(self) -> int:
-        """Host memory held for weights now (pinned included)."""
-        return sum(s.host_bytes() for s in self.swaps.values())
+        """Host memory held for weights now (pinned and file-backed included)."""
+        return sum(s.host_bytes() for s in self.swaps.values()) + sum(s.host_bytes() for s in self.streams.values())
 
     def pinned_bytes(self) -> int:
-        return sum(s.pinned_bytes() for s in self.swaps.values())
+        swaps = sum(s.pinned_bytes() for s in self.swaps.values())
+        return swaps + sum(s.pinned_bytes() for s in self.streams.values())
 
     def available_bytes(self) -> int:
         return available_bytes(self.device)
@@ -355,6 +384,9 @@ class Residency:
 
     def strip(self) -> None:
         """Leave every weight on the host (before another plan takes over)."""
+        for stream in self.streams.values():
+            stream.close()
+        self.streams = {}
         for swap in self.swaps.values():
             swap.to_host()
             swap.close()

@@ -89,10 +89,14 @@ class WeightCache:
         build: Callable[[], torch.nn.Module],
         save: Callable[[torch.nn.Module, Path], None],
         load: Callable[[Path], torch.nn.Module],
+        *,
+        reload: bool = False,
     ) -> torch.nn.Module:
         """The cached module if a sound entry exists, else `build()` saved for the next start.
 
-        A cache that cannot be read or written never stops loading: the model is built as without one."""
+        `reload`: once saved, return the module loaded back from the entry (weights `load` maps from the
+        file stay file-backed) instead of the one built. A cache that cannot be read or written never stops
+        loading: the model is built as without one."""
         entry = self.entry(component, quant, source)
         self._remove_stale(component, quant, keep=entry)
         if entry.exists():
@@ -111,6 +115,10 @@ class WeightCache:
             self._write(entry, module, save)
         except Exception:
             log.warning("Could not write the quantized cache %s; next start quantizes again", entry, exc_info=True)
+            return module
+        if reload:
+            del module
+            return load(entry)
         return module
 
     def _write(self, entry: Path, module: torch.nn.Module, save: Callable[[torch.nn.Module, Path], None]) -> None:

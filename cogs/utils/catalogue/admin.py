@@ -26,6 +26,8 @@ _PLAN_SUMMARIES_ZH = {
     "fp8mm_swap": "FP8 矩阵乘（RTX 40/50），4 位文本编码器每批调入一次",
     "int8mm_resident": "int8 矩阵乘、4 位文本编码器，全部放在 GPU 上",
     "int8mm_swap": "int8 矩阵乘（RTX 30），4 位文本编码器每批调入一次",
+    "fp8mm_stream": "FP8 矩阵乘，放不下的块每步传入",
+    "int8mm_stream": "int8 矩阵乘，放不下的块每步传入",
     "fp8_resident": "8 位 transformer、4 位文本编码器，全部放在 GPU 上",
     "fp8_swap": "8 位 transformer 常驻，4 位文本编码器每批调入一次",
     "mixed_resident": "bf16 transformer、4 位文本编码器，全部放在 GPU 上",

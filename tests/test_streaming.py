@@ -1,0 +1,127 @@
+"""Streamed layers (engine.streaming) on the CPU: the same numbers as resident layers, a pool that never
+grows, a cycle that survives a pass cut short and skipped layers, and the streamed plans through the engine
+giving the very pixels of the resident ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from engine.streaming import LayerStream, layer_bytes, spread, stream_layers
+
+CPU = torch.device("cpu")
+
+
+def stack(count: int = 7, width: int = 48) -> nn.ModuleList:
+    torch.manual_seed(0)
+    return nn.ModuleList([nn.Sequential(nn.Linear(width, width), nn.LayerNorm(width)) for _ in range(count)])
+
+
+def run(layers: nn.ModuleList, x: torch.Tensor, upto: int | None = None) -> torch.Tensor:
+    for layer in list(layers)[:upto]:
+        x = layer(x)
+    return x
+
+
+def test_spread_streams_evenly_and_the_last_layer_first() -> None:
+    assert spread(7, 0) == [] and spread(7, 7) == list(range(7))
+    assert spread(28, 14) == list(range(1, 28, 2))
+    picked = spread(28, 5)
+    assert len(picked) == 5 and picked[-1] == 27
+    gaps = [b - a for a, b in zip(picked, picked[1:], strict=False)]
+    assert max(gaps) - min(gaps) <= 1
+
+
+@torch.inference_mode()
+def test_streamed_layers_give_the_same_numbers_with_a_pool_that_never_grows() -> None:
+    layers = stack()
+    x = torch.randn(3, 48)
+    want = run(layers, x)
+    stream = LayerStream(layers, [1, 3, 5, 6], CPU, pool=3, pin=False)
+    pool = [t.data_ptr() for t in stream.pool]
+    try:
+        for _ in range(6):
+            assert torch.equal(run(layers, x), want)
+        assert [t.data_ptr() for t in stream.pool] == pool and len(stream.pool) == 3
+        assert stream.pool_bytes() == 3 * stream.layer_nbytes + 3 * (stream.pool_bytes() // 3 - stream.layer_nbytes)
+        assert stream.copies >= 6 * 4  # every pass copied every streamed layer in (plus the copies ahead)
+        assert stream.bytes_per_pass() == 4 * layer_bytes(layers[1])
+    finally:
+        stream.close()
+    # Closed: the layers use their host weights again, hooks gone, nothing copied any more.
+    copies = stream.copies
+    assert torch.equal(run(layers, x), want) and stream.copies == copies
+    assert all(p.data_ptr() not in pool for p in layers[1].parameters())
+
+
+@torch.inference_mode()
+def test_a_pass_cut_short_restarts_the_cycle() -> None:
+    layers = stack()
+    x = torch.randn(2, 48)
+    want = run(layers, x)
+    stream = LayerStream(layers, [0, 2, 4, 6], CPU, pool=2, pin=False)
+    try:
+        run(layers, x, upto=3)  # stopped after two streamed layers (an error mid-pass)
+        assert torch.equal(run(layers, x), want)
+        assert torch.equal(run(layers, x), want)
+    finally:
+        stream.close()
+
+
+@torch.inference_mode()
+def test_a_failing_copy_is_an_error_in_the_pass_not_a_hang() -> None:
+    layers = stack(4)
+    stream = LayerStream(layers, [1, 3], CPU, pool=2, pin=False)
+    stream.host[1][0] = torch.zeros(3)  # a host copy of the wrong size: its copy fails in the copier
+    try:
+        with pytest.raises(RuntimeError, match="streaming a layer to the GPU failed"):
+            for _ in range(3):
+                run(layers, torch.randn(2, 48))
+    finally:
+        stream.close()
+
+
+def test_layers_of_different_shapes_are_refused() -> None:
+    layers = nn.ModuleList([nn.Linear(8, 8), nn.Linear(8, 16)])
+    with pytest.raises(ValueError, match="one layout"):
+        LayerStream(layers, [0, 1], CPU)
+
+
+@torch.inference_mode()
+def test_without_a_gpu_half_the_layers_stream() -> None:
+    layers = stack(6)
+    stream = stream_layers(layers, CPU, room_bytes=None, ram_bytes=None)
+    assert stream is not None
+    try:
+        assert len(stream.order) == 3 and not stream.pinned
+    finally:
+        stream.close()
+
+
+@pytest.mark.parametrize("kernel", ["fp8mm", "int8mm"])
+async def test_a_streamed_plan_makes_the_pixels_of_the_resident_plan(tiny_model: Path, kernel: str) -> None:
+    """The engine under `<kernel>_stream` (half the tiny transformer's blocks streamed on the CPU) and under
+    `<kernel>_resident`: the same request gives the same pixels, and a second image streams them again."""
+    import numpy as np
+
+    from tests.test_engine import request, started_engine
+
+    pixels = {}
+    for plan in (f"{kernel}_resident", f"{kernel}_stream"):
+        engine = await started_engine(tiny_model, memory_mode=plan)
+        try:
+            results = [await engine.generate(request(seed=9)) for _ in range(2)]
+            assert results[0].plan == plan
+            runner = engine.plan_manager.runner
+            assert runner is not None
+            streams = runner.residency.streams if runner.residency is not None else {}
+            if plan.endswith("_stream"):
+                assert streams["transformer"].copies > 0 and len(streams["transformer"].order) > 0
+            pixels[plan] = [np.asarray(r.images[0]) for r in results]
+        finally:
+            await engine.stop()
+    resident, streamed = pixels[f"{kernel}_resident"], pixels[f"{kernel}_stream"]
+    assert np.array_equal(resident[0], streamed[0]) and np.array_equal(streamed[0], streamed[1])
