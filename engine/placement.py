@@ -76,14 +76,21 @@ def apply_placement(
         for child in transformer.children():
             if child is not blocks:
                 _to(child, device)
-        room = available_bytes(device) - work_bytes if device.type == "cuda" else None
-        stream = stream_layers(blocks, device, room_bytes=room, ram_bytes=ram_bytes)
+        cuda = device.type == "cuda"
+        # The text encoder streams every layer through its own small pool: encoding a prompt never evicts
+        # the transformer's resident blocks.
+        streams = {
+            "text_encoder": stream_layers(te.layers, device, room_bytes=0 if cuda else None, ram_bytes=ram_bytes),
+            "transformer": stream_layers(
+                blocks, device, room_bytes=available_bytes(device) - work_bytes if cuda else None, ram_bytes=ram_bytes
+            ),
+        }
         residency = Residency(
             {"text_encoder": te, "transformer": transformer, "vae": vae},
             device,
             ram_bytes=ram_bytes,
             stays_on_host={"text_encoder": te.get_input_embeddings()},
-            streams={"transformer": stream} if stream is not None else None,
+            streams={name: stream for name, stream in streams.items() if stream is not None},
         )
     elif placement is Placement.MODEL_OFFLOAD:
         for module in (te, transformer, vae):

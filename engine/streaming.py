@@ -119,6 +119,12 @@ class LayerStream:
             raise ValueError("streamed layers must share one layout")
         self.pool_size = min(pool, len(self.order))
         self._slots_of = [_weights(self.layers[i]) for i in self.order]
+        # bitsandbytes 4-bit weights carry their scales beside them: small, they stay on the device.
+        self._quant_states = [
+            state for slots in self._slots_of for owner, key in slots if (state := _quant_state(owner, key)) is not None
+        ]
+        for state in self._quant_states:
+            state.to(device)
         # Per streamed layer: its host weights, and the one buffer holding them all where they are packed.
         self.host: list[list[torch.Tensor]] = []
         self.host_flat: list[torch.Tensor | None] = []
@@ -299,7 +305,15 @@ class LayerStream:
         for slots, host in zip(self._slots_of, self.host, strict=True):
             for (owner, key), tensor in zip(slots, host, strict=True):
                 _set(owner, key, tensor)
+        for state in self._quant_states:
+            state.to("cpu")
         self.pool, self.pool_views = [], []
+
+
+def _quant_state(owner: nn.Module, key: str) -> Any:
+    if key.startswith("buffer:"):
+        return None
+    return getattr(owner._parameters[key], "quant_state", None)
 
 
 def _pool(
