@@ -306,4 +306,3 @@ class QueueCore(Outbox, RuntimeState, Retention, PerUser, Heartbeats, Flags):
             (state.value, clock.now(), error, job_id),
         )
         await conn.run("DELETE FROM job_previews WHERE job_id = ?", (job_id,))  # previews are for running jobs
-

@@ -238,9 +238,7 @@ class Dispatcher:
             "job_id": job.id,
         }
         if request.start_image is not None:
-            parameters.update(
-                start_image=request.start_image, strength=strength_used(request), upscale=request.upscale
-            )
+            parameters.update(start_image=request.start_image, strength=strength_used(request), upscale=request.upscale)
         if request.draft:
             parameters["draft"] = True
         try:

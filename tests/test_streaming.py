@@ -127,3 +127,29 @@ async def test_a_streamed_plan_makes_the_pixels_of_the_resident_plan(tiny_model:
             await engine.stop()
     resident, streamed = pixels[f"{kernel}_resident"], pixels[f"{kernel}_stream"]
     assert np.array_equal(resident[0], streamed[0]) and np.array_equal(streamed[0], streamed[1])
+
+
+def test_streamed_blocks_work_under_the_draft_cache_and_per_block_compile(tiny_model: Path) -> None:
+    """A skipped block still takes its turn in the cycle (the image after a draft is the image before it),
+    and the stream's hooks run outside a compiled block's graph."""
+    import numpy as np
+
+    from tests.test_batched_cfg import make_runner
+    from tests.test_draft import ALWAYS_SKIPS, draw
+
+    runner = make_runner(tiny_model, "bf16_resident")
+    plain, _, _ = draw(runner, None)
+    blocks = runner.pipe.transformer.transformer_blocks
+    stream = stream_layers(blocks, CPU, room_bytes=None, ram_bytes=None)
+    assert stream is not None
+    try:
+        assert np.array_equal(draw(runner, None)[0], plain)
+        _, passes, skipped = draw(runner, ALWAYS_SKIPS)
+        assert skipped == passes - 2 > 0
+        assert np.array_equal(draw(runner, None)[0], plain), "the cycle is intact after skipped passes"
+        for block in blocks:
+            block.compile(dynamic=False, backend="eager")  # dynamo traces the block; no C++ compiler here
+        assert np.array_equal(draw(runner, None)[0], plain)
+    finally:
+        stream.close()
+    assert np.array_equal(draw(runner, None)[0], plain)

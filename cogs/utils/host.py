@@ -15,6 +15,7 @@ from settings import Settings
 if TYPE_CHECKING:
     from db.models import Job
 
+
 class Host(Protocol):
     """The bot as the cogs see it: its services, plus the few discord.py calls they make on it."""
 
