@@ -48,6 +48,10 @@ ENGINE_NOTES: dict[str, str] = {
         "Times on this {gpu} are projected from one transformer block timed here: the {kernel} step {ratio}x, "
         "bf16 {bf16}x the {reference} the table was measured on; host to GPU copies {gbps} GB/s."
     ),
+    "plan.streamed": (
+        "{plan} streams {gb} GB of weights a step, behind the compute: here a step is the larger of its compute "
+        "({compute} s) and its copies ({copies} s)."
+    ),
     "plan.none_measured": "No measured plan is available; run bench/plans.py or pick a plan by name.",
     "plan.no_ram": (
         "Every measured plan needs more host RAM than this machine's {ram} GiB leaves beside the system ({reserve} "

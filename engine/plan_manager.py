@@ -183,7 +183,7 @@ class PlanManager:
                 reference=self.reference,
             )
             self.auto_reason = plan_catalog.auto_reason(
-                resolved.plan.name, self.config.quality, self.card, self.reference
+                resolved.plan.name, self.config.quality, self.card, self.reference, self.table.get(resolved.plan.name)
             )
             log.info("%s", " ".join(self.auto_reason))
             return resolved

@@ -424,9 +424,16 @@ def plan_rows(
     return rows
 
 
-def auto_reason(chosen: str, quality: str, card: CardProfile | None, reference: CardProfile | None) -> tuple[str, ...]:
+def auto_reason(
+    chosen: str,
+    quality: str,
+    card: CardProfile | None,
+    reference: CardProfile | None,
+    measured: Measurement | None = None,
+) -> tuple[str, ...]:
     """Why auto chose this plan, in a sentence or two: QUALITY's rule and, where the card was measured,
-    what its times here rest on."""
+    what its times here rest on (for a streamed plan, its compute against its copies at this card's bus
+    speed; `measured`: the plan's table row)."""
     rule = Quality(quality)
     if rule is Quality.BEST:
         said = [engine_note("plan.reason.best", plan=chosen, patience=BEST_PATIENCE)]
@@ -447,4 +454,14 @@ def auto_reason(chosen: str, quality: str, card: CardProfile | None, reference: 
                 gbps=f"{card.h2d_gbps:.0f}",
             )
         )
+        if measured is not None and measured.stream_gib:
+            said.append(
+                engine_note(
+                    "plan.streamed",
+                    plan=chosen,
+                    gb=f"{measured.stream_gib * GIB / 1e9:.1f}",
+                    compute=f"{(measured.compute_step_s or measured.step_s) * step:.2f}",
+                    copies=f"{measured.stream_gib * GIB / 1e9 / card.h2d_gbps:.2f}",
+                )
+            )
     return tuple(said)

@@ -136,3 +136,21 @@ def test_memory_shows_each_plans_time_here_and_why_auto_chose_in_both_languages(
     assert "auto chose fp8mm_swap (QUALITY=balanced)" in english and "RTX 4060 Ti" in english
     chinese = memory_report(status, rows, "zh-CN")
     assert "auto 选择了 fp8mm_swap" in chinese and f"本机约 {expected:.0f} 秒/张（推算）" in chinese
+
+
+def test_a_streamed_plan_is_projected_as_the_larger_of_its_compute_and_its_copies() -> None:
+    """On a slow-compute card the copies hide behind the step; on a slow bus they set it — and auto says so."""
+    streamed = Measurement(
+        "fp8mm_stream", 3.0, 0.30, 0.5, 0.5, measured_cap_gib=4.0, stream_gib=2.0, compute_step_s=0.20
+    )
+    copies_s = 2.0 * 1024**3 / 1e9 / ADA_HOME.h2d_gbps
+    compute_s = 0.20 * ADA_HOME.block_s["fp8"] / H100.block_s["fp8"]
+    assert projected_image_s(streamed, ADA_HOME, H100) == pytest.approx(
+        1.0 * ADA_HOME.block_s["bf16"] / H100.block_s["bf16"] + 50 * max(compute_s, copies_s)
+    )
+    slow_bus = CardProfile("bus", "RTX 4060 on x4", (8, 9), dict(ADA_HOME.block_s), 0.5)
+    assert projected_image_s(streamed, slow_bus, H100) == pytest.approx(
+        1.0 * ADA_HOME.block_s["bf16"] / H100.block_s["bf16"] + 50 * 2.0 * 1024**3 / 1e9 / 0.5
+    )
+    said = catalog.auto_reason("fp8mm_stream", "balanced", ADA_HOME, H100, streamed)
+    assert any("streams 2.1 GB of weights a step" in s and f"({copies_s:.2f} s)" in s for s in said)

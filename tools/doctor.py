@@ -152,7 +152,12 @@ def report(
                 f"auto (QUALITY={quality}) would use: {choice.plan.name} — {choice.plan.summary}"
                 + (f" ({choice.note})" if choice.note else "")
             )
-            lines.extend(f"  {why}" for why in plan_catalog.auto_reason(choice.plan.name, quality, card, reference))
+            lines.extend(
+                f"  {why}"
+                for why in plan_catalog.auto_reason(
+                    choice.plan.name, quality, card, reference, table.get(choice.plan.name)
+                )
+            )
         except plan_catalog.PlanError as exc:
             lines.append(f"auto cannot choose: {exc}")
     here = "here (projected)" if card is not None and reference is not None else f"on {meta.get('gpu', '?')}"

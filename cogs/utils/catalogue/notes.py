@@ -45,6 +45,9 @@ _CHINESE = {
         "此 {gpu} 上的时间由本机实测的一个 transformer 块推算：{kernel} 步为测量方案表所用 {reference} 的 {ratio} 倍，"
         "bf16 为 {bf16} 倍；主机到 GPU 的拷贝速度 {gbps} GB/s。"
     ),
+    "plan.streamed": (
+        "{plan} 每步在计算的同时传入 {gb} GB 权重：在此卡上一步取计算（{compute} 秒）与拷贝（{copies} 秒）中的较长者。"
+    ),
     "plan.none_measured": "没有可用的实测方案；请运行 bench/plans.py，或按名称选择方案。",
     "plan.no_ram": (
         "每个实测方案所需的内存都超过本机 {ram} GiB 在系统之外剩余的部分（保留 {reserve} GiB）。"
