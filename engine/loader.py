@@ -19,7 +19,7 @@ import torch
 
 from engine.notes import note
 from engine.plans import COMPUTE_KERNEL, Placement, Plan, Quant
-from engine.weight_cache import WeightCache
+from engine.weight_cache import WeightCache, map_onto_files
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,8 @@ class Components:
     scheduler: Any
     text_encoder_quant: Quant
     transformer_quant: Quant
+    # Components whose host weights are the memory-mapped cache files (file-backed, not anonymous memory).
+    mapped: frozenset[str] = frozenset()
 
 
 def _park(module: torch.nn.Module, on_gpu: bool, device: torch.device) -> torch.nn.Module:
@@ -289,6 +291,9 @@ def load_components(
         text_encoder = load_text_encoder(folder, plan.text_encoder, where, on_gpu, cache)
     _park(text_encoder, parks_on_gpu(plan, "text_encoder"), device)
     text_encoder.eval()
+    mapped = set()
+    if _map_host_copy(text_encoder, "text_encoder", folder, plan.text_encoder, plan, cache):
+        mapped.add("text_encoder")
 
     if reusable("transformer", plan.transformer):
         transformer = reuse.transformer
@@ -300,6 +305,8 @@ def load_components(
         transformer = load_transformer(folder, plan.transformer, device, parks_on_gpu(plan, "transformer"), cache)
     _park(transformer, parks_on_gpu(plan, "transformer"), device)
     transformer.eval()
+    if _map_host_copy(transformer, "transformer", folder, plan.transformer, plan, cache):
+        mapped.add("transformer")
 
     report(note("load.vae"), 0.92)
     if reuse is not None and reuse.vae is not None:
@@ -318,7 +325,25 @@ def load_components(
         scheduler=scheduler,
         text_encoder_quant=plan.text_encoder,
         transformer_quant=plan.transformer,
+        mapped=frozenset(mapped),
     )
+
+
+def _map_host_copy(
+    module: torch.nn.Module, name: str, folder: Path, quant: Quant, plan: Plan, cache: WeightCache | None
+) -> bool:
+    """A component that waits on the host and came from a cache entry keeps the entry's memory-mapped
+    tensors as its host weights (see weight_cache.map_onto_files). True where it does."""
+    if cache is None or quant == "bf16" or parks_on_gpu(plan, name):
+        return False
+    entry = cache.entry(name, quant, folder / name)
+    if not entry.is_dir():
+        return False
+    moved = map_onto_files(module, entry)
+    total = sum(t.numel() * t.element_size() for t in module.state_dict().values() if t.device.type == "cpu")
+    log.info("%s: %.2f of %.2f GiB on the host are the memory-mapped cache file", name, moved / 2**30, total / 2**30)
+    _free(torch.device("cpu"))
+    return moved > 0
 
 
 def _free(device: torch.device) -> None:

@@ -43,13 +43,20 @@ def _to(module: torch.nn.Module, device: torch.device) -> None:
 
 
 def apply_placement(
-    pipe: object, plan: Plan, device: torch.device, *, ram_bytes: int | None = None, work_bytes: int = 0
+    pipe: object,
+    plan: Plan,
+    device: torch.device,
+    *,
+    ram_bytes: int | None = None,
+    work_bytes: int = 0,
+    mapped: frozenset[str] = frozenset(),
 ) -> Residency | None:
     """Install the plan's placement on a pipeline whose components carry no hooks.
 
     Swap and stream plans return the Residency that moves components in and out per phase; `ram_bytes` (the
     host RAM the bot may count on) decides how their host copies are held (engine.residency.host_policy).
-    `work_bytes`: the working memory a step needs, kept free when deciding how many blocks stay resident."""
+    `work_bytes`: the working memory a step needs, kept free when deciding how many blocks stay resident;
+    `mapped`: components whose host weights are the memory-mapped cache files (kept as they are)."""
     te = pipe.text_encoder  # type: ignore[attr-defined]
     transformer = pipe.transformer  # type: ignore[attr-defined]
     vae = pipe.vae  # type: ignore[attr-defined]
@@ -68,6 +75,7 @@ def apply_placement(
             device,
             ram_bytes=ram_bytes,
             stays_on_host={"text_encoder": te.get_input_embeddings()},  # a lookup table: 1.2 GiB less to visit
+            mapped=mapped,
         )
     elif placement is Placement.STREAM:
         _to(te, cpu)
@@ -91,6 +99,7 @@ def apply_placement(
             ram_bytes=ram_bytes,
             stays_on_host={"text_encoder": te.get_input_embeddings()},
             streams={name: stream for name, stream in streams.items() if stream is not None},
+            mapped=mapped,
         )
     elif placement is Placement.MODEL_OFFLOAD:
         for module in (te, transformer, vae):

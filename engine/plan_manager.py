@@ -252,6 +252,7 @@ class PlanManager:
             self.device,
             ram_bytes=None if ram_gib is None else int(ram_gib * plan_catalog.GIB),
             work_bytes=self._step_work_bytes(plan),
+            mapped=c.mapped,
         )
         compiled = plan.fast and self.config.torch_compile and self.has_gpu
         compiled_ok = True

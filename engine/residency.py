@@ -135,6 +135,21 @@ class HostCopy:
             pass
 
 
+class MappedCopy:
+    """A component's host weights as they already are: the memory-mapped cache file (file-backed pages the
+    OS may drop and read again). Never page-locked (that would copy them into locked memory); kept while the
+    component is on the GPU, since keeping them costs no anonymous memory."""
+
+    pinned = False
+
+    def __init__(self, tensors: list[torch.Tensor]) -> None:
+        self.views = tensors
+        self.nbytes = sum(_nbytes(t) for t in tensors)
+
+    def release(self) -> None:
+        """Nothing to unlock."""
+
+
 def _spec_bytes(shape: torch.Size, dtype: torch.dtype) -> int:
     return shape.numel() * dtype.itemsize
 
@@ -212,7 +227,8 @@ class ComponentSwap:
     """A module whose weights move between the GPU and one host copy (see the module docstring).
 
     `stays_on_host`: a submodule that never moves and computes on the host (`run_on_host`); `streamed`:
-    submodules whose weights another mover handles (engine.streaming), left out here."""
+    submodules whose weights another mover handles (engine.streaming), left out here; `mapped`: its host
+    weights are the memory-mapped cache file, used as they are (`MappedCopy`)."""
 
     def __init__(
         self,
@@ -221,8 +237,10 @@ class ComponentSwap:
         mode: HostMode,
         stays_on_host: torch.nn.Module | None = None,
         streamed: tuple[torch.nn.Module, ...] = (),
+        mapped: bool = False,
     ) -> None:
         self.module = module
+        self.mapped = mapped
         self.device = device
         self.mode = mode
         self._slots = _weights(module, stays_on_host, *streamed)
@@ -239,8 +257,10 @@ class ComponentSwap:
             self._hooks = run_on_host(stays_on_host)
         self.on_gpu = bool(self._slots) and _get(*self._slots[0]).device == _full(device)
         self.left_once = False  # has had to leave the GPU: a mover
-        self.copy: HostCopy | None = None
-        if not self.on_gpu:  # loaded on the host: its tensors move into the one host buffer
+        self.copy: HostCopy | MappedCopy | None = None
+        if not self.on_gpu and mapped:
+            self.copy = MappedCopy([_get(*slot) for slot in self._slots])
+        elif not self.on_gpu:  # loaded on the host: its tensors move into the one host buffer
             self._take_copy()
 
     def close(self) -> None:
@@ -276,7 +296,7 @@ class ComponentSwap:
         for state in self._quant_states:
             state.to(self.device)
         self.on_gpu = True
-        if not (self.mode.keep and self.left_once):
+        if not (self.mode.keep and self.left_once) and not isinstance(self.copy, MappedCopy):
             if self.device.type == "cuda":
                 torch.cuda.current_stream(self.device).synchronize()  # the copies read the buffer
             self.copy.release()
@@ -314,6 +334,7 @@ class Residency:
         ram_bytes: int | None,
         stays_on_host: dict[str, torch.nn.Module] | None = None,
         streams: dict[str, Streamer] | None = None,
+        mapped: frozenset[str] = frozenset(),
     ) -> None:
         self.device = device
         stays = stays_on_host or {}
@@ -326,7 +347,12 @@ class Residency:
         self.modes = host_policy(sizes, ram_bytes)
         self.swaps = {
             name: ComponentSwap(
-                module, device, self.modes[name], stays_on_host=stays.get(name), streamed=streamed(name)
+                module,
+                device,
+                self.modes[name],
+                stays_on_host=stays.get(name),
+                streamed=streamed(name),
+                mapped=name in mapped,
             )
             for name, module in modules.items()
         }

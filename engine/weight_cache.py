@@ -151,3 +151,33 @@ class WeightCache:
             if old != keep and old.is_dir():
                 log.info("Removing stale quantized cache %s (another model revision or library version)", old)
                 shutil.rmtree(old, ignore_errors=True)
+
+
+def map_onto_files(module: torch.nn.Module, folder: Path) -> int:
+    """Point the module's host weights at the same tensors memory-mapped from `folder`'s safetensors files
+    (a cache entry it was loaded from): file-backed pages the OS may drop and read again, instead of
+    anonymous memory. Only a weight on the host whose name, shape and dtype match is moved; the bytes moved.
+    """
+    from safetensors import safe_open
+
+    slots = {}
+    for prefix, owner in module.named_modules():
+        for key, tensor in [*owner._parameters.items(), *owner._buffers.items()]:
+            if tensor is not None and tensor.device.type == "cpu":
+                slots[f"{prefix}.{key}" if prefix else key] = (owner, key, tensor)
+    moved = 0
+    for path in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            for name in handle.keys():
+                if name not in slots:
+                    continue
+                owner, key, tensor = slots[name]
+                mapped = handle.get_tensor(name)
+                if mapped.shape != tensor.shape or mapped.dtype != tensor.dtype:
+                    continue
+                if key in owner._parameters:
+                    owner._parameters[key].data = mapped
+                else:
+                    owner._buffers[key] = mapped
+                moved += mapped.numel() * mapped.element_size()
+    return moved

@@ -153,3 +153,31 @@ def test_streamed_blocks_work_under_the_draft_cache_and_per_block_compile(tiny_m
     finally:
         stream.close()
     assert np.array_equal(draw(runner, None)[0], plain)
+
+
+async def test_host_weights_come_memory_mapped_from_the_cache_with_the_same_pixels(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    """Under a stream plan with a quantized cache, the components that wait on the host use the cache files
+    themselves as their host copy (file-backed), from the first start on, and make the same pixels."""
+    import numpy as np
+
+    from engine.weight_cache import map_onto_files
+    from tests.test_engine import request, started_engine
+
+    pixels = []
+    for cache in (None, tmp_path / "quantized", tmp_path / "quantized"):
+        engine = await started_engine(tiny_model, memory_mode="fp8mm_stream", quantized_cache_dir=cache)
+        try:
+            pixels.append(np.asarray((await engine.generate(request(seed=4))).images[0]))
+            components = engine.plan_manager.components
+            assert components is not None
+            if cache is None:
+                assert components.mapped == frozenset()
+            else:
+                assert components.mapped == {"transformer", "text_encoder"}
+                entry = next(cache.glob("transformer-fp8mm-*"))
+                assert map_onto_files(components.transformer, entry) > 0
+        finally:
+            await engine.stop()
+    assert np.array_equal(pixels[0], pixels[1]) and np.array_equal(pixels[1], pixels[2])
