@@ -316,6 +316,7 @@ def measure_engine(args: argparse.Namespace) -> dict[str, Any]:
             )
         final = engine.status()
         weights = weights_on_host(engine)
+        after_queue = {k: round(v, 2) for k, v in hostmem.status_gib().items()}
         measured_work = engine.plan_manager.runner.measured_work_gib
         await engine.stop()
         row = {
@@ -325,6 +326,8 @@ def measure_engine(args: argparse.Namespace) -> dict[str, Any]:
             "load_peak_reserved_gib": load_peak,
             "host_after_load": after_load,
             "host_gib": round(after_load["unswappable_gib"], 2),
+            # After the whole queue: anonymous, file-backed and page-locked apart (bench/hostmem.py).
+            "host_after_queue": after_queue,
             "host_peak_gib": round(load["load_peak_unswappable_gib"], 2),
             "torch_pinned_gib": None if pinned is None else round(pinned, 2),
             "images": images,
@@ -470,6 +473,21 @@ def measure(args: argparse.Namespace) -> None:
     print("RESULT " + json.dumps(row), flush=True)
 
 
+def memory_cgroup(gib: int) -> Path | None:
+    """A cgroup v2 group whose processes may hold at most `gib` GiB (page cache included, as on a real PC),
+    or None where this machine does not let us make one."""
+    group = Path(f"/sys/fs/cgroup/cogview-bench-{gib}g")
+    try:
+        group.mkdir(exist_ok=True)
+        (group / "memory.max").write_text(str(gib * 1024**3))
+        if (group / "memory.swap.max").exists():
+            (group / "memory.swap.max").write_text("0")
+        return group
+    except OSError as exc:
+        print(f"no memory cgroup ({exc}); HOST_RAM_GIB={gib} instead", flush=True)
+        return None
+
+
 def matrix(args: argparse.Namespace) -> None:
     deadline = time.monotonic() + args.budget_s
     out = Path(args.out)
@@ -487,6 +505,11 @@ def matrix(args: argparse.Namespace) -> None:
         cmd += [*size_flag, "--steps", steps, "--size", str(args.size), "--images", images]
         cmd += ["--quality", args.quality, "--images-dir", str(Path(args.out).with_suffix("")) + "-images"]
         cmd += [f"--host-ram={e[1:]}" for e in extra if e.startswith("r") and e[1:].replace(".", "").isdigit()]
+        # "g10": the run in a memory cgroup of 10 GiB, a 16 GB PC simulated (HOST_RAM_GIB=10 where none can be made).
+        limit = next((e[1:] for e in extra if e.startswith("g") and e[1:].isdigit()), None)
+        group = memory_cgroup(int(limit)) if limit else None
+        if limit and group is None:
+            cmd += [f"--host-ram={limit}"]
         timeout = args.run_timeout_s
         private = None
         if args.cache_dir:
@@ -506,7 +529,8 @@ def matrix(args: argparse.Namespace) -> None:
         print(f"RUN {spec}", flush=True)
         started = time.monotonic()
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=min(timeout, left))
+            join = (lambda g=group: (g / "cgroup.procs").write_text(str(os.getpid()))) if group else None
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=min(timeout, left), preexec_fn=join)
             lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
             if lines:
                 row = json.loads(lines[-1][7:])
@@ -521,6 +545,11 @@ def matrix(args: argparse.Namespace) -> None:
         except subprocess.TimeoutExpired:
             row = {"impl": impl, "plan": plan, "cap_gib": cap, "ok": False, "error": "timeout"}
         row["wall_s"] = round(time.monotonic() - started, 1)
+        if limit:
+            cgroup = f"cgroup memory.max {limit} GiB"
+            row["memory_limit"] = cgroup if group else f"HOST_RAM_GIB={limit} (no cgroup here)"
+            if group and (group / "memory.peak").is_file():
+                row["cgroup_peak_gib"] = round(int((group / "memory.peak").read_text()) / GIB, 2)
         if private is not None and private.is_dir():
             Path(args.cache_dir).mkdir(parents=True, exist_ok=True)
             for entry in private.iterdir():
