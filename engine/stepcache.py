@@ -2,8 +2,9 @@
 
 At each transformer pass the first block runs; when its output moved less than a threshold (relative mean
 absolute change of its residual) since the last full pass of the same cache context, the other blocks are
-skipped and their cached residual is added instead. A skipped block also skips its weight transfer on a
-streamed plan. The runner names each pass's context (`cond`, `uncond`, or `cfg` for a batch of both), so each
+skipped and their cached residual is added instead. On a streamed plan a skipped block's weights still
+arrive (engine.streaming copies in a fixed cycle, ahead of the decision), so a draft there saves compute,
+not copies. The runner names each pass's context (`cond`, `uncond`, or `cfg` for a batch of both), so each
 keeps its own cache. The hooks are put on for one image and taken off afterwards: an image made without
 them never sees them. They sit on the blocks' `forward`, which a per-block `torch.compile` traces through
 (the skip decision is a graph break: `.item()` under `torch.compiler.disable`).
