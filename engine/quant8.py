@@ -88,11 +88,12 @@ def fp8_matmul(
     """(batch, tokens, in) e4m3 × weightᵀ → (batch, tokens, out) bf16: one cuBLAS matmul per batch item, each
     with its own activation scale. An opaque op for torch.compile, which fuses the quantization around it
     and calls cuBLAS as it is (the compiler's own lowering of `_scaled_mm` asserted on this shape)."""
-    items = []
+    out = q.new_empty((q.shape[0], q.shape[1], weight.shape[0]), dtype=BF16)
     for b in range(q.shape[0]):
-        # A scale of its own per item: cuBLAS reads it through a pointer that must be aligned.
-        items.append(torch._scaled_mm(q[b], weight.t(), scale[b].clone(), weight_scale, bias=bias, out_dtype=BF16))
-    return items[0].unsqueeze(0) if len(items) == 1 else torch.stack(items)
+        # A scale of its own per item (cuBLAS reads it through a pointer that must be aligned), written straight
+        # into its place in the batch's output.
+        torch._scaled_mm(q[b], weight.t(), scale[b].clone(), weight_scale, bias=bias, out_dtype=BF16, out=out[b])
+    return out
 
 
 @fp8_matmul.register_fake
