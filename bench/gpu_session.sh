@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# One GPU call that measures what is pending, most decisive first; each result lands in OUT as it comes, so
+# a call cut off keeps what it finished (see bench/RESULTS.md for what each file feeds):
+#   bash bench/gpu_session.sh OUT [RUNS ...]
+# RUNS are bench/plans.py matrix lists (impl:plan:cap[:compile][:nIMAGES][:g10]), run by bench/run_quant8.sh.
+set -u
+out=$1; shift
+mkdir -p "$out"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
+MODEL=${MODEL:-/tmp/cogview4-random}
+CONFIGS=${CONFIGS:-bench/out/cogview4-6b}
+log="$out/session.log"
+step() { echo "== $* $(date +%T)" >> "$log"; }
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader >> "$log"
+python3 -c "import torch, diffusers, transformers as t; print(torch.__version__, diffusers.__version__, t.__version__)" >> "$log" 2>&1
+if [ ! -f "$MODEL/vae/config.json" ]; then
+  python3 bench/random_model.py "$MODEL" --configs "$CONFIGS" > /tmp/build.log 2>&1 &
+  build=$!
+fi
+if [ ! -f "$out/quant8-probe.json" ]; then
+  step probe; python3 bench/quant8_probe.py --configs "$CONFIGS" --out "$out/quant8-probe.json" --no-compile >> "$log" 2>&1
+  step profile; python3 bench/quant8_profile.py --configs "$CONFIGS" > "$out/profile.txt" 2>&1
+  step overlap; timeout 170 python3 bench/stream_overlap.py --configs "$CONFIGS" --out "$out/stream-overlap.jsonl" >> "$log" 2>&1
+  step upscale; timeout 120 python3 bench/upscale_proof.py --device cuda --size 1024 --factor 2 > "$out/upscale.json" 2>> "$log"
+  step safety; timeout 90 python3 bench/safety_cost.py --device cuda >> "$log" 2>&1
+fi
+[ -n "${build:-}" ] && wait "$build"
+if [ ! -f "$out/draft.jsonl" ] && [ -z "${NO_DRAFT:-}" ]; then
+  step draft
+  timeout 330 python3 bench/draft_bench.py --model "$MODEL" --plan bf16_resident --steps 50 --prompts 2 \
+    --thresholds 0.05,0.1,0.2 --out "$out/draft.jsonl" >> "$log" 2>&1
+fi
+step rows
+[ $# -gt 0 ] && RUN_TIMEOUT_S=${RUN_TIMEOUT_S:-240} bash bench/run_quant8.sh "$out" "$@" >> "$log" 2>&1
+step done
