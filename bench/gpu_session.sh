@@ -2,7 +2,7 @@
 # One GPU call that measures what is pending, most decisive first; each result lands in OUT as it comes, so
 # a call cut off keeps what it finished (see bench/RESULTS.md for what each file feeds):
 #   bash bench/gpu_session.sh OUT [RUNS ...]
-# RUNS are bench/plans.py matrix lists (impl:plan:cap[:compile][:nIMAGES][:g10]), run by bench/run_quant8.sh.
+# NO_PROBES=1 / NO_DRAFT=1 skip those parts (a second call on a warm machine). RUNS are bench/plans.py matrix lists (impl:plan:cap[:compile][:nIMAGES][:g10]), run by bench/run_quant8.sh.
 set -u
 out=$1; shift
 mkdir -p "$out"
@@ -18,7 +18,7 @@ if [ ! -f "$MODEL/vae/config.json" ]; then
   python3 bench/random_model.py "$MODEL" --configs "$CONFIGS" > /tmp/build.log 2>&1 &
   build=$!
 fi
-if [ ! -f "$out/quant8-probe.json" ]; then
+if [ -z "${NO_PROBES:-}" ]; then
   step probe; python3 bench/quant8_probe.py --configs "$CONFIGS" --out "$out/quant8-probe.json" --no-compile >> "$log" 2>&1
   step profile; python3 bench/quant8_profile.py --configs "$CONFIGS" > "$out/profile.txt" 2>&1
   step overlap; timeout 170 python3 bench/stream_overlap.py --configs "$CONFIGS" --out "$out/stream-overlap.jsonl" >> "$log" 2>&1
@@ -26,7 +26,7 @@ if [ ! -f "$out/quant8-probe.json" ]; then
   step safety; timeout 90 python3 bench/safety_cost.py --device cuda >> "$log" 2>&1
 fi
 [ -n "${build:-}" ] && wait "$build"
-if [ ! -f "$out/draft.jsonl" ] && [ -z "${NO_DRAFT:-}" ]; then
+if [ -z "${NO_DRAFT:-}" ]; then
   step draft
   timeout 330 python3 bench/draft_bench.py --model "$MODEL" --plan bf16_resident --steps 50 --prompts 2 \
     --thresholds 0.05,0.1,0.2 --out "$out/draft.jsonl" >> "$log" 2>&1
