@@ -59,8 +59,14 @@ def build(out: Path, configs: Path) -> None:
     print(f"text encoder saved ({time.time() - started:.0f} s)", flush=True)
 
     tr_config = json.loads((configs / "transformer_config.json").read_text())
-    with torch.device(device):
-        transformer = CogView4Transformer2DModel.from_config(tr_config).to(torch.bfloat16)
+    # On the CPU the weights are made in bf16 straight away: fp32 first would need 25 GB of RAM.
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16 if device == "cpu" else default)
+    try:
+        with torch.device(device):
+            transformer = CogView4Transformer2DModel.from_config(tr_config).to(torch.bfloat16)
+    finally:
+        torch.set_default_dtype(default)
     transformer.save_pretrained(out / "transformer", max_shard_size="5GB")
     del transformer
     torch.cuda.empty_cache() if device == "cuda" else None
