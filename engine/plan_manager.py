@@ -300,6 +300,11 @@ class PlanManager:
         megapixels = self.limits.native_size**2 / (1024 * 1024)
         return int(2 * per_megapixel * megapixels * plan_catalog.GIB)
 
+    def stop_streaming(self) -> None:
+        """On the GPU thread, as the engine stops: end the streamed plan's copier threads."""
+        if self.runner is not None and self.runner.residency is not None:
+            self.runner.residency.stop_streams()
+
     def _teardown(self) -> None:
         from engine.device import release_memory
 

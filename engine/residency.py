@@ -408,11 +408,15 @@ class Residency:
             self.evict_all_but(name)
             return phase()
 
-    def strip(self) -> None:
-        """Leave every weight on the host (before another plan takes over)."""
+    def stop_streams(self) -> None:
+        """Stop the layer streamers' copier threads (the engine is stopping): no copy outlives the engine."""
         for stream in self.streams.values():
             stream.close()
         self.streams = {}
+
+    def strip(self) -> None:
+        """Leave every weight on the host (before another plan takes over)."""
+        self.stop_streams()
         for swap in self.swaps.values():
             swap.to_host()
             swap.close()

@@ -68,6 +68,7 @@ class Engine:
     async def stop(self) -> None:
         if not self._thread.started:
             return
+        self._thread.submit(self.plan_manager.stop_streaming)  # after the jobs already submitted
         await self._thread.stop()
         self.plan_manager.state = EngineState.STOPPED
 

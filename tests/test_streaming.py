@@ -5,6 +5,7 @@ giving the very pixels of the resident ones."""
 from __future__ import annotations
 
 import itertools
+import threading
 from pathlib import Path
 
 import pytest
@@ -125,6 +126,8 @@ async def test_a_streamed_plan_makes_the_pixels_of_the_resident_plan(tiny_model:
             pixels[plan] = [np.asarray(r.images[0]) for r in results]
         finally:
             await engine.stop()
+        if plan.endswith("_stream"):  # stopping the engine ends the copier threads
+            assert not any(t.name == "layer-stream" for t in threading.enumerate())
     resident, streamed = pixels[f"{kernel}_resident"], pixels[f"{kernel}_stream"]
     assert np.array_equal(resident[0], streamed[0]) and np.array_equal(streamed[0], streamed[1])
 
