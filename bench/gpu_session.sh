@@ -18,10 +18,7 @@ if [ ! -f "$MODEL/vae/config.json" ]; then
   python3 bench/random_model.py "$MODEL" --configs "$CONFIGS" > /tmp/build.log 2>&1 &
   build=$!
 fi
-if [ -z "${NO_PROBES:-}" ]; then
-  step probe; python3 bench/quant8_probe.py --configs "$CONFIGS" --out "$out/quant8-probe.json" --no-compile >> "$log" 2>&1
-  step profile; python3 bench/quant8_profile.py --configs "$CONFIGS" > "$out/profile.txt" 2>&1
-  step overlap; timeout 170 python3 bench/stream_overlap.py --configs "$CONFIGS" --out "$out/stream-overlap.jsonl" >> "$log" 2>&1
+if [ -z "${NO_PROBES:-}" ]; then  # while the model builds: the tiny model's upscale and the classifier
   step upscale; timeout 120 python3 bench/upscale_proof.py --device cuda --size 1024 --factor 2 > "$out/upscale.json" 2>> "$log"
   step safety; timeout 90 python3 bench/safety_cost.py --device cuda >> "$log" 2>&1
 fi
@@ -30,6 +27,11 @@ if [ -z "${NO_DRAFT:-}" ]; then
   step draft
   timeout 330 python3 bench/draft_bench.py --model "$MODEL" --plan bf16_resident --steps 50 --prompts 2 \
     --thresholds 0.05,0.1,0.2 --out "$out/draft.jsonl" >> "$log" 2>&1
+fi
+if [ -z "${NO_PROBES:-}" ]; then
+  step probe; python3 bench/quant8_probe.py --configs "$CONFIGS" --out "$out/quant8-probe.json" --no-compile >> "$log" 2>&1
+  step profile; python3 bench/quant8_profile.py --configs "$CONFIGS" > "$out/profile.txt" 2>&1
+  step overlap; timeout 170 python3 bench/stream_overlap.py --configs "$CONFIGS" --out "$out/stream-overlap.jsonl" >> "$log" 2>&1
 fi
 step rows
 [ $# -gt 0 ] && RUN_TIMEOUT_S=${RUN_TIMEOUT_S:-240} bash bench/run_quant8.sh "$out" "$@" >> "$log" 2>&1

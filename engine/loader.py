@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from engine.device import trim_host_heap
 from engine.notes import note
 from engine.plans import COMPUTE_KERNEL, Placement, Plan, Quant
 from engine.weight_cache import WeightCache, map_onto_files
@@ -342,7 +343,7 @@ def _map_host_copy(
     moved = map_onto_files(module, entry)
     total = sum(t.numel() * t.element_size() for t in module.state_dict().values() if t.device.type == "cpu")
     log.info("%s: %.2f of %.2f GiB on the host are the memory-mapped cache file", name, moved / 2**30, total / 2**30)
-    _free(torch.device("cpu"))
+    trim_host_heap()
     return moved > 0
 
 
