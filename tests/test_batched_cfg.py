@@ -3,6 +3,7 @@ two passes, and where a batch of 2 does not fit the runner falls back to two pas
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -38,8 +39,11 @@ def pixels(runner: Runner, prompt: str, **options: object) -> np.ndarray:
 
 
 @pytest.fixture(scope="module", params=CPU_PLANS)
-def runner(request: pytest.FixtureRequest, tiny_model: Path) -> Runner:
-    return make_runner(tiny_model, request.param)
+def runner(request: pytest.FixtureRequest, tiny_model: Path) -> Iterator[Runner]:
+    made = make_runner(tiny_model, request.param)
+    yield made
+    if made.residency is not None:  # a stream plan's copier threads end with the runner
+        made.residency.stop_streams()
 
 
 def test_every_cpu_plan_has_the_fast_path() -> None:

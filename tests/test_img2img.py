@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -163,8 +163,11 @@ def test_fit_image_crops_evenly_and_keeps_a_fitting_image() -> None:
 
 
 @pytest.fixture(scope="module", params=CPU_PLANS)
-def runner(request: pytest.FixtureRequest, tiny_model: Path) -> Runner:
-    return make_runner(tiny_model, request.param)
+def runner(request: pytest.FixtureRequest, tiny_model: Path) -> Iterator[Runner]:
+    made = make_runner(tiny_model, request.param)
+    yield made
+    if made.residency is not None:  # a stream plan's copier threads end with the runner
+        made.residency.stop_streams()
 
 
 def make(runner: Runner, strength: float | None, **options: object) -> Image.Image:
