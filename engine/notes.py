@@ -48,6 +48,10 @@ ENGINE_NOTES: dict[str, str] = {
         "Times on this {gpu} are projected from one transformer block timed here: the {kernel} step {ratio}x, "
         "bf16 {bf16}x the {reference} the table was measured on; host to GPU copies {gbps} GB/s."
     ),
+    "plan.stream_fewer_resident": (
+        "The GPU ran out of memory with plan {plan}; it now keeps fewer transformer blocks on the GPU (more "
+        "stream in each step) and retried."
+    ),
     "plan.streamed": (
         "{plan} streams {gb} GB of weights a step, behind the compute: here a step is the larger of its compute "
         "({compute} s) and its copies ({copies} s)."

@@ -49,6 +49,9 @@ class PlanManager:
         self.components: Any = None
         self.device: Any = None
         self._folder: Path | None = None
+        # Room kept free beyond a step's measured working memory when a stream plan places its blocks:
+        # grows each time that plan runs out of memory, so fewer blocks stay resident.
+        self._stream_margin_bytes = 0
 
     # --- read from any thread ------------------------------------------------------------------
     @property
@@ -298,7 +301,7 @@ class PlanManager:
             own.work_gib if own is not None and own.work_gib > 0 else twin.work_gib if twin else RunnerOptions.work_gib
         )
         megapixels = self.limits.native_size**2 / (1024 * 1024)
-        return int(2 * per_megapixel * megapixels * plan_catalog.GIB)
+        return int(2 * per_megapixel * megapixels * plan_catalog.GIB) + self._stream_margin_bytes
 
     def stop_streaming(self) -> None:
         """On the GPU thread, as the engine stops: end the streamed plan's copier threads."""
@@ -373,12 +376,29 @@ class PlanManager:
         from engine.device import release_memory
 
         release_memory()
+        if step_down and self._streams_fewer():
+            return note("plan.stream_fewer_resident", plan=self.plan_name)
         leaner = self.leaner(self.plan_name or "") if step_down else []
         if not leaner:
             return None
         previous = self.plan_name
         self._install(Resolved(plan_catalog.PLANS[leaner[0]]), allow_step_down=True)
         return f"The GPU ran out of memory with plan {previous}; switched to {self.plan_name} and retried."
+
+    def _streams_fewer(self) -> bool:
+        """A stream plan that ran out of memory with transformer blocks resident places itself again keeping
+        one step's working memory more free (fewer blocks resident, more streamed). False where every block
+        already streams (then the next leaner plan is the way down)."""
+        runner = self.runner
+        if runner is None or runner.plan.placement is not plan_catalog.Placement.STREAM:
+            return False
+        stream = runner.residency.streams.get("transformer") if runner.residency is not None else None
+        if stream is not None and len(stream.order) == len(stream.layers):
+            return False
+        plan = runner.plan
+        self._stream_margin_bytes += max(plan_catalog.GIB, self._step_work_bytes(plan) - self._stream_margin_bytes)
+        self._install(Resolved(plan), allow_step_down=True)
+        return True
 
     def recover_from_kernel_failure(self, kernel: str, error: str) -> str | None:
         """After the card's 8-bit matmul failed in a job: rule its plans out on this card (as if it had

@@ -185,3 +185,31 @@ async def test_host_weights_come_memory_mapped_from_the_cache_with_the_same_pixe
         finally:
             await engine.stop()
     assert np.array_equal(pixels[0], pixels[1]) and np.array_equal(pixels[1], pixels[2])
+
+
+async def test_a_stream_plan_that_runs_out_of_memory_keeps_fewer_blocks_and_retries(tiny_model: Path) -> None:
+    """Out of memory under a stream plan with blocks resident: the same plan is placed again keeping a step's
+    working memory more free (more blocks stream), the job is retried, and the user is told."""
+    from tests.test_engine import request, started_engine
+
+    engine = await started_engine(tiny_model, memory_mode="fp8mm_stream")
+    manager = engine.plan_manager
+    calls = {"n": 0}
+    original = type(manager.runner.pipe.transformer).forward
+
+    def exploding_forward(self: object, *args: object, **kwargs: object) -> object:
+        calls["n"] += 1
+        if calls["n"] <= 2:  # the phase's own retry (the other components evicted) runs out of memory too
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+        return original(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    type(manager.runner.pipe.transformer).forward = exploding_forward  # type: ignore[method-assign]
+    try:
+        margin = manager._stream_margin_bytes
+        result = await engine.generate(request(seed=5, guidance=1.0))
+        assert result.plan == "fp8mm_stream" and result.images and calls["n"] > 2
+        assert any("keeps fewer transformer blocks on the GPU" in n for n in result.notes)
+        assert manager._stream_margin_bytes > margin and manager.model_loads == 2
+    finally:
+        type(manager.runner.pipe.transformer).forward = original  # type: ignore[method-assign]
+        await engine.stop()

@@ -45,6 +45,9 @@ _CHINESE = {
         "此 {gpu} 上的时间由本机实测的一个 transformer 块推算：{kernel} 步为测量方案表所用 {reference} 的 {ratio} 倍，"
         "bf16 为 {bf16} 倍；主机到 GPU 的拷贝速度 {gbps} GB/s。"
     ),
+    "plan.stream_fewer_resident": (
+        "使用方案 {plan} 时 GPU 显存不足；现在 GPU 上保留更少的 transformer 块（每步传入更多）并已重试。"
+    ),
     "plan.streamed": (
         "{plan} 每步在计算的同时传入 {gb} GB 权重：在此卡上一步取计算（{compute} 秒）与拷贝（{copies} 秒）中的较长者。"
     ),
