@@ -11,7 +11,7 @@ import logging
 import torch
 
 from engine.plans import Placement, Plan
-from engine.residency import Residency, available_bytes
+from engine.residency import Residency, available_bytes, weight_bytes
 from engine.streaming import stream_layers
 
 log = logging.getLogger(__name__)
@@ -79,20 +79,21 @@ def apply_placement(
         )
     elif placement is Placement.STREAM:
         _to(te, cpu)
+        _to(transformer, cpu)
         _to(vae, device)
         blocks = transformer.transformer_blocks
-        for child in transformer.children():
-            if child is not blocks:
-                _to(child, device)
         cuda = device.type == "cuda"
+        # The room for resident blocks: what is free less a step's working memory and the transformer's parts
+        # other than its blocks (embeddings, norms, the output projection), which stay on the GPU.
+        room = available_bytes(device) - work_bytes - weight_bytes(transformer, blocks) if cuda else None
         # The text encoder streams every layer through its own small pool: encoding a prompt never evicts
         # the transformer's resident blocks.
         streams = {
             "text_encoder": stream_layers(te.layers, device, room_bytes=0 if cuda else None, ram_bytes=ram_bytes),
-            "transformer": stream_layers(
-                blocks, device, room_bytes=available_bytes(device) - work_bytes if cuda else None, ram_bytes=ram_bytes
-            ),
+            "transformer": stream_layers(blocks, device, room_bytes=room, ram_bytes=ram_bytes, place=False),
         }
+        # Made while every weight is on the host, so a component that is the mapped cache file keeps the file
+        # as its host copy; then the transformer's resident part comes to the GPU.
         residency = Residency(
             {"text_encoder": te, "transformer": transformer, "vae": vae},
             device,
@@ -101,6 +102,7 @@ def apply_placement(
             streams={name: stream for name, stream in streams.items() if stream is not None},
             mapped=mapped,
         )
+        residency.bring("transformer", 0)
     elif placement is Placement.MODEL_OFFLOAD:
         for module in (te, transformer, vae):
             _to(module, cpu)

@@ -62,11 +62,13 @@ def stream_layers(
     room_bytes: int | None,
     ram_bytes: int | None,
     pool: int = POOL_SLOTS,
+    place: bool = True,
 ) -> LayerStream | None:
     """Put on `device` as many of `layers` as `room_bytes` holds beside the pool, and stream the others
-    (None: all of them fit). Their host copies are page-locked where the machine's RAM allows
-    (engine.residency.PIN_SHARE), else read from where they are (a memory-mapped file when loaded from the
-    quantized cache). `room_bytes` None (no CUDA device): half of them stream, which exercises the path."""
+    (None: all of them fit; `place` False: the caller moves the resident ones). Their host copies are
+    page-locked where the machine's RAM allows (engine.residency.PIN_SHARE), else read from where they are (a
+    memory-mapped file when loaded from the quantized cache). `room_bytes` None (no CUDA device): half of them
+    stream, which exercises the path."""
     count, size = len(layers), layer_bytes(layers[0])
     if room_bytes is None:
         resident = count - count // 2
@@ -76,7 +78,7 @@ def stream_layers(
         resident = max(0, min(count, (room_bytes - pool * size) // size))
     streamed = spread(count, count - resident)
     for index, layer in enumerate(layers):
-        if index not in streamed:
+        if place and index not in streamed:
             layer.to(device)
     if not streamed:
         return None
