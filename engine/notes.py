@@ -52,6 +52,10 @@ ENGINE_NOTES: dict[str, str] = {
         "The GPU ran out of memory with plan {plan}; it now keeps fewer transformer blocks on the GPU (more "
         "stream in each step) and retried."
     ),
+    "plan.stream_unmeasured": (
+        "No measured plan fits the {free} GiB free on this GPU; using {plan}, which keeps what fits and streams "
+        "the other transformer blocks in every step (not measured on a GPU yet)."
+    ),
     "plan.streamed": (
         "{plan} streams {gb} GB of weights a step, behind the compute: here a step is the larger of its compute "
         "({compute} s) and its copies ({copies} s)."

@@ -344,14 +344,38 @@ def choose_auto(
             # beside a desktop keeps the 8-bit tier). Swap plans shrink to fit; an OOM steps down.
             swaps = [m for m in near if m not in fitting and PLANS[m.plan].placement is Placement.SWAP]
             pick = _by_quality(fitting + swaps, table, rule, seconds)
+    elif near:
+        pick = min(near, key=seconds)
     else:
-        pick = min(near, key=seconds) if near else min(candidates, key=lambda m: m.need_gib())
+        streamed = _unmeasured_stream_plan(table, capability, card)
+        if streamed is not None:
+            return Resolved(
+                PLANS[streamed], engine_note("plan.stream_unmeasured", free=f"{free_gib:.1f}", plan=streamed)
+            )
+        pick = min(candidates, key=lambda m: m.need_gib())
     if pick.need_gib() <= free_gib:
         return Resolved(PLANS[pick.plan])
     return Resolved(
         PLANS[pick.plan],
         engine_note("plan.tight", free=f"{free_gib:.1f}", plan=pick.plan, need=f"{pick.need_gib():.1f}"),
     )
+
+
+# Built for cards too small for every measured plan; used there before any row of theirs is measured.
+STREAM_PLANS = ("fp8mm_stream", "int8mm_stream")
+
+
+def _unmeasured_stream_plan(
+    table: dict[str, Measurement], capability: tuple[int, int] | None, card: CardProfile | None
+) -> str | None:
+    """The 8-bit stream plan this card's kernels run, where it has no table row yet (None: the card's
+    capability is unknown, or neither runs here)."""
+    if capability is None:
+        return None
+    for name in STREAM_PLANS:
+        if name not in table and kernel_refusal(name, capability, card) is None:
+            return name
+    return None
 
 
 def _db(m: Measurement, table: dict[str, Measurement]) -> float:

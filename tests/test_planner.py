@@ -95,3 +95,23 @@ def test_the_committed_table_is_measured_data_for_known_plans() -> None:
     assert choose_auto(8.0, table).plan.name == "fp8mm_swap"
     assert choose_auto(24.0, table).plan.name == "mixed_swap"
     assert choose_auto(79.0, table, allow_compile=True).plan.name == "bf16_fast"
+
+
+@pytest.mark.parametrize(
+    ("capability", "expected"),
+    [((8, 9), "fp8mm_stream"), ((12, 0), "fp8mm_stream"), ((8, 6), "int8mm_stream"), ((7, 5), "bf16_sequential")],
+)
+def test_a_card_too_small_for_every_measured_plan_gets_the_stream_plan_its_kernels_run(
+    capability: tuple[int, int], expected: str
+) -> None:
+    """4 GiB: nothing measured fits, not even within 15 %. An RTX 40/50 card gets the FP8 stream plan and an
+    RTX 30 the int8 one, with a note that they are not measured yet; an older card keeps the leanest measured
+    plan. Once a stream plan has a row, it is chosen by its measurement like every other plan."""
+    chosen = choose_auto(4.0, SYNTHETIC, capability=capability)
+    assert chosen.plan.name == expected and chosen.note is not None
+    if expected.endswith("_stream"):
+        assert "not measured on a GPU yet" in chosen.note and "4.0 GiB" in chosen.note
+    measured = {**SYNTHETIC, "fp8mm_stream": Measurement("fp8mm_stream", 3.0, 0.4, 0.1, 0.3, measured_cap_gib=3.32)}
+    if capability >= (8, 9):
+        again = choose_auto(4.0, measured, capability=capability)
+        assert again.plan.name == "fp8mm_stream" and again.note is None

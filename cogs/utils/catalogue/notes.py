@@ -48,6 +48,10 @@ _CHINESE = {
     "plan.stream_fewer_resident": (
         "使用方案 {plan} 时 GPU 显存不足；现在 GPU 上保留更少的 transformer 块（每步传入更多）并已重试。"
     ),
+    "plan.stream_unmeasured": (
+        "GPU 空闲的 {free} GiB 放不下任何实测方案；改用 {plan}：放得下的留在 GPU 上，"
+        "其余 transformer 块每步传入（尚未在 GPU 上实测）。"
+    ),
     "plan.streamed": (
         "{plan} 每步在计算的同时传入 {gb} GB 权重：在此卡上一步取计算（{compute} 秒）与拷贝（{copies} 秒）中的较长者。"
     ),
