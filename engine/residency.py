@@ -219,6 +219,16 @@ def _set(owner: Any, key: str, tensor: torch.Tensor) -> None:
         owner._parameters[key].data = tensor
 
 
+def quant_states(slots: list[tuple[Any, str]]) -> list[Any]:
+    """The bitsandbytes 4-bit scales that travel beside these weights (they move with them)."""
+    found = []
+    for owner, key in slots:
+        state = None if key.startswith("buffer:") else getattr(owner._parameters[key], "quant_state", None)
+        if state is not None:
+            found.append(state)
+    return found
+
+
 def weight_bytes(module: torch.nn.Module, *skip: torch.nn.Module | None) -> int:
     return sum(_nbytes(_get(*slot)) for slot in _weights(module, *skip))
 
@@ -244,11 +254,7 @@ class ComponentSwap:
         self.device = device
         self.mode = mode
         self._slots = _weights(module, stays_on_host, *streamed)
-        self._quant_states = [
-            owner._parameters[key].quant_state
-            for owner, key in self._slots
-            if not key.startswith("buffer:") and getattr(owner._parameters[key], "quant_state", None) is not None
-        ]
+        self._quant_states = quant_states(self._slots)
         self.nbytes = sum(_nbytes(_get(*slot)) for slot in self._slots)
         self._stays_bytes = weight_bytes(stays_on_host) if stays_on_host is not None else 0
         self._hooks: list[RemovableHandle] = []

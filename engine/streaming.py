@@ -27,7 +27,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine.residency import GIB, PIN_SHARE, HostCopy, _get, _set, _spec_bytes, _weights, packed_offsets
+from engine.residency import (
+    GIB,
+    PIN_SHARE,
+    HostCopy,
+    _get,
+    _set,
+    _spec_bytes,
+    _weights,
+    packed_offsets,
+    quant_states,
+)
 
 log = logging.getLogger(__name__)
 
@@ -122,9 +132,7 @@ class LayerStream:
         self.pool_size = min(pool, len(self.order))
         self._slots_of = [_weights(self.layers[i]) for i in self.order]
         # bitsandbytes 4-bit weights carry their scales beside them: small, they stay on the device.
-        self._quant_states = [
-            state for slots in self._slots_of for owner, key in slots if (state := _quant_state(owner, key)) is not None
-        ]
+        self._quant_states = [state for slots in self._slots_of for state in quant_states(slots)]
         for state in self._quant_states:
             state.to(device)
         # Per streamed layer: its host weights, and the one buffer holding them all where they are packed.
@@ -310,12 +318,6 @@ class LayerStream:
         for state in self._quant_states:
             state.to("cpu")
         self.pool, self.pool_views = [], []
-
-
-def _quant_state(owner: nn.Module, key: str) -> Any:
-    if key.startswith("buffer:"):
-        return None
-    return getattr(owner._parameters[key], "quant_state", None)
 
 
 def _pool(
