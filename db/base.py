@@ -11,11 +11,20 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, ClassVar, Protocol, Self, TypeVar
 
 from db.inputs import InputStore
-from db.models import Job
+from db.models import Job, QueueError
 from db.results import ResultStore
 from db.rows import job_from_row
 
 T = TypeVar("T")
+
+
+def opened(handle: T | None) -> T:
+    """A backend's open connection or pool; a queue used before `open()` or after `close()` says so."""
+    if handle is None:
+        raise QueueError("The queue database is not open.")
+    return handle
+
+
 Row = Mapping[str, Any]
 
 

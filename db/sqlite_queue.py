@@ -153,9 +153,7 @@ class SqliteJobQueue(core.QueueCore):
 
     @property
     def _db(self) -> aiosqlite.Connection:
-        if self._conn is None:
-            raise QueueError("The queue database is not open.")
-        return self._conn
+        return base.opened(self._conn)
 
     @asynccontextmanager
     async def _tx(self) -> AsyncIterator[_Conn]:

@@ -157,9 +157,7 @@ class PostgresConnection(core.QueueCore):
 
     @property
     def pool(self) -> psycopg_pool.AsyncConnectionPool:
-        if self._pool is None:
-            raise QueueError("The queue database is not open.")
-        return self._pool
+        return base.opened(self._pool)
 
     @property
     def procrastinate_app(self) -> Any:
