@@ -386,3 +386,37 @@ def test_the_architecture_page_names_every_package() -> None:
     modules = sorted(entry for entry in PRODUCT if entry.endswith(".py") and (ROOT / entry).exists())
     missing += [m for m in modules if f"`{m}`" not in page]
     assert not missing, f"docs/architecture.md does not mention: {missing}"
+
+
+# The engine modules the Discord side may import are torch-free (docs/architecture.md), and so is all they
+# import of the product: the bot process never loads torch through them.
+TORCH_FREE = ("engine.types", "engine.rules", "engine.plans", "engine.notes", "engine.measurement")
+
+
+def torch_reached(root: Path = ROOT) -> list[str]:
+    """`module imports library` for every torch-side import reachable from the torch-free modules."""
+    imports = {module_name(path, root): imports_of(path, root) for path in product_files(root)}
+    seen, todo, found = set(), list(TORCH_FREE), []
+    while todo:
+        module = todo.pop()
+        if module in seen or module not in imports:
+            continue
+        seen.add(module)
+        for imp in imports[module]:
+            if under(imp.target, TORCH_SIDE):
+                found.append(f"{module} imports {imp.target}")
+            elif imp.target in imports:
+                todo.append(imp.target)
+    return sorted(found)
+
+
+def test_the_modules_the_discord_side_may_import_reach_no_torch() -> None:
+    assert torch_reached() == []
+
+
+@pytest.mark.parametrize("injected", ["import torch", "from engine import streaming"])
+def test_a_torch_import_injected_behind_a_torch_free_module_fails_the_check(tmp_path: Path, injected: str) -> None:
+    tree = _copy_of_the_tree(tmp_path)
+    path = tree / "engine" / "measurement.py"
+    path.write_text(path.read_text(encoding="utf-8") + f"\n\ndef _injected() -> None:\n    {injected}\n")
+    assert torch_reached(tree), "a torch import reached through engine.measurement went unnoticed"
