@@ -2,7 +2,9 @@
 # One GPU call that measures what is pending, most decisive first; each result lands in OUT as it comes, so
 # a call cut off keeps what it finished (see bench/RESULTS.md for what each file feeds):
 #   bash bench/gpu_session.sh OUT [RUNS ...]
-# NO_PROBES=1 / NO_DRAFT=1 skip those parts (a second call on a warm machine). RUNS are bench/plans.py matrix lists (impl:plan:cap[:compile][:nIMAGES][:g10]), run by bench/run_quant8.sh.
+# PARTS picks the parts (default: upscale safety draft probe profile overlap; a second call on a warm machine
+# names fewer); DRAFT_ARGS replaces the draft's prompts and thresholds. RUNS are bench/plans.py matrix lists
+# (impl:plan:cap[:compile][:nIMAGES][:g10]), run by bench/run_quant8.sh.
 set -u
 out=$1; shift
 mkdir -p "$out"
@@ -12,27 +14,27 @@ MODEL=${MODEL:-/tmp/cogview4-random}
 CONFIGS=${CONFIGS:-bench/out/cogview4-6b}
 log="$out/session.log"
 step() { echo "== $* $(date +%T)" >> "$log"; }
+PARTS=" ${PARTS:-upscale safety draft probe profile overlap} "
+part() { [[ $PARTS == *" $1 "* ]]; }
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader >> "$log"
 python3 -c "import torch, diffusers, transformers as t; print(torch.__version__, diffusers.__version__, t.__version__)" >> "$log" 2>&1
 if [ ! -f "$MODEL/vae/config.json" ]; then
   python3 bench/random_model.py "$MODEL" --configs "$CONFIGS" > /tmp/build.log 2>&1 &
   build=$!
 fi
-if [ -z "${NO_PROBES:-}" ]; then  # while the model builds: the tiny model's upscale and the classifier
-  step upscale; timeout 120 python3 bench/upscale_proof.py --device cuda --size 1024 --factor 2 > "$out/upscale.json" 2>> "$log"
-  step safety; timeout 90 python3 bench/safety_cost.py --device cuda >> "$log" 2>&1
-fi
+# While the model builds: the tiny model's upscale, the classifier, the block-level probes.
+part upscale && { step upscale; timeout 120 python3 bench/upscale_proof.py --device cuda --size 1024 --factor 2 > "$out/upscale.json" 2>> "$log"; }
+part safety && { step safety; timeout 90 python3 bench/safety_cost.py --device cuda >> "$log" 2>&1; }
+part probe && { step probe; python3 bench/quant8_probe.py --configs "$CONFIGS" --out "$out/quant8-probe.json" --no-compile >> "$log" 2>&1; }
+part profile && { step profile; python3 bench/quant8_profile.py --configs "$CONFIGS" > "$out/profile.txt" 2>&1; }
+part overlap && { step overlap; timeout 170 python3 bench/stream_overlap.py --configs "$CONFIGS" --out "$out/stream-overlap.jsonl" >> "$log" 2>&1; }
 [ -n "${build:-}" ] && wait "$build"
-if [ -z "${NO_DRAFT:-}" ]; then
-  step draft
-  timeout 330 python3 bench/draft_bench.py --model "$MODEL" --plan bf16_resident --steps 50 --prompts 2 \
-    --thresholds 0.05,0.1,0.2 --out "$out/draft.jsonl" >> "$log" 2>&1
-fi
-if [ -z "${NO_PROBES:-}" ]; then
-  step probe; python3 bench/quant8_probe.py --configs "$CONFIGS" --out "$out/quant8-probe.json" --no-compile >> "$log" 2>&1
-  step profile; python3 bench/quant8_profile.py --configs "$CONFIGS" > "$out/profile.txt" 2>&1
-  step overlap; timeout 170 python3 bench/stream_overlap.py --configs "$CONFIGS" --out "$out/stream-overlap.jsonl" >> "$log" 2>&1
-fi
 step rows
 [ $# -gt 0 ] && RUN_TIMEOUT_S=${RUN_TIMEOUT_S:-240} bash bench/run_quant8.sh "$out" "$@" >> "$log" 2>&1
+if part draft; then
+  step draft
+  # shellcheck disable=SC2086
+  timeout 330 python3 bench/draft_bench.py --model "$MODEL" --plan bf16_resident --steps 50 \
+    ${DRAFT_ARGS:---prompts 2 --thresholds 0.05,0.1,0.2} --out "$out/draft.jsonl" >> "$log" 2>&1
+fi
 step done

@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import logging
 import os
 import platform
 import resource
@@ -410,6 +411,8 @@ def fidelity(args: argparse.Namespace, count: int) -> float | None:
 def measure(args: argparse.Namespace) -> None:
     import torch
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
     context: dict[str, float] = {}
     if args.card and torch.cuda.is_available():
         # A card of the named size also holds the CUDA context and library workspaces: cap PyTorch below it.
@@ -531,6 +534,8 @@ def matrix(args: argparse.Namespace) -> None:
         try:
             join = (lambda g=group: (g / "cgroup.procs").write_text(str(os.getpid()))) if group else None
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=min(timeout, left), preexec_fn=join)
+            with Path(args.out).with_suffix(".log").open("a") as log_file:  # the engine's log, for failures
+                log_file.write(f"== {spec}\n{proc.stderr}\n")
             lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
             if lines:
                 row = json.loads(lines[-1][7:])

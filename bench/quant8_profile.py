@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=14)
     args = parser.parse_args()
     device = torch.device("cuda")
-    config = card_profile.block_config_of(json.loads((args.configs / "transformer" / "config.json").read_text()))
+    config = card_profile.block_config_of(json.loads((args.configs / "transformer_config.json").read_text()))
     inputs = card_profile.block_inputs(device, config)
     for name in args.formats.split(","):
         block = card_profile.make_block(device, config, None if name == "bf16" else name)

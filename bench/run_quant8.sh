@@ -14,7 +14,7 @@ fi
 export PYTHONUNBUFFERED=1
 MODEL=${MODEL:-/tmp/cogview4-random}
 CONFIGS=${CONFIGS:-bench/out/cogview4-6b}
-(while true; do cp /tmp/plans.jsonl "$out/" 2>/dev/null; sleep 15; done) &
+(while true; do cp /tmp/plans.jsonl /tmp/plans.log "$out/" 2>/dev/null; sleep 15; done) &
 if [ ! -f "$MODEL/vae/config.json" ]; then
   python3 bench/random_model.py "$MODEL" --configs "$CONFIGS" > "$out/build.log" 2>&1 & build=$!
   python3 bench/quant8_probe.py --configs "$CONFIGS" --out "$out/quant8-probe.json" --no-compile 2>&1 | grep -E "^\{|^ |DONE|Error" | tail -30
@@ -24,7 +24,7 @@ for runs in "$@"; do
   STEPS=50 IMAGES=4 NO_TABLE=1 RESULTS=/tmp/plans.jsonl CACHE=/tmp/qcache CONFIGS=$CONFIGS RUN_TIMEOUT_S=${RUN_TIMEOUT_S:-300} \
     bash bench/run_gpu.sh "$runs" 2>&1 | grep -E "^RUN|^SKIP|MATRIX|^[a-z0-9_]+ +[a-z]" | cut -c1-400
 done
-cp /tmp/plans.jsonl "$out/"
+cp /tmp/plans.jsonl /tmp/plans.log "$out/"
 python3 - "$out/plans.jsonl" <<'PY'
 import json, sys
 for line in open(sys.argv[1]):

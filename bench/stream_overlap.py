@@ -164,13 +164,13 @@ def run_format(device: torch.device, config: dict[str, int], kernel: str | None,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", type=Path, required=True, help="CogView4-6B's configs (transformer/config.json)")
+    parser.add_argument("--configs", type=Path, required=True, help="CogView4-6B's configs (transformer_config.json)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--formats", default="fp8,bf16")
     parser.add_argument("--blocks", type=int, default=28)
     args = parser.parse_args()
     device = torch.device("cuda")
-    config = card_profile.block_config_of(json.loads((args.configs / "transformer" / "config.json").read_text()))
+    config = card_profile.block_config_of(json.loads((args.configs / "transformer_config.json").read_text()))
     print(torch.cuda.get_device_name(device), torch.__version__)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("a") as out:
