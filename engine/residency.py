@@ -209,12 +209,20 @@ def _weights(module: torch.nn.Module, *skip: torch.nn.Module | None) -> list[tup
 
 
 def _get(owner: Any, key: str) -> torch.Tensor:
-    return owner._buffers[key[7:]] if key.startswith("buffer:") else owner._parameters[key].data
+    """A weight by its slot key: a parameter's name, "buffer:name", or "attr:name" (a tensor attribute of
+    an object that is not a module, as a bitsandbytes 4-bit weight's scales)."""
+    if key.startswith("buffer:"):
+        return owner._buffers[key[7:]]
+    if key.startswith("attr:"):
+        return getattr(owner, key[5:])
+    return owner._parameters[key].data
 
 
 def _set(owner: Any, key: str, tensor: torch.Tensor) -> None:
     if key.startswith("buffer:"):
         owner._buffers[key[7:]] = tensor
+    elif key.startswith("attr:"):
+        setattr(owner, key[5:], tensor)
     else:
         owner._parameters[key].data = tensor
 

@@ -46,9 +46,16 @@ log = logging.getLogger(__name__)
 POOL_SLOTS = 3
 
 
+def stream_slots(layer: nn.Module) -> list[tuple[Any, str]]:
+    """What a layer's streamer copies, in order: its weights, then the scales of its bitsandbytes 4-bit
+    weights (an eighth of their bytes: on a 4–6 GiB card the text encoder's would hold half a GiB for good)."""
+    slots = _weights(layer)
+    return slots + [(state, "attr:absmax") for state in quant_states(slots)]
+
+
 def layout(layer: nn.Module) -> list[tuple[torch.Size, torch.dtype]]:
-    """Shapes and dtypes of a layer's weights, in the order its streamer copies them."""
-    return [(t.shape, t.dtype) for t in (_get(*slot) for slot in _weights(layer))]
+    """Shapes and dtypes of what a layer's streamer copies, in order."""
+    return [(t.shape, t.dtype) for t in (_get(*slot) for slot in stream_slots(layer))]
 
 
 def layer_bytes(layer: nn.Module) -> int:
@@ -130,11 +137,12 @@ class LayerStream:
         if any(layout(self.layers[i]) != shapes for i in self.order):
             raise ValueError("streamed layers must share one layout")
         self.pool_size = min(pool, len(self.order))
-        self._slots_of = [_weights(self.layers[i]) for i in self.order]
-        # bitsandbytes 4-bit weights carry their scales beside them: small, they stay on the device.
-        self._quant_states = [state for slots in self._slots_of for state in quant_states(slots)]
+        self._slots_of = [stream_slots(self.layers[i]) for i in self.order]
+        # The 4-bit scales stream with their weights; what else a scale state holds (its 16-value code
+        # book, a nested state's offset and scales) is a few bytes and stays on the device.
+        self._quant_states = [owner for slots in self._slots_of for owner, key in slots if key == "attr:absmax"]
         for state in self._quant_states:
-            state.to(device)
+            _small_parts_to(state, device)
         # Per streamed layer: its host weights, and the one buffer holding them all where they are packed.
         self.host: list[list[torch.Tensor]] = []
         self.host_flat: list[torch.Tensor | None] = []
@@ -318,6 +326,14 @@ class LayerStream:
         for state in self._quant_states:
             state.to("cpu")
         self.pool, self.pool_views = [], []
+
+
+def _small_parts_to(state: Any, device: torch.device) -> None:
+    """A bitsandbytes scale state's parts other than `absmax` (which streams) to `device`."""
+    state.code = state.code.to(device)
+    if state.nested:
+        state.offset = state.offset.to(device)
+        state.state2.to(device)
 
 
 def _pool(

@@ -12,7 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from engine.streaming import LayerStream, layer_bytes, spread, stream_layers
+from engine.residency import weight_bytes
+from engine.streaming import LayerStream, layer_bytes, spread, stream_layers, stream_slots
 
 CPU = torch.device("cpu")
 
@@ -124,6 +125,12 @@ async def test_a_streamed_plan_makes_the_pixels_of_the_resident_plan(tiny_model:
             if plan.endswith("_stream"):  # the transformer's blocks and the text encoder's layers, half each
                 for name in ("transformer", "text_encoder"):
                     assert streams[name].copies > 0 and 2 * len(streams[name].order) == len(streams[name].layers)
+                # The 4-bit text encoder's scales stream with its weights (none stays on the device for good).
+                encoder = streams["text_encoder"]
+                layer = encoder.layers[encoder.order[0]]
+                scales = [owner.absmax for owner, key in stream_slots(layer) if key == "attr:absmax"]
+                scale_bytes = sum(t.numel() * t.element_size() for t in scales)
+                assert scales and encoder.layer_nbytes >= weight_bytes(layer) + scale_bytes
             pixels[plan] = [np.asarray(r.images[0]) for r in results]
         finally:
             await engine.stop()
