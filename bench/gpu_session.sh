@@ -3,7 +3,7 @@
 # a call cut off keeps what it finished (see bench/RESULTS.md for what each file feeds):
 #   bash bench/gpu_session.sh OUT [RUNS ...]
 # PARTS picks the parts (default: upscale safety draft probe profile overlap; a second call on a warm machine
-# names fewer); DRAFT_ARGS replaces the draft's prompts and thresholds. RUNS are bench/plans.py matrix lists
+# names fewer); OVERLAP_FORMATS picks the streaming formats (fp8,bf16); DRAFT_ARGS replaces the draft's prompts and thresholds. RUNS are bench/plans.py matrix lists
 # (impl:plan:cap[:compile][:nIMAGES][:g10]), run by bench/run_quant8.sh.
 set -u
 out=$1; shift
@@ -27,7 +27,7 @@ part upscale && { step upscale; timeout 120 python3 bench/upscale_proof.py --dev
 part safety && { step safety; timeout 90 python3 bench/safety_cost.py --device cuda >> "$log" 2>&1; }
 part probe && { step probe; python3 bench/quant8_probe.py --configs "$CONFIGS" --out "$out/quant8-probe.json" --no-compile >> "$log" 2>&1; }
 part profile && { step profile; python3 bench/quant8_profile.py --configs "$CONFIGS" > "$out/profile.txt" 2>&1; }
-part overlap && { step overlap; timeout 170 python3 bench/stream_overlap.py --configs "$CONFIGS" --out "$out/stream-overlap.jsonl" >> "$log" 2>&1; }
+part overlap && { step overlap; timeout 170 python3 bench/stream_overlap.py --configs "$CONFIGS" --formats "${OVERLAP_FORMATS:-fp8,bf16}" --out "$out/stream-overlap.jsonl" >> "$log" 2>&1; }
 [ -n "${build:-}" ] && wait "$build"
 step rows
 [ $# -gt 0 ] && RUN_TIMEOUT_S=${RUN_TIMEOUT_S:-240} bash bench/run_quant8.sh "$out" "$@" >> "$log" 2>&1
