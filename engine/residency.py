@@ -47,6 +47,10 @@ class Streamer(Protocol):
     def streamed_layers(self) -> tuple[torch.nn.Module, ...]: ...
     def host_bytes(self) -> int: ...
     def pinned_bytes(self) -> int: ...
+    def park(self) -> None: ...
+    def resume(self) -> None: ...
+    def parked_bytes(self) -> int: ...
+    def pool_bytes(self) -> int: ...
     def close(self) -> None: ...
 
 
@@ -372,6 +376,9 @@ class Residency:
         }
         self.moves = 0  # components brought in (tests and benchmarks count them)
         self.oom_retries = 0  # phases that ran out of memory and were retried alone
+        for name, stream in self.streams.items():  # a stream's pool is on the device only with its component
+            if not self.swaps[name].on_gpu:
+                stream.park()
 
     def host_bytes(self) -> int:
         """Host memory held for weights now (pinned and file-backed included)."""
@@ -387,28 +394,38 @@ class Residency:
     def room_bytes(self, name: str) -> int:
         """Working room `name` would have once resident, after evicting what `bring` may evict."""
         others = sum(s.nbytes for other, s in self.swaps.items() if other != name and s.on_gpu)
+        others += sum(s.pool_bytes() for other, s in self.streams.items() if other != name)  # parked: none
         own = 0 if self.swaps[name].on_gpu else self.swaps[name].nbytes
         return self.available_bytes() + others - own
 
     def bring(self, name: str, working_bytes: int) -> None:
         """Make `name` resident with `working_bytes` of room to compute, evicting others if needed."""
         swap = self.swaps[name]
-        need = working_bytes + (0 if swap.on_gpu else swap.nbytes)
+        stream = self.streams.get(name)
+        need = working_bytes + (0 if swap.on_gpu else swap.nbytes) + (stream.parked_bytes() if stream else 0)
         for other in EVICTION_ORDER:
             if self.available_bytes() >= need:
                 break
             if other != name and other in self.swaps and self.swaps[other].on_gpu:
                 log.debug("evicting %s to make room for %s", other, name)
-                self.swaps[other].to_host()
+                self._evict(other)
                 torch.cuda.empty_cache()
         if not swap.on_gpu:
             swap.to_gpu()
             self.moves += 1
+        if stream is not None:
+            stream.resume()
+
+    def _evict(self, name: str) -> None:
+        """`name` to the host, and its layer stream's pool off the device."""
+        self.swaps[name].to_host()
+        if name in self.streams:
+            self.streams[name].park()
 
     def evict_all_but(self, name: str) -> None:
-        for other, swap in self.swaps.items():
+        for other in self.swaps:
             if other != name:
-                swap.to_host()
+                self._evict(other)
         torch.cuda.empty_cache()
 
     def run(self, name: str, working_bytes: int, phase: Callable[[], T]) -> T:

@@ -28,6 +28,8 @@ from jobrequest import img2img_steps, uses_cfg
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 GIB = 1024**3
+# The VAE's tile a side, in pixels, where its own tile does not fit the card: about 1 GiB of working memory.
+SMALL_VAE_TILE = 512
 
 
 class Cancelled(Exception):
@@ -398,10 +400,22 @@ class Runner:
         return int(per_megapixel * GIB * area / (1024 * 1024))
 
     def _vae_bytes(self, area: int) -> int:
-        """Above its tile size (tiling is enabled at placement) the VAE works one tile at a time."""
+        """The VAE's working memory for an image of `area` pixels, its tile size chosen first. Above its tile
+        size (tiling is enabled at placement; CogView4's VAE tiles above 1024²) it works one tile at a time;
+        where even one such tile does not fit what the card can free (a 4 GiB card), the tiles shrink to
+        SMALL_VAE_TILE a side, blended at their seams as diffusers' tiled decode does."""
         vae = self.pipe.vae
-        if getattr(vae, "use_tiling", False):
-            area = min(area, vae.tile_sample_min_size**2)
+        if not getattr(vae, "use_tiling", False):
+            return self._vae_work(area)
+        size = vae.config.sample_size
+        tile = size[0] if isinstance(size, list | tuple) else size
+        if self.residency is not None and self._vae_work(min(area, tile**2)) > self.residency.room_bytes("vae"):
+            tile = min(tile, SMALL_VAE_TILE)
+        vae.tile_sample_min_size = tile
+        vae.tile_latent_min_size = tile // 2 ** (len(vae.config.block_out_channels) - 1)
+        return self._vae_work(min(area, tile**2))
+
+    def _vae_work(self, area: int) -> int:
         return int(self.options.vae_work_gib * GIB * area / (1024 * 1024))
 
     def batch_fits(self, area: int) -> bool:

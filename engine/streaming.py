@@ -163,7 +163,9 @@ class LayerStream:
                 self.host.append([_get(*slot).to("cpu") for slot in slots])
                 self.host_flat.append(None)
         self.layer_nbytes = sum(_spec_bytes(s, d) for s, d in shapes)
+        self._shapes = shapes
         self.pool, self.pool_views = _pool(shapes, self.pool_size, device)
+        self.parked = False
         self.pinned = pin and device.type == "cuda" and all(c.pinned for c in self._copies)
         cuda = device.type == "cuda"
         self._copy_stream = torch.cuda.Stream(device) if cuda else None
@@ -245,6 +247,8 @@ class LayerStream:
     def _before_hook(self, position: int) -> Any:
         @torch.compiler.disable
         def before(module: nn.Module, args: Any) -> None:
+            if self.parked:
+                self.resume()
             n = self._next
             if n % len(self.order) != position:  # a pass was cut short: start the cycle here
                 log.info("streamed layers out of step (expected %d, got %d); restarting the cycle", n, position)
@@ -312,6 +316,30 @@ class LayerStream:
     def host_bytes(self) -> int:
         return self.layer_nbytes * len(self.order)
 
+    def park(self) -> None:
+        """While the component waits on the host: no copies, the pool's device memory given back (the VAE's
+        decode on a small card needs it). The next streamed layer to run, or `resume`, brings it back."""
+        if self.parked:
+            return
+        self._halt()
+        if self._copy_stream is not None:
+            self._copy_stream.synchronize()
+        self._point_at_host()
+        self.pool, self.pool_views = [], []
+        self.parked = True
+
+    def resume(self) -> None:
+        """Make the pool again and start the cycle at the first streamed layer."""
+        if not self.parked:
+            return
+        self.pool, self.pool_views = _pool(self._shapes, self.pool_size, self.device)
+        self.parked = False
+        self._start(0)
+
+    def parked_bytes(self) -> int:
+        """Device memory `resume` will take: the pool (none while it is in use)."""
+        return self.pool_size * packed_offsets(self._shapes)[1] if self.parked else 0
+
     def close(self) -> None:
         """Stop streaming: every streamed layer's weights point at its host copy again, hooks removed."""
         self._halt()
@@ -320,12 +348,16 @@ class LayerStream:
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
-        for slots, host in zip(self._slots_of, self.host, strict=True):
-            for (owner, key), tensor in zip(slots, host, strict=True):
-                _set(owner, key, tensor)
+        self._point_at_host()
         for state in self._quant_states:
             state.to("cpu")
         self.pool, self.pool_views = [], []
+        self.parked = True
+
+    def _point_at_host(self) -> None:
+        for slots, host in zip(self._slots_of, self.host, strict=True):
+            for (owner, key), tensor in zip(slots, host, strict=True):
+                _set(owner, key, tensor)
 
 
 def _small_parts_to(state: Any, device: torch.device) -> None:

@@ -61,6 +61,55 @@ def test_streamed_layers_give_the_same_numbers_with_a_pool_that_never_grows() ->
 
 
 @torch.inference_mode()
+def test_a_parked_stream_gives_its_pool_back_and_resumes_with_the_same_numbers() -> None:
+    layers = stack()
+    x = torch.randn(3, 48)
+    want = run(layers, x)
+    stream = LayerStream(layers, [0, 2, 4], CPU, pool=2, pin=False)
+    try:
+        room = stream.pool_bytes()
+        stream.park()
+        assert stream.parked and stream.pool == [] and stream.parked_bytes() == room
+        assert all(p.data_ptr() == h.data_ptr() for p, h in zip(layers[2].parameters(), stream.host[1], strict=True))
+        stream.resume()  # by hand (the residency bringing the component back)
+        assert not stream.parked and stream.pool_bytes() == room and stream.parked_bytes() == 0
+        assert torch.equal(run(layers, x), want)
+        stream.park()
+        assert torch.equal(run(layers, x), want) and not stream.parked  # a streamed layer that runs resumes it
+    finally:
+        stream.close()
+
+
+def test_the_residency_parks_a_stream_with_its_component(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A component that leaves the device takes its stream's pool with it, and brings it back when it
+    returns: on a small card the VAE's decode gets the pool's room."""
+    from engine import residency as residency_module
+    from engine.residency import Residency
+
+    class Encoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layers = stack(4)
+            self.norm = nn.LayerNorm(48)
+
+    encoder, vae = Encoder(), nn.Linear(48, 48)
+    stream = LayerStream(encoder.layers, [0, 1, 2, 3], CPU, pool=2, pin=False)
+    free = {"bytes": 1 << 40}
+    monkeypatch.setattr(residency_module, "available_bytes", lambda device: free["bytes"])
+    residency = Residency({"text_encoder": encoder, "vae": vae}, CPU, ram_bytes=None, streams={"text_encoder": stream})
+    try:
+        residency.bring("text_encoder", 0)  # on the CPU every component starts on "the device"
+        assert not stream.parked
+        free["bytes"] = 0  # the card is short of room: bringing the VAE evicts the encoder, pool and all
+        residency.bring("vae", 1)
+        assert stream.parked and stream.pool == [] and not residency.swaps["text_encoder"].on_gpu
+        residency.bring("text_encoder", 0)
+        assert not stream.parked and len(stream.pool) == 2
+    finally:
+        residency.strip()
+
+
+@torch.inference_mode()
 def test_a_pass_cut_short_restarts_the_cycle() -> None:
     layers = stack()
     x = torch.randn(2, 48)
@@ -220,3 +269,38 @@ async def test_a_stream_plan_that_runs_out_of_memory_keeps_fewer_blocks_and_retr
     finally:
         type(manager.runner.pipe.transformer).forward = original  # type: ignore[method-assign]
         await engine.stop()
+
+
+class VaeRoom:
+    """A residency reduced to the room the VAE's phase can have."""
+
+    def __init__(self, room: int) -> None:
+        self.room = room
+
+    def room_bytes(self, name: str) -> int:
+        assert name == "vae"
+        return self.room
+
+
+@pytest.mark.parametrize(("room_gib", "tile", "work_gib"), [(8.0, 1024, 4.0), (4.2, 1024, 4.0), (2.5, 512, 1.0)])
+def test_the_vae_tiles_smaller_only_where_its_own_tile_does_not_fit(
+    room_gib: float, tile: int, work_gib: float
+) -> None:
+    """CogView4's VAE tiles above 1024²; a card that cannot free a 1024² tile's working memory (a 4 GiB card
+    streaming its transformer) decodes in 512² tiles instead."""
+    from types import SimpleNamespace
+
+    from diffusers import AutoencoderKL
+
+    from engine.plans import PLANS
+    from engine.runner import GIB, Runner, RunnerOptions
+
+    vae = AutoencoderKL(block_out_channels=(8, 8, 8, 8), norm_num_groups=4, latent_channels=16, sample_size=1024)
+    vae.enable_tiling()
+    runner = Runner(SimpleNamespace(vae=vae), PLANS["fp8mm_stream"], CPU, RunnerOptions(vae_work_gib=4.0))
+    runner.residency = VaeRoom(int(room_gib * GIB))
+    assert runner._vae_bytes(1024 * 1024) == int(work_gib * GIB)
+    assert (vae.tile_sample_min_size, vae.tile_latent_min_size) == (tile, tile // 8)
+    runner.residency = VaeRoom(int(8 * GIB))  # room again: the VAE's own tile comes back
+    runner._vae_bytes(1024 * 1024)
+    assert vae.tile_sample_min_size == 1024
