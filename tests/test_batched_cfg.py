@@ -93,13 +93,14 @@ def test_a_batch_that_runs_out_of_memory_falls_back_to_two_passes(tiny_model: Pa
 
 
 class RoomOnly:
-    """A swap plan's residency reduced to the room it reports."""
+    """A swap plan's residency reduced to the room it reports for one component's phase."""
 
-    def __init__(self, room: int) -> None:
+    def __init__(self, room: int, component: str = "transformer") -> None:
         self.room = room
+        self.component = component
 
     def room_bytes(self, name: str) -> int:
-        assert name == "transformer"
+        assert name == self.component
         return self.room
 
 

@@ -271,17 +271,6 @@ async def test_a_stream_plan_that_runs_out_of_memory_keeps_fewer_blocks_and_retr
         await engine.stop()
 
 
-class VaeRoom:
-    """A residency reduced to the room the VAE's phase can have."""
-
-    def __init__(self, room: int) -> None:
-        self.room = room
-
-    def room_bytes(self, name: str) -> int:
-        assert name == "vae"
-        return self.room
-
-
 @pytest.mark.parametrize(("room_gib", "tile", "work_gib"), [(8.0, 1024, 4.0), (4.2, 1024, 4.0), (2.5, 512, 1.0)])
 def test_the_vae_tiles_smaller_only_where_its_own_tile_does_not_fit(
     room_gib: float, tile: int, work_gib: float
@@ -294,13 +283,14 @@ def test_the_vae_tiles_smaller_only_where_its_own_tile_does_not_fit(
 
     from engine.plans import PLANS
     from engine.runner import GIB, Runner, RunnerOptions
+    from tests.test_batched_cfg import RoomOnly
 
     vae = AutoencoderKL(block_out_channels=(8, 8, 8, 8), norm_num_groups=4, latent_channels=16, sample_size=1024)
     vae.enable_tiling()
     runner = Runner(SimpleNamespace(vae=vae), PLANS["fp8mm_stream"], CPU, RunnerOptions(vae_work_gib=4.0))
-    runner.residency = VaeRoom(int(room_gib * GIB))
+    runner.residency = RoomOnly(int(room_gib * GIB), "vae")
     assert runner._vae_bytes(1024 * 1024) == int(work_gib * GIB)
     assert (vae.tile_sample_min_size, vae.tile_latent_min_size) == (tile, tile // 8)
-    runner.residency = VaeRoom(int(8 * GIB))  # room again: the VAE's own tile comes back
+    runner.residency = RoomOnly(int(8 * GIB), "vae")  # room again: the VAE's own tile comes back
     runner._vae_bytes(1024 * 1024)
     assert vae.tile_sample_min_size == 1024
