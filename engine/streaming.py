@@ -352,7 +352,6 @@ class LayerStream:
         for state in self._quant_states:
             state.to("cpu")
         self.pool, self.pool_views = [], []
-        self.parked = True
 
     def _point_at_host(self) -> None:
         for slots, host in zip(self._slots_of, self.host, strict=True):
