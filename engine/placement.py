@@ -83,14 +83,14 @@ def apply_placement(
         _to(vae, device)
         blocks = transformer.transformer_blocks
         cuda = device.type == "cuda"
-        # The text encoder streams every layer through its own small pool (made first: its pool and 4-bit
-        # scales take GPU memory): encoding a prompt never evicts the transformer's resident blocks.
-        encoder = stream_layers(te.layers, device, room_bytes=0 if cuda else None, ram_bytes=ram_bytes)
         # The room for resident blocks: what is free less a step's working memory and the transformer's parts
         # other than its blocks (embeddings, norms, the output projection), which stay on the GPU.
         room = available_bytes(device) - work_bytes - weight_bytes(transformer, blocks) if cuda else None
+        # The text encoder streams every layer, with its 4-bit scales, through its own small pool, which is on
+        # the GPU only while it encodes (the residency parks it otherwise), within the room a step's working
+        # memory leaves: encoding a prompt never evicts the transformer's resident blocks.
         streams = {
-            "text_encoder": encoder,
+            "text_encoder": stream_layers(te.layers, device, room_bytes=0 if cuda else None, ram_bytes=ram_bytes),
             "transformer": stream_layers(blocks, device, room_bytes=room, ram_bytes=ram_bytes, place=False),
         }
         # Made while every weight is on the host, so a component that is the mapped cache file keeps the file
