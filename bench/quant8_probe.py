@@ -21,6 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from bench.configs import transformer_block_config  # noqa: E402
 from engine import card_profile  # noqa: E402
 from engine.quant8 import COMPUTE_LINEARS, Linear8  # noqa: E402
 
@@ -76,7 +77,7 @@ def main() -> None:
     parser.add_argument("--no-compile", action="store_true")
     args = parser.parse_args()
     device = torch.device("cuda", 0)
-    config = card_profile.block_config_of(json.loads((args.configs / "transformer_config.json").read_text()))
+    config = transformer_block_config(args.configs)
     t0 = time.perf_counter()
     profile = card_profile.measure(device, config)
     result: dict = {

@@ -7,7 +7,6 @@ forward at 1024² with CFG batched (torch.profiler), to see what the 8-bit path 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -17,6 +16,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
+from bench.configs import transformer_block_config  # noqa: E402
 from engine import card_profile  # noqa: E402
 
 
@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=14)
     args = parser.parse_args()
     device = torch.device("cuda")
-    config = card_profile.block_config_of(json.loads((args.configs / "transformer_config.json").read_text()))
+    config = transformer_block_config(args.configs)
     inputs = card_profile.block_inputs(device, config)
     for name in args.formats.split(","):
         block = card_profile.make_block(device, config, None if name == "bf16" else name)

@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from bench.configs import transformer_block_config  # noqa: E402
 from engine import card_profile  # noqa: E402
 from engine.residency import _get, _set, _weights  # noqa: E402
 from engine.streaming import LayerStream, layer_bytes, spread  # noqa: E402
@@ -170,7 +171,7 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=28)
     args = parser.parse_args()
     device = torch.device("cuda")
-    config = card_profile.block_config_of(json.loads((args.configs / "transformer_config.json").read_text()))
+    config = transformer_block_config(args.configs)
     print(torch.cuda.get_device_name(device), torch.__version__)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("a") as out:
