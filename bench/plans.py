@@ -594,6 +594,26 @@ def matrix(args: argparse.Namespace) -> None:
         print("DONE " + json.dumps(brief), flush=True)
 
 
+def streamed_per_step(row: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, float]:
+    """A streamed run's transformer copies per step (GiB, over every step of the run) and its compute alone:
+    the step of the same format resident in the same results (none: the projection uses the whole step)."""
+    stream = (row.get("weights_host") or {}).get("streamed", {}).get("transformer")
+    if not stream or not stream["layers"]:
+        return {}
+    steps = len(row["images"]) * row["steps"]
+    layer_bytes = stream["gb_per_pass"] * 1e9 / stream["layers"]
+    figures = {"stream_gib": round(stream["copies"] * layer_bytes / steps / GIB, 3)}
+    kernel = row["plan"].split("_")[0]
+    resident = [
+        r
+        for r in rows
+        if r["plan"] == f"{kernel}_resident" and not r.get("cap_gib") and r.get("compile") == row.get("compile")
+    ]
+    if resident:
+        figures["compute_step_s"] = resident[-1]["step_s"]
+    return figures
+
+
 def table(args: argparse.Namespace) -> None:
     rows = [json.loads(line) for path in args.results for line in Path(path).read_text().splitlines() if line.strip()]
     engine_rows = [r for r in rows if r.get("impl") == "engine" and r.get("ok") and r.get("size") == 1024]
@@ -614,12 +634,12 @@ def table(args: argparse.Namespace) -> None:
             "decode_s": row["decode_s"],
             "measured_cap_gib": cap,
             **{k: row[k] for k in ("psnr_db", "host_gib", "host_peak_gib", "work_gib") if row.get(k) is not None},
+            **streamed_per_step(row, engine_rows),
         }
         best = plans.get(name)
-        # What a plan needs: swap plans adapt to the card, so their smallest successful cap is
+        # What a plan needs: swap and stream plans adapt to the card, so their smallest successful cap is
         # what counts; other plans need their uncapped peak.
-        if "swap" in name:
-            # Swap plans adapt to the card: the smallest cap they ran under is what they need.
+        if "swap" in name or "stream" in name:
             better = best is None or (cap and (not best["measured_cap_gib"] or cap <= best["measured_cap_gib"]))
         elif row.get("compile") or (best is not None and best.get("compile")):
             better = bool(row.get("compile")) and (not cap)  # fast plans are listed as compiled
