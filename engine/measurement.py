@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+GIB = 1024**3
 # Headroom on top of a peak measured without a cap: other processes, driver fragmentation.
 SAFETY_GIB = 0.25
 

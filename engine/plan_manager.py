@@ -42,6 +42,7 @@ class PlanManager:
         self.card: CardProfile | None = None
         self.reference = plan_catalog.table_card()
         self.auto_reason: tuple[str, ...] = ()  # why auto chose the plan it chose, in a sentence or two
+        self.chosen_with_free_gib: float | None = None  # the free VRAM auto chose with (streamed plans' copies)
         self.model_loads = 0  # times weights were placed on the device: 1 unless the plan changed
         self.loaded = threading.Event()  # set once the first load succeeded or failed
         # Set on the GPU thread only:
@@ -87,6 +88,7 @@ class PlanManager:
             card=self.card,
             reference=self.reference,
             seen_here=seen_here,
+            free_gib=self.chosen_with_free_gib,
         )
 
     def require_runner(self) -> Any:
@@ -175,8 +177,9 @@ class PlanManager:
 
     def _resolve(self, mode: str) -> Resolved:
         if mode == "auto":
+            self.chosen_with_free_gib = self.free_gib()
             resolved = plan_catalog.choose_auto(
-                self.free_gib(),
+                self.chosen_with_free_gib,
                 self.table,
                 allow_compile=self.config.torch_compile,
                 quality=self.config.quality,
@@ -186,7 +189,12 @@ class PlanManager:
                 reference=self.reference,
             )
             self.auto_reason = plan_catalog.auto_reason(
-                resolved.plan.name, self.config.quality, self.card, self.reference, self.table.get(resolved.plan.name)
+                resolved.plan.name,
+                self.config.quality,
+                self.card,
+                self.reference,
+                self.table.get(resolved.plan.name),
+                self.chosen_with_free_gib,
             )
             log.info("%s", " ".join(self.auto_reason))
             return resolved

@@ -17,8 +17,9 @@ from enum import StrEnum
 from importlib import resources
 from typing import Any, Literal
 
-from engine.measurement import CardProfile, Measurement
+from engine.measurement import GIB, CardProfile, Measurement
 from engine.notes import note as engine_note
+from engine.projection import projected_image_s, speed_ratio, streamed_gib
 from engine.types import PlanRow
 
 # fp8: stored in float8 e4m3, computed in bf16 (diffusers layerwise casting), 8-bit quality at half of bf16.
@@ -27,8 +28,6 @@ from engine.types import PlanRow
 Quant = Literal["bf16", "nf4", "fp8", "fp8mm", "int8mm"]
 # The matmul kernel a transformer format runs on: what a card is timed in (engine.card_profile).
 COMPUTE_KERNEL: dict[str, str] = {"bf16": "bf16", "nf4": "bf16", "fp8": "bf16", "fp8mm": "fp8", "int8mm": "int8"}
-
-GIB = 1024**3
 
 
 class Placement(StrEnum):
@@ -90,6 +89,11 @@ PLANS: dict[str, Plan] = {
         _plan("nf4_sequential", "nf4", "nf4", P.SEQUENTIAL, "4-bit with sequential offload (broken upstream)"),
     )
 }
+
+def plan_kernel(name: str) -> str:
+    """The matmul kernel of a plan's transformer step ("bf16", "fp8" or "int8")."""
+    return COMPUTE_KERNEL[PLANS[name].transformer]
+
 
 # Plans that must never be attempted as asked, with the plan used instead and why.
 REMAPS: dict[str, tuple[str, str]] = {
@@ -223,32 +227,6 @@ BEST_PATIENCE = 1.15
 HOST_RESERVE_GIB = 2.0
 
 
-def speed_ratio(plan: Plan, card: CardProfile | None, reference: CardProfile | None) -> tuple[float, float]:
-    """How much slower this card runs the plan's transformer step and its bf16 phases (encode, decode) than
-    the GPU the table was measured on: (step ratio, bf16 ratio). (1, 1) where either card is not measured."""
-    if card is None or reference is None:
-        return 1.0, 1.0
-    kernel = COMPUTE_KERNEL[plan.transformer]
-    bf16 = card.block_s["bf16"] / reference.block_s["bf16"]
-    if kernel not in card.block_s or kernel not in reference.block_s:
-        return bf16, bf16
-    return card.block_s[kernel] / reference.block_s[kernel], bf16
-
-
-def projected_image_s(
-    m: Measurement, card: CardProfile | None, reference: CardProfile | None, steps: int = 50
-) -> float:
-    """The plan's seconds per image on this card: the table's phases scaled by this card's block times
-    (its step by the plan's matmul kernel, encode and decode by bf16); a streamed plan's step is the larger
-    of that compute and its copies at this card's measured bus speed. Without a card profile: as measured."""
-    step, bf16 = speed_ratio(PLANS[m.plan], card, reference)
-    if card is None or reference is None or not m.stream_gib:
-        return (m.encode_s + m.decode_s) * bf16 + steps * m.step_s * step
-    compute = (m.compute_step_s or m.step_s) * step
-    copies = m.stream_gib * GIB / 1e9 / card.h2d_gbps
-    return (m.encode_s + m.decode_s) * bf16 + steps * max(compute, copies)
-
-
 def load_table(data: dict[str, Any] | None = None) -> dict[str, Measurement]:
     """The committed measurements (engine/plan_table.json), keyed by plan name."""
     if data is None:
@@ -333,7 +311,7 @@ def choose_auto(
         raise PlanError(engine_note("plan.no_ram", ram=f"{ram_gib:.1f}", reserve=f"{HOST_RESERVE_GIB:.0f}"))
 
     def seconds(m: Measurement) -> float:
-        return projected_image_s(m, card, reference, steps)
+        return projected_image_s(m, plan_kernel(m.plan), card, reference, steps, free_gib)
 
     fitting = [m for m in candidates if m.need_gib() <= free_gib]
     near = [m for m in candidates if m.need_gib() <= free_gib * NEAR_FIT]
@@ -410,12 +388,14 @@ def plan_rows(
     card: CardProfile | None = None,
     reference: CardProfile | None = None,
     seen_here: dict[str, float] | None = None,
+    free_gib: float | None = None,
 ) -> list[PlanRow]:
     """Every plan with its measured cost, fidelity, its time per image on this card and, if it cannot be
     used, why (what /memory and the doctor show).
 
     `has_gpu` None: the machine is not known here (a bot whose workers run elsewhere). `seen_here`: s/image
-    the engine measured here, by plan (the plan in use); the others are projected from `card`."""
+    the engine measured here, by plan (the plan in use); the others are projected from `card` and the free
+    memory auto chose with (`free_gib`)."""
     rows = []
     for name, plan in PLANS.items():
         m = table.get(name)
@@ -441,7 +421,13 @@ def plan_rows(
                 why_not=why,
                 fidelity_db=fidelity_db(name, table),
                 need_gib=m.need_gib() if m else None,
-                here_s=here if here is not None else projected_image_s(m, card, reference) if m and card else None,
+                here_s=(
+                    here
+                    if here is not None
+                    else projected_image_s(m, plan_kernel(name), card, reference, free_gib=free_gib)
+                    if m and card
+                    else None
+                ),
                 here_measured=here is not None,
             )
         )
@@ -454,10 +440,11 @@ def auto_reason(
     card: CardProfile | None,
     reference: CardProfile | None,
     measured: Measurement | None = None,
+    free_gib: float | None = None,
 ) -> tuple[str, ...]:
     """Why auto chose this plan, in a sentence or two: QUALITY's rule and, where the card was measured,
     what its times here rest on (for a streamed plan, its compute against its copies at this card's bus
-    speed; `measured`: the plan's table row)."""
+    speed; `measured`: the plan's table row; `free_gib`: the free memory it was chosen with)."""
     rule = Quality(quality)
     if rule is Quality.BEST:
         said = [engine_note("plan.reason.best", plan=chosen, patience=BEST_PATIENCE)]
@@ -466,12 +453,12 @@ def auto_reason(
     else:
         said = [engine_note("plan.reason.balanced", plan=chosen, floor=f"{FIDELITY_FLOOR_DB:.0f}")]
     if card is not None and reference is not None:
-        step, bf16 = speed_ratio(PLANS[chosen], card, reference)
+        step, bf16 = speed_ratio(plan_kernel(chosen), card, reference)
         said.append(
             engine_note(
                 "plan.projected",
                 gpu=card.gpu,
-                kernel=COMPUTE_KERNEL[PLANS[chosen].transformer],
+                kernel=plan_kernel(chosen),
                 ratio=f"{step:.2f}",
                 bf16=f"{bf16:.2f}",
                 reference=reference.gpu,
@@ -479,13 +466,14 @@ def auto_reason(
             )
         )
         if measured is not None and measured.stream_gib:
+            gigabytes = streamed_gib(measured, free_gib) * GIB / 1e9
             said.append(
                 engine_note(
                     "plan.streamed",
                     plan=chosen,
-                    gb=f"{measured.stream_gib * GIB / 1e9:.1f}",
+                    gb=f"{gigabytes:.1f}",
                     compute=f"{(measured.compute_step_s or measured.step_s) * step:.2f}",
-                    copies=f"{measured.stream_gib * GIB / 1e9 / card.h2d_gbps:.2f}",
+                    copies=f"{gigabytes / card.h2d_gbps:.2f}",
                 )
             )
     return tuple(said)

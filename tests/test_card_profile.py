@@ -12,7 +12,8 @@ import torch
 
 from engine import card_profile
 from engine import plans as catalog
-from engine.plans import CardProfile, Measurement, choose_auto, plan_rows, projected_image_s
+from engine.plans import CardProfile, Measurement, choose_auto, plan_kernel, plan_rows
+from engine.projection import projected_image_s
 
 H100 = CardProfile("ref", "NVIDIA H100", (9, 0), {"bf16": 0.010, "fp8": 0.006, "int8": 0.007}, 55.0)
 # A 4060 Ti-like card: 8x slower in bf16, FP8 1.6x faster than bf16 there, int8 refused by its driver.
@@ -35,10 +36,10 @@ TABLE = {
 
 def test_projection_scales_the_step_by_the_plans_kernel_and_the_rest_by_bf16() -> None:
     m = TABLE["fp8mm_swap"]
-    assert projected_image_s(m, None, None) == pytest.approx(m.image_s(50))
-    here = projected_image_s(m, ADA_HOME, H100)
+    assert projected_image_s(m, plan_kernel(m.plan), None, None) == pytest.approx(m.image_s(50))
+    here = projected_image_s(m, plan_kernel(m.plan), ADA_HOME, H100)
     assert here == pytest.approx((0.1 + 0.4) * 8.0 + 50 * 0.20 * (0.050 / 0.006))
-    nf4 = projected_image_s(TABLE["nf4_swap"], ADA_HOME, H100)
+    nf4 = projected_image_s(TABLE["nf4_swap"], "bf16", ADA_HOME, H100)
     assert nf4 == pytest.approx(0.5 * 8.0 + 50 * 0.22 * 8.0)  # 4-bit weights still multiply in bf16
 
 
@@ -71,7 +72,7 @@ def test_rows_and_reason_say_measured_here_or_projected() -> None:
         )
     }
     assert rows["fp8mm_swap"].here_s == 99.0 and rows["fp8mm_swap"].here_measured
-    assert rows["nf4_swap"].here_s == pytest.approx(projected_image_s(TABLE["nf4_swap"], ADA_HOME, H100))
+    assert rows["nf4_swap"].here_s == pytest.approx(projected_image_s(TABLE["nf4_swap"], "bf16", ADA_HOME, H100))
     assert not rows["nf4_swap"].here_measured
     assert not rows["int8mm_swap"].available and "int8 matmul failed" in (rows["int8mm_swap"].why_not or "")
     said = catalog.auto_reason("fp8mm_swap", "balanced", ADA_HOME, H100)
@@ -131,7 +132,7 @@ def test_memory_shows_each_plans_time_here_and_why_auto_chose_in_both_languages(
     )
     english = memory_report(status, rows)
     line = next(line for line in english.splitlines() if "`fp8mm_swap`" in line)
-    expected = projected_image_s(TABLE["fp8mm_swap"], ADA_HOME, H100)
+    expected = projected_image_s(TABLE["fp8mm_swap"], "fp8", ADA_HOME, H100)
     assert f"here ~{expected:.0f} s/image (projected)" in line and "45 dB" in line
     assert "auto chose fp8mm_swap (QUALITY=balanced)" in english and "RTX 4060 Ti" in english
     chinese = memory_report(status, rows, "zh-CN")
@@ -145,12 +146,38 @@ def test_a_streamed_plan_is_projected_as_the_larger_of_its_compute_and_its_copie
     )
     copies_s = 2.0 * 1024**3 / 1e9 / ADA_HOME.h2d_gbps
     compute_s = 0.20 * ADA_HOME.block_s["fp8"] / H100.block_s["fp8"]
-    assert projected_image_s(streamed, ADA_HOME, H100) == pytest.approx(
+    assert projected_image_s(streamed, "fp8", ADA_HOME, H100) == pytest.approx(
         1.0 * ADA_HOME.block_s["bf16"] / H100.block_s["bf16"] + 50 * max(compute_s, copies_s)
     )
     slow_bus = CardProfile("bus", "RTX 4060 on x4", (8, 9), dict(ADA_HOME.block_s), 0.5)
-    assert projected_image_s(streamed, slow_bus, H100) == pytest.approx(
+    assert projected_image_s(streamed, "fp8", slow_bus, H100) == pytest.approx(
         1.0 * ADA_HOME.block_s["bf16"] / H100.block_s["bf16"] + 50 * 2.0 * 1024**3 / 1e9 / 0.5
     )
     said = catalog.auto_reason("fp8mm_stream", "balanced", ADA_HOME, H100, streamed)
     assert any("streams 2.1 GB of weights a step" in s and f"({copies_s:.2f} s)" in s for s in said)
+
+
+def test_a_streamed_plan_copies_less_on_a_card_with_more_free_memory_and_auto_times_it_so() -> None:
+    """Measured on a 4 GiB card (3.3 free, 2 GiB a step); on a card with 1 GiB more free that GiB stays resident,
+    with 3 GiB more nothing streams. The slow bus makes the copies decide, so the free memory decides the time."""
+    streamed = Measurement(
+        "fp8mm_stream", 3.0, 0.30, 0.5, 0.5, measured_cap_gib=3.3, stream_gib=2.0, compute_step_s=0.20, psnr_db=44.5
+    )
+    slow_bus = CardProfile("bus", "RTX 4060 on x4", (8, 9), dict(ADA_HOME.block_s), 0.5)
+    phases = 1.0 * ADA_HOME.block_s["bf16"] / H100.block_s["bf16"]
+    compute = 0.20 * ADA_HOME.block_s["fp8"] / H100.block_s["fp8"]
+    for free, copied in ((None, 2.0), (3.3, 2.0), (2.0, 2.0), (4.3, 1.0), (6.3, 0.0), (9.0, 0.0)):
+        expected = phases + 50 * max(compute, copied * 1024**3 / 1e9 / 0.5)
+        assert projected_image_s(streamed, "fp8", slow_bus, H100, free_gib=free) == pytest.approx(expected)
+    rows = plan_rows({"fp8mm_stream": streamed}, has_gpu=True, card=slow_bus, reference=H100, free_gib=4.3)
+    here = next(r for r in rows if r.name == "fp8mm_stream").here_s
+    assert here == pytest.approx(projected_image_s(streamed, "fp8", slow_bus, H100, free_gib=4.3))
+    said = catalog.auto_reason("fp8mm_stream", "balanced", slow_bus, H100, streamed, free_gib=4.3)
+    assert any(f"streams {1.0 * 1024**3 / 1e9:.1f} GB of weights a step" in s for s in said)
+    # auto times it with the free memory it sees: a swap plan whose step (3.3 s here) lies between the stream
+    # plan's with 2 GiB copied (4.3 s) and with 1 GiB copied (2.1 s) wins on the measured card, loses with 1 GiB more.
+    swap = Measurement("fp8mm_swap", 3.0, 0.4, 0.1, 0.4, measured_cap_gib=3.3, psnr_db=44.5)
+    table = {"fp8mm_stream": streamed, "fp8mm_swap": swap}
+    for free, expected_plan in ((3.3, "fp8mm_swap"), (4.3, "fp8mm_stream")):
+        chosen = choose_auto(free, table, capability=(8, 9), card=slow_bus, reference=H100)
+        assert chosen.plan.name == expected_plan
