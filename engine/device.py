@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
-GIB = 1024**3
+from engine.measurement import GIB
 
 
 def configure_allocator() -> None:
@@ -75,7 +76,8 @@ def free_gib() -> float | None:
 
 
 def host_ram(configured_gib: float | None = None) -> float | None:
-    """The host RAM the bot may count on, GiB: HOST_RAM_GIB where set, else the machine's (None: unknown).
+    """The host RAM the bot may count on, GiB: HOST_RAM_GIB where set, else the machine's or, where less, the
+    memory limit of the process's cgroup (a container's `--memory`, a systemd `MemoryMax`) (None: unknown).
     `auto` never picks a plan that would not fit beside the system, and swap plans keep host copies of
     their weights only where there is room (engine.residency)."""
     if configured_gib:
@@ -84,7 +86,46 @@ def host_ram(configured_gib: float | None = None) -> float | None:
         import psutil
     except ImportError:
         return None
-    return psutil.virtual_memory().total / GIB
+    total = psutil.virtual_memory().total
+    limit = cgroup_memory_limit()
+    return (total if limit is None else min(total, limit)) / GIB
+
+
+# A cgroup v1 group without a limit reports a number near 2^63.
+_NO_LIMIT = 2**60
+
+
+def cgroup_memory_limit(
+    membership: Path = Path("/proc/self/cgroup"), root: Path = Path("/sys/fs/cgroup")
+) -> int | None:
+    """The smallest memory limit, bytes, on this process's cgroup and the groups above it (cgroup v2
+    `memory.max`, v1 `memory.limit_in_bytes`); None where none is set or the files cannot be read (Windows,
+    macOS)."""
+    try:
+        lines = membership.read_text().splitlines()
+    except OSError:
+        return None
+    limits = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            base, name = root, "memory.max"
+        elif "memory" in controllers.split(","):
+            base, name = root / "memory", "memory.limit_in_bytes"
+        else:
+            continue
+        node = base / path.lstrip("/")
+        while True:
+            try:
+                value = (node / name).read_text().strip()
+            except OSError:
+                value = "max"
+            if value.isdigit() and int(value) < _NO_LIMIT:
+                limits.append(int(value))
+            if node == base or base not in node.parents:
+                break
+            node = node.parent
+    return min(limits) if limits else None
 
 
 def release_memory() -> None:

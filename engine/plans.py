@@ -90,6 +90,7 @@ PLANS: dict[str, Plan] = {
     )
 }
 
+
 def plan_kernel(name: str) -> str:
     """The matmul kernel of a plan's transformer step ("bf16", "fp8" or "int8")."""
     return COMPUTE_KERNEL[PLANS[name].transformer]

@@ -26,9 +26,10 @@ from typing import Any, Protocol, TypeVar
 import torch
 from torch.utils.hooks import RemovableHandle
 
+from engine.measurement import GIB
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-GIB = 1024**3
 
 # Who leaves first when room is needed: the text encoder is needed least often.
 EVICTION_ORDER = ("text_encoder", "vae", "transformer")

@@ -22,12 +22,12 @@ import numpy as np
 import torch
 
 from engine.embeddings import EmbeddingCache
+from engine.measurement import GIB
 from engine.plans import Plan
 from jobrequest import img2img_steps, uses_cfg
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-GIB = 1024**3
 # The VAE's tile a side, in pixels, where its own tile does not fit the card: about 1 GiB of working memory.
 SMALL_VAE_TILE = 512
 
