@@ -128,6 +128,8 @@ class LayerStream:
         pool: int = POOL_SLOTS,
         pin: bool = True,
     ) -> None:
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())  # the copier thread sets it by index
         self.device = device
         self.layers = list(layers)
         self.order = sorted(streamed)
@@ -204,9 +206,8 @@ class LayerStream:
 
     def _copier(self) -> None:
         """Issue the copy of ordinal n as soon as ordinal n - pool has run, forever (until stopped)."""
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)
         try:
+            self._bind_thread()
             while True:
                 with self._lock:
                     n = self._issued + 1
@@ -223,6 +224,11 @@ class LayerStream:
             with self._lock:
                 self._error = exc
                 self._lock.notify_all()
+
+    def _bind_thread(self) -> None:
+        """The copier thread's CUDA device: a new thread starts on device 0."""
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
 
     def _copy(self, n: int) -> None:
         slot, which = n % self.pool_size, n % len(self.order)

@@ -136,6 +136,21 @@ def test_a_failing_copy_is_an_error_in_the_pass_not_a_hang() -> None:
         stream.close()
 
 
+@torch.inference_mode()
+def test_a_copier_that_fails_as_it_starts_is_an_error_in_the_pass_not_a_hang(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(self: LayerStream) -> None:
+        raise ValueError("no such device")
+
+    monkeypatch.setattr(LayerStream, "_bind_thread", refuse)
+    layers = stack(4)
+    stream = LayerStream(layers, [1, 3], CPU, pool=2, pin=False)
+    try:
+        with pytest.raises(RuntimeError, match="no such device"):
+            run(layers, torch.randn(2, 48))
+    finally:
+        stream.close()
+
+
 def test_layers_of_different_shapes_are_refused() -> None:
     layers = nn.ModuleList([nn.Linear(8, 8), nn.Linear(8, 16)])
     with pytest.raises(ValueError, match="one layout"):
