@@ -56,6 +56,10 @@ ENGINE_NOTES: dict[str, str] = {
         "No measured plan fits the {free} GiB free on this GPU; using {plan}, which keeps what fits and streams "
         "the other transformer blocks in every step (not measured on a GPU yet)."
     ),
+    "plan.stream_smaller": (
+        "Only {free} GiB free on this GPU: using {plan}, measured with {need} GiB; here more of its transformer "
+        "blocks stream in every step (not measured on a GPU this small)."
+    ),
     "plan.streamed": (
         "{plan} streams {gb} GB of weights a step, behind the compute: here a step is the larger of its compute "
         "({compute} s) and its copies ({copies} s)."

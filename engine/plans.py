@@ -326,6 +326,15 @@ def choose_auto(
     elif near:
         pick = min(near, key=seconds)
     else:
+        # Stream plans shrink further than any other: more blocks stream on a smaller card. A measured one
+        # first (the fastest here), else one this card's kernels run that has no row yet.
+        measured = [m for m in candidates if PLANS[m.plan].placement is Placement.STREAM]
+        if measured:
+            pick = min(measured, key=seconds)
+            note = engine_note(
+                "plan.stream_smaller", free=f"{free_gib:.1f}", plan=pick.plan, need=f"{pick.need_gib():.1f}"
+            )
+            return Resolved(PLANS[pick.plan], note)
         streamed = _unmeasured_stream_plan(table, capability, card)
         if streamed is not None:
             return Resolved(

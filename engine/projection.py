@@ -21,11 +21,11 @@ def speed_ratio(kernel: str, card: CardProfile | None, reference: CardProfile | 
 
 def streamed_gib(m: Measurement, free_gib: float | None) -> float:
     """GiB a streamed plan copies per step on a card with `free_gib` free (None: as measured). Every GiB
-    free beyond the card it was measured on keeps a GiB more of blocks resident, which then are not copied
-    (at least: two passes a step copy each streamed block twice)."""
+    free beyond the card it was measured on keeps a GiB more of blocks resident, which then are not copied,
+    and every GiB less streams a GiB more (at least: two passes a step copy each streamed block twice)."""
     if free_gib is None or not m.measured_cap_gib:
         return m.stream_gib
-    return max(0.0, m.stream_gib - max(0.0, free_gib - m.measured_cap_gib))
+    return max(0.0, m.stream_gib - (free_gib - m.measured_cap_gib))
 
 
 def projected_image_s(

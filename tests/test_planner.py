@@ -115,3 +115,22 @@ def test_a_card_too_small_for_every_measured_plan_gets_the_stream_plan_its_kerne
     if capability >= (8, 9):
         again = choose_auto(4.0, measured, capability=capability)
         assert again.plan.name == "fp8mm_stream" and again.note is None
+
+
+@pytest.mark.parametrize(("capability", "expected"), [((8, 9), "fp8mm_stream"), ((8, 6), "int8mm_stream")])
+def test_a_card_smaller_than_a_stream_plan_was_measured_on_still_gets_it_streaming_more(
+    capability: tuple[int, int], expected: str
+) -> None:
+    """A stream plan measured on a 6 GiB card (5.32 free) is what a 4 GiB card (3.32 free) gets too, more of its
+    blocks streamed, with a note saying so: not an unmeasured plan, and not a leaner plan of another kind. An
+    RTX 30 card cannot run the measured FP8 plan, so it gets the int8 one, unmeasured."""
+    measured = {
+        **SYNTHETIC,
+        "fp8mm_stream": Measurement("fp8mm_stream", 5.1, 0.31, 0.1, 0.3, measured_cap_gib=5.32, stream_gib=4.3),
+    }
+    chosen = choose_auto(3.32, measured, capability=capability)
+    assert chosen.plan.name == expected and chosen.note is not None
+    if expected == "fp8mm_stream":
+        assert "Only 3.3 GiB free" in chosen.note and "measured with 5.3 GiB" in chosen.note
+    else:
+        assert "not measured on a GPU yet" in chosen.note

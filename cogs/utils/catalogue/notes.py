@@ -52,6 +52,10 @@ _CHINESE = {
         "GPU 空闲的 {free} GiB 放不下任何实测方案；改用 {plan}：放得下的留在 GPU 上，"
         "其余 transformer 块每步传入（尚未在 GPU 上实测）。"
     ),
+    "plan.stream_smaller": (
+        "GPU 空闲仅 {free} GiB：改用 {plan}（实测时有 {need} GiB）；在此卡上每步传入更多 transformer 块"
+        "（尚未在这么小的 GPU 上实测）。"
+    ),
     "plan.streamed": (
         "{plan} 每步在计算的同时传入 {gb} GB 权重：在此卡上一步取计算（{compute} 秒）与拷贝（{copies} 秒）中的较长者。"
     ),
