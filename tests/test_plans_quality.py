@@ -126,11 +126,12 @@ def test_the_committed_table_carries_fidelity_and_says_where_it_came_from() -> N
     assert "estimated" in meta["fidelity"]
     assert table["fp8_swap"].psnr_db and table["fp8_swap"].psnr_db >= 40
     assert table["nf4_swap"].psnr_db and table["nf4_swap"].psnr_db < 40
-    for eight_bit in ("fp8mm_swap", "int8mm_swap"):
+    for eight_bit in ("fp8mm_swap", "int8mm_swap", "fp8mm_stream"):
         assert (table[eight_bit].psnr_db or 0) >= catalog.FIDELITY_FLOOR_DB
     # What the rule implies for common cards with the committed table: 8-bit matmuls where the card has them.
-    assert choose_auto(12.0, table, capability=ADA).plan.name == "fp8mm_swap"
-    assert choose_auto(8.0 - 0.68, table, capability=ADA).plan.name == "fp8mm_swap"
+    assert choose_auto(12.0, table, capability=ADA).plan.name == "fp8mm_stream"
+    assert choose_auto(8.0 - 0.68, table, capability=ADA).plan.name == "fp8mm_stream"
+    assert choose_auto(6.0 - 0.68, table, capability=ADA).plan.name == "fp8mm_stream"
     assert choose_auto(12.0 - 0.68, table, capability=AMPERE).plan.name == "int8mm_swap"
     assert choose_auto(8.0 - 0.68, table, capability=AMPERE).plan.name == "nf4_swap", "int8 not proven at 8 GiB"
     assert choose_auto(8.0, table, quality="fastest").plan.name == "nf4_swap"
