@@ -11,7 +11,7 @@ import logging
 import torch
 
 from engine.plans import Placement, Plan
-from engine.residency import Residency, available_bytes, weight_bytes
+from engine.residency import Residency, available_bytes, pin_budget, weight_bytes
 from engine.streaming import stream_layers
 
 log = logging.getLogger(__name__)
@@ -86,13 +86,14 @@ def apply_placement(
         # The room for resident blocks: what is free less a step's working memory and the transformer's parts
         # other than its blocks (embeddings, norms, the output projection), which stay on the GPU.
         room = available_bytes(device) - work_bytes - weight_bytes(transformer, blocks) if cuda else None
-        # The text encoder streams every layer, with its 4-bit scales, through its own small pool, which is on
-        # the GPU only while it encodes (the residency parks it otherwise), within the room a step's working
-        # memory leaves: encoding a prompt never evicts the transformer's resident blocks.
-        streams = {
-            "text_encoder": stream_layers(te.layers, device, room_bytes=0 if cuda else None, ram_bytes=ram_bytes),
-            "transformer": stream_layers(blocks, device, room_bytes=room, ram_bytes=ram_bytes, place=False),
-        }
+        # The transformer's blocks stream every step, so they have the first claim on the memory the bot may
+        # lock. The text encoder streams every layer, with its 4-bit scales, through its own small pool, which
+        # is on the GPU only while it encodes (the residency parks it otherwise), within the room a step's
+        # working memory leaves: encoding a prompt never evicts the transformer's resident blocks.
+        lockable = pin_budget(ram_bytes)
+        streams = {"transformer": stream_layers(blocks, device, room_bytes=room, pin_bytes=lockable, place=False)}
+        lockable -= streams["transformer"].pinned_bytes() if streams["transformer"] is not None else 0
+        streams["text_encoder"] = stream_layers(te.layers, device, room_bytes=0 if cuda else None, pin_bytes=lockable)
         # Made while every weight is on the host, so a component that is the mapped cache file keeps the file
         # as its host copy; then the transformer's resident part comes to the GPU.
         residency = Residency(

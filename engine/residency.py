@@ -61,16 +61,22 @@ class HostMode:
     pin: bool  # page-lock the kept copy
 
 
-def host_policy(sizes: dict[str, int], ram_bytes: int | None) -> dict[str, HostMode]:
+def pin_budget(ram_bytes: int | None) -> int:
+    """Host memory the bot may page-lock in all (whole copies and staging rings together)."""
+    return int(PIN_SHARE * ram_bytes) if ram_bytes else 0
+
+
+def host_policy(sizes: dict[str, int], ram_bytes: int | None, *, locked: int = 0) -> dict[str, HostMode]:
     """How each component's host copy is held, from the component sizes and the machine's RAM.
 
     Keep copies only if every component could be a mover within KEEP_SHARE of the RAM; page-lock in
-    PIN_ORDER while the locked total stays within PIN_SHARE. Unknown RAM: nothing kept, nothing locked."""
+    PIN_ORDER while the locked total, with the `locked` bytes held already (layer streams), stays within
+    `pin_budget`. Unknown RAM: nothing kept, nothing locked."""
     if not ram_bytes or sum(sizes.values()) > KEEP_SHARE * ram_bytes:
         return {name: HostMode(keep=False, pin=False) for name in sizes}
-    pinned, modes = 0, {}
+    pinned, modes = locked, {}
     for name in sorted(sizes, key=lambda n: PIN_ORDER.index(n) if n in PIN_ORDER else len(PIN_ORDER)):
-        pin = pinned + sizes[name] <= PIN_SHARE * ram_bytes
+        pin = pinned + sizes[name] <= pin_budget(ram_bytes)
         pinned += sizes[name] if pin else 0
         modes[name] = HostMode(keep=True, pin=pin)
     return modes
@@ -96,6 +102,43 @@ def _nbytes(tensor: torch.Tensor) -> int:
     return _spec_bytes(tensor.shape, tensor.dtype)
 
 
+class LockedBuffer:
+    """`nbytes` of page-aligned host memory, page-locked in one piece when asked and CUDA is there (torch's
+    pinned allocator would round it up to a power of two); `pinned` says whether the lock took."""
+
+    def __init__(self, nbytes: int, *, pin: bool) -> None:
+        raw = torch.empty(nbytes + _ALIGN, dtype=torch.uint8)
+        start = -raw.data_ptr() % _ALIGN
+        self.buffer = raw[start : start + nbytes]
+        self.nbytes = nbytes
+        self.pinned = False
+        if pin:
+            self.lock()
+
+    def lock(self) -> None:
+        self.pinned = self.nbytes > 0 and _register(self.buffer)
+
+    def views(self, specs: list[tuple[torch.Size, torch.dtype]]) -> list[torch.Tensor]:
+        """One view per spec, laid out by `packed_offsets`."""
+        offsets, _total = packed_offsets(specs)
+        return [
+            self.buffer[offset : offset + _spec_bytes(shape, dtype)].view(dtype).view(shape)
+            for (shape, dtype), offset in zip(specs, offsets, strict=True)
+        ]
+
+    def release(self) -> None:
+        """Unlock the buffer (the caller has dropped every view or finished copying from them)."""
+        if self.pinned:
+            self.pinned = False
+            torch.cuda.cudart().cudaHostUnregister(self.buffer.data_ptr())
+
+    def __del__(self) -> None:
+        try:
+            self.release()
+        except Exception:  # at interpreter exit CUDA may already be gone: nothing left to unlock
+            pass
+
+
 class HostCopy:
     """Every tensor of one component in one host buffer, page-locked in one piece when asked.
 
@@ -112,32 +155,23 @@ class HostCopy:
         pin: bool,
         from_gpu: bool,
     ) -> None:
-        offsets, total = packed_offsets(specs)
-        raw = torch.empty(total + _ALIGN, dtype=torch.uint8)
-        start = -raw.data_ptr() % _ALIGN
-        self.buffer = raw[start : start + total]
-        self.nbytes = total
-        self.pinned = pin and from_gpu and total > 0 and _register(self.buffer)
-        self.views: list[torch.Tensor] = []
-        for index, ((shape, dtype), offset) in enumerate(zip(specs, offsets, strict=True)):
-            view = self.buffer[offset : offset + _spec_bytes(shape, dtype)].view(dtype).view(shape)
+        self.locked = LockedBuffer(packed_offsets(specs)[1], pin=pin and from_gpu)
+        self.buffer = self.locked.buffer
+        self.nbytes = self.locked.nbytes
+        self.views = self.locked.views(specs)
+        for index, view in enumerate(self.views):
             view.copy_(fetch(index))
             place(index, view)
-            self.views.append(view)
-        if pin and not from_gpu and total > 0:
-            self.pinned = _register(self.buffer)
+        if pin and not from_gpu:
+            self.locked.lock()
+
+    @property
+    def pinned(self) -> bool:
+        return self.locked.pinned
 
     def release(self) -> None:
         """Unlock the buffer (the caller has dropped every view or finished copying from them)."""
-        if self.pinned:
-            self.pinned = False
-            torch.cuda.cudart().cudaHostUnregister(self.buffer.data_ptr())
-
-    def __del__(self) -> None:
-        try:
-            self.release()
-        except Exception:  # at interpreter exit CUDA may already be gone: nothing left to unlock
-            pass
+        self.locked.release()
 
 
 class MappedCopy:
@@ -363,7 +397,8 @@ class Residency:
             return self.streams[name].streamed_layers() if name in self.streams else ()
 
         sizes = {name: weight_bytes(m, stays.get(name), *streamed(name)) for name, m in modules.items()}
-        self.modes = host_policy(sizes, ram_bytes)
+        locked = sum(stream.pinned_bytes() for stream in self.streams.values())
+        self.modes = host_policy(sizes, ram_bytes, locked=locked)
         self.swaps = {
             name: ComponentSwap(
                 module,

@@ -9,9 +9,12 @@ step waits on the host:
   to run always goes into pool slot n mod `pool`; its copy is issued as soon as the layer that used that slot
   before it has run (an event recorded on the compute stream, which the copy stream waits on);
 - a layer about to run makes the compute stream wait on its copy's event and points its weights at the slot.
-The copies are issued by one copier thread, so a copy from pageable memory (a memory-mapped weight file,
-which the OS may drop and re-read) blocks that thread, never the one that queues the compute. The pool is
-allocated once: no allocator churn, and it never grows.
+Host weights are either packed whole into page-locked memory (where the RAM the bot may lock allows), or
+stay where they are (a memory-mapped weight file, which the OS may drop and re-read) and are staged through
+a page-locked ring of `pool` layers: the host copies a layer into a ring slot once that slot's previous
+copy to the device has finished, and the device copies it from there at bus speed. The copies are issued by
+one copier thread, so staging (and any read from disk) blocks that thread, never the one that queues the
+compute. The pool and the ring are allocated once: no allocator churn, and they never grow.
 
 A layer skipped by the step cache (draft mode) still takes its turn in the cycle: its weights arrive but
 are not used. A pass cut short by an error leaves the cycle mid-way; the next pass re-starts it (`restart`).
@@ -29,8 +32,8 @@ from torch import nn
 
 from engine.residency import (
     GIB,
-    PIN_SHARE,
     HostCopy,
+    LockedBuffer,
     _get,
     _set,
     _spec_bytes,
@@ -77,15 +80,15 @@ def stream_layers(
     device: torch.device,
     *,
     room_bytes: int | None,
-    ram_bytes: int | None,
+    pin_bytes: int,
     pool: int = POOL_SLOTS,
     place: bool = True,
 ) -> LayerStream | None:
     """Put on `device` as many of `layers` as `room_bytes` holds beside the pool, and stream the others
     (None: all of them fit; `place` False: the caller moves the resident ones). Their host copies are
-    page-locked where the machine's RAM allows (engine.residency.PIN_SHARE), else read from where they are (a
-    memory-mapped file when loaded from the quantized cache). `room_bytes` None (no CUDA device): half of them
-    stream, which exercises the path."""
+    page-locked whole where that fits in `pin_bytes` (what the bot may still lock), else staged through the
+    ring from where they are (a memory-mapped file when loaded from the quantized cache). `room_bytes` None
+    (no CUDA device): half of them stream, which exercises the path."""
     count, size = len(layers), layer_bytes(layers[0])
     if room_bytes is None:
         resident = count - count // 2
@@ -99,14 +102,14 @@ def stream_layers(
             layer.to(device)
     if not streamed:
         return None
-    pin = ram_bytes is not None and len(streamed) * size <= PIN_SHARE * ram_bytes
+    pin = len(streamed) * size <= pin_bytes
     log.info(
         "%d of %d layers resident, %d streamed (%.2f GiB a pass, host copies %s)",
         resident,
         count,
         len(streamed),
         len(streamed) * size / GIB,
-        "page-locked" if pin else "pageable",
+        "page-locked" if pin else "staged through a page-locked ring",
     )
     return LayerStream(layers, streamed, device, pool=pool, pin=pin)
 
@@ -117,7 +120,8 @@ class LayerStream:
 
     `pin`: pack each streamed layer's host weights into one page-locked buffer (copies at bus speed; the
     memory is locked). Otherwise the weights stay where they are on the host (file-backed when they came
-    from a memory-mapped weight file) and are copied from there."""
+    from a memory-mapped weight file) and are staged through a ring of `pool` layer buffers, page-locked on
+    a CUDA device."""
 
     def __init__(
         self,
@@ -149,8 +153,10 @@ class LayerStream:
         self.host: list[list[torch.Tensor]] = []
         self.host_flat: list[torch.Tensor | None] = []
         self._copies: list[HostCopy] = []
+        cuda = device.type == "cuda"
+        whole = pin and cuda
         for slots in self._slots_of:
-            if pin and device.type == "cuda":
+            if whole:
                 copy = HostCopy(
                     shapes,
                     lambda j, s=slots: _get(*s[j]),
@@ -167,9 +173,12 @@ class LayerStream:
         self.layer_nbytes = sum(_spec_bytes(s, d) for s, d in shapes)
         self._shapes = shapes
         self.pool, self.pool_views = _pool(shapes, self.pool_size, device)
+        # The staging ring, laid out as the pool: a staged layer is one copy to the device.
+        ring_bytes = packed_offsets(shapes)[1]
+        self._ring = [] if whole else [LockedBuffer(ring_bytes, pin=cuda) for _ in range(self.pool_size)]
+        self._ring_views = [buffer.views(shapes) for buffer in self._ring]
         self.parked = False
-        self.pinned = pin and device.type == "cuda" and all(c.pinned for c in self._copies)
-        cuda = device.type == "cuda"
+        self.pinned = whole and all(c.pinned for c in self._copies)
         self._copy_stream = torch.cuda.Stream(device) if cuda else None
         self._copied = [torch.cuda.Event() if cuda else None for _ in range(self.pool_size)]
         self._freed = [torch.cuda.Event() if cuda else None for _ in range(self.pool_size)]
@@ -232,23 +241,30 @@ class LayerStream:
 
     def _copy(self, n: int) -> None:
         slot, which = n % self.pool_size, n % len(self.order)
+        source = self.host_flat[which]
+        if source is None:
+            source = self._stage(slot, which)
         if self._copy_stream is None:
-            for dst, src in zip(self.pool_views[slot], self.host[which], strict=True):
-                dst.copy_(src)
+            self.pool[slot].copy_(source)
         else:
             freed, copied = self._freed[slot], self._copied[slot]
             assert freed is not None and copied is not None
             with torch.cuda.stream(self._copy_stream):
                 if n >= self.pool_size:
                     self._copy_stream.wait_event(freed)  # the slot's previous layer has run
-                flat = self.host_flat[which]
-                if flat is not None:
-                    self.pool[slot].copy_(flat, non_blocking=True)  # the same packed layout
-                else:
-                    for dst, src in zip(self.pool_views[slot], self.host[which], strict=True):
-                        dst.copy_(src, non_blocking=True)
+                self.pool[slot].copy_(source, non_blocking=True)  # the same packed layout
                 copied.record(self._copy_stream)
         self.copies += 1
+
+    def _stage(self, slot: int, which: int) -> torch.Tensor:
+        """Copy streamed layer `which` into ring slot `slot` once the slot's previous copy to the device has
+        read it (a wait in the copier thread only); the ring slot, packed as the pool."""
+        copied = self._copied[slot]
+        if copied is not None:
+            copied.synchronize()
+        for dst, src in zip(self._ring_views[slot], self.host[which], strict=True):
+            dst.copy_(src)
+        return self._ring[slot].buffer
 
     def _before_hook(self, position: int) -> Any:
         @torch.compiler.disable
@@ -317,10 +333,10 @@ class LayerStream:
         return sum(t.numel() for t in self.pool)
 
     def pinned_bytes(self) -> int:
-        return sum(c.nbytes for c in self._copies if c.pinned)
+        return sum(c.nbytes for c in self._copies if c.pinned) + sum(b.nbytes for b in self._ring if b.pinned)
 
     def host_bytes(self) -> int:
-        return self.layer_nbytes * len(self.order)
+        return self.layer_nbytes * len(self.order) + sum(b.nbytes for b in self._ring)
 
     def park(self) -> None:
         """While the component waits on the host: no copies, the pool's device memory given back (the VAE's
@@ -358,6 +374,9 @@ class LayerStream:
         for state in self._quant_states:
             state.to("cpu")
         self.pool, self.pool_views = [], []
+        for buffer in self._ring:
+            buffer.release()
+        self._ring, self._ring_views = [], []
 
     def _point_at_host(self) -> None:
         for slots, host in zip(self._slots_of, self.host, strict=True):

@@ -47,6 +47,13 @@ def test_host_policy_locks_in_order_and_skips_what_does_not_fit() -> None:
     assert (modes["transformer"].pin, modes["vae"].pin, modes["text_encoder"].pin) == (True, True, False)
 
 
+def test_host_policy_counts_what_the_layer_streams_locked_already() -> None:
+    # 24 GiB: a budget of 6 GiB; with 3 GiB locked by streams the transformer (3.3) no longer fits, the VAE does.
+    modes = host_policy(NF4_SWAP, 24 * GIB, locked=3 * GIB)
+    assert [name for name, mode in modes.items() if mode.pin] == ["vae"]
+    assert all(mode.keep for mode in modes.values())  # keeping a copy is a matter of RAM, not of locking
+
+
 def _tensors() -> list[torch.Tensor]:
     return [
         torch.randn(3, 5, dtype=torch.bfloat16),

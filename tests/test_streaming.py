@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from engine.measurement import GIB
 from engine.residency import weight_bytes
 from engine.streaming import LayerStream, layer_bytes, spread, stream_layers, stream_slots
 
@@ -45,6 +46,7 @@ def test_streamed_layers_give_the_same_numbers_with_a_pool_that_never_grows() ->
     want = run(layers, x)
     stream = LayerStream(layers, [1, 3, 5, 6], CPU, pool=3, pin=False)
     pool = [t.data_ptr() for t in stream.pool]
+    ring = [b.buffer.data_ptr() for b in stream._ring]
     try:
         for _ in range(6):
             assert torch.equal(run(layers, x), want)
@@ -52,6 +54,10 @@ def test_streamed_layers_give_the_same_numbers_with_a_pool_that_never_grows() ->
         assert stream.pool_bytes() == 3 * stream.layer_nbytes + 3 * (stream.pool_bytes() // 3 - stream.layer_nbytes)
         assert stream.copies >= 6 * 4  # every pass copied every streamed layer in (plus the copies ahead)
         assert stream.bytes_per_pass() == 4 * layer_bytes(layers[1])
+        # Not packed whole: staged through a ring of pool-many layer buffers, made once like the pool.
+        assert [b.buffer.data_ptr() for b in stream._ring] == ring and len(ring) == 3
+        assert stream.host_bytes() == 4 * stream.layer_nbytes + sum(b.nbytes for b in stream._ring)
+        assert stream.pinned_bytes() == 0  # no CUDA here: nothing to lock
     finally:
         stream.close()
     # Closed: the layers use their host weights again, hooks gone, nothing copied any more.
@@ -151,6 +157,69 @@ def test_a_copier_that_fails_as_it_starts_is_an_error_in_the_pass_not_a_hang(mon
         stream.close()
 
 
+@torch.inference_mode()
+def test_a_staged_layer_is_read_from_its_host_weights_at_every_pass() -> None:
+    """The ring holds a copy only for the pass that needs it: the host weights (a memory-mapped file the OS
+    may drop and read again) stay the one source, so a change there reaches the next pass."""
+    layers = stack(4)
+    x = torch.randn(2, 48)
+    stream = LayerStream(layers, [1, 3], CPU, pool=2, pin=False)
+    try:
+        before = run(layers, x)
+        stream.host[0][0].mul_(2)  # layer 1's weight, where the host keeps it
+        stream.restart()  # the copies ahead were made from the old bytes
+        reference = stack(4)
+        reference[1][0].weight.data.mul_(2)
+        assert torch.equal(run(layers, x), run(reference, x)) and not torch.equal(run(layers, x), before)
+    finally:
+        stream.close()
+    assert stream._ring == []
+
+
+def test_the_transformer_has_the_first_claim_on_the_memory_the_bot_may_lock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under a stream plan the transformer's streamed blocks (copied every step) are locked first; the text
+    encoder's layers (copied once a prompt) get what is left of the one budget, the swaps what is left then."""
+    from types import SimpleNamespace
+
+    from engine import placement
+    from engine.plans import PLANS
+
+    claims: list[tuple[int, int]] = []
+
+    class Claimed:
+        def __init__(self, layers: nn.ModuleList, pin_bytes: int) -> None:
+            self.locked = 6 * GIB if pin_bytes >= 6 * GIB else 0
+            claims.append((len(layers), pin_bytes))
+
+        def pinned_bytes(self) -> int:
+            return self.locked
+
+    def claim(layers: nn.ModuleList, device: torch.device, *, pin_bytes: int, **placing: object) -> Claimed:
+        return Claimed(layers, pin_bytes)
+
+    budgets: list[int] = []
+
+    class Residency:
+        def __init__(self, modules, device, *, ram_bytes, stays_on_host, streams, mapped) -> None:
+            budgets.append(sum(s.pinned_bytes() for s in streams.values()))
+
+        def bring(self, name: str, job: int) -> None:
+            pass
+
+    monkeypatch.setattr(placement, "stream_layers", claim)
+    monkeypatch.setattr(placement, "Residency", Residency)
+    encoder = SimpleNamespace(layers=stack(5), get_input_embeddings=lambda: None)
+    pipe = SimpleNamespace(
+        text_encoder=encoder,
+        transformer=SimpleNamespace(transformer_blocks=stack(7)),
+        vae=SimpleNamespace(enable_slicing=lambda: None, enable_tiling=lambda: None),
+    )
+    monkeypatch.setattr(placement, "_to", lambda module, device: None)
+    placement.apply_placement(pipe, PLANS["fp8mm_stream"], CPU, ram_bytes=32 * GIB)
+    # 32 GiB: 8 GiB may be locked; the blocks take 6 of it, the encoder is offered the 2 left.
+    assert claims == [(7, 8 * GIB), (5, 2 * GIB)] and budgets == [6 * GIB]
+
+
 def test_layers_of_different_shapes_are_refused() -> None:
     layers = nn.ModuleList([nn.Linear(8, 8), nn.Linear(8, 16)])
     with pytest.raises(ValueError, match="one layout"):
@@ -160,7 +229,7 @@ def test_layers_of_different_shapes_are_refused() -> None:
 @torch.inference_mode()
 def test_without_a_gpu_half_the_layers_stream() -> None:
     layers = stack(6)
-    stream = stream_layers(layers, CPU, room_bytes=None, ram_bytes=None)
+    stream = stream_layers(layers, CPU, room_bytes=None, pin_bytes=0)
     assert stream is not None
     try:
         assert len(stream.order) == 3 and not stream.pinned
@@ -215,7 +284,7 @@ def test_streamed_blocks_work_under_the_draft_cache_and_per_block_compile(tiny_m
     runner = make_runner(tiny_model, "bf16_resident")
     plain, _, _ = draw(runner, None)
     blocks = runner.pipe.transformer.transformer_blocks
-    stream = stream_layers(blocks, CPU, room_bytes=None, ram_bytes=None)
+    stream = stream_layers(blocks, CPU, room_bytes=None, pin_bytes=0)
     assert stream is not None
     try:
         assert np.array_equal(draw(runner, None)[0], plain)
