@@ -86,14 +86,16 @@ def apply_placement(
         # The room for resident blocks: what is free less a step's working memory and the transformer's parts
         # other than its blocks (embeddings, norms, the output projection), which stay on the GPU.
         room = available_bytes(device) - work_bytes - weight_bytes(transformer, blocks) if cuda else None
-        # The transformer's blocks stream every step, so they have the first claim on the memory the bot may
-        # lock. The text encoder streams every layer, with its 4-bit scales, through its own small pool, which
+        # The transformer's blocks stream every step: they are locked whole where the memory the bot may lock
+        # allows. The text encoder streams every layer, with its 4-bit scales, through its own small pool, which
         # is on the GPU only while it encodes (the residency parks it otherwise), within the room a step's
-        # working memory leaves: encoding a prompt never evicts the transformer's resident blocks.
-        lockable = pin_budget(ram_bytes)
-        streams = {"transformer": stream_layers(blocks, device, room_bytes=room, pin_bytes=lockable, place=False)}
-        lockable -= streams["transformer"].pinned_bytes() if streams["transformer"] is not None else 0
-        streams["text_encoder"] = stream_layers(te.layers, device, room_bytes=0 if cuda else None, pin_bytes=lockable)
+        # working memory leaves: encoding a prompt never evicts the transformer's resident blocks. Its layers
+        # move once a prompt, behind the queue's other work, so they are staged, never locked whole: 4 GiB of
+        # RAM kept free for the cost of a slower copy the queue hides.
+        streams = {
+            "transformer": stream_layers(blocks, device, room_bytes=room, pin_bytes=pin_budget(ram_bytes), place=False),
+            "text_encoder": stream_layers(te.layers, device, room_bytes=0 if cuda else None, pin_bytes=0),
+        }
         # Made while every weight is on the host, so a component that is the mapped cache file keeps the file
         # as its host copy; then the transformer's resident part comes to the GPU.
         residency = Residency(
