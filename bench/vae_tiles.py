@@ -72,6 +72,7 @@ def main() -> None:
         rows.append(
             {"tile": tile, "seconds": round(time.perf_counter() - start, 1), "peak_gib": round(peak_gib(device), 2)}
         )
+        print("decoded", rows[-1], flush=True)  # a CPU run takes minutes a decode
     for row in rows:
         if row["tile"] is not None:
             row["psnr_db"] = round(psnr(images[None], images[row["tile"]]), 2)
