@@ -28,8 +28,10 @@ from jobrequest import img2img_steps, uses_cfg
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-# The VAE's tile a side, in pixels, where its own tile does not fit the card: about 1 GiB of working memory.
-SMALL_VAE_TILE = 512
+# The VAE's tiles a side, in pixels, where its own tile does not fit the card, largest first. On the full-size
+# VAE a 1024² image decoded in 768² tiles is 43 dB from its whole decode (2 GiB of working memory in bf16), in
+# 512² tiles 36 dB (0.6 GiB): the tile sizes that split the image unevenly lose more at their seams.
+SMALL_VAE_TILES = (768, 512)
 
 
 class Cancelled(Exception):
@@ -64,9 +66,16 @@ class RunnerOptions:
     # A batch of two passes is run only where it fits; else the two passes run one after the other.
     work_gib: float = 2.0
     # The VAE's working memory per megapixel, GiB (bf16 decode; its encoder needs less): a full-size
-    # CogView4 VAE decode took 1.9 GiB at 512² in fp32 (CPU, peak RSS), so about 3.8 at 1024² in bf16.
+    # CogView4 VAE's whole 1024² decode took 7.5 GiB beside its weights in fp32 (CPU, peak RSS), so about
+    # 3.8 in bf16; a 768² tile 4.0 in fp32.
     # A swap plan makes this much room before decoding, rather than running out of memory halfway.
     vae_work_gib: float = 4.0
+
+
+def _set_vae_tile(vae: Any, tile: int) -> None:
+    """The VAE's tiled decode works in `tile`² pixels (and the matching latent tile) from now on."""
+    vae.tile_sample_min_size = tile
+    vae.tile_latent_min_size = tile // 2 ** (len(vae.config.block_out_channels) - 1)
 
 
 def _sync(device: torch.device) -> None:
@@ -112,6 +121,7 @@ class Runner:
         self.encoder_calls = 0  # forward passes of the text encoder
         self.encoder_visits = 0  # times the encoder was brought in for a batch of texts
         self.batch_oom_area: int | None = None  # smallest image area at which a CFG batch of 2 ran out of memory
+        self.vae_oom_tile: int | None = None  # smallest VAE tile that ran out of memory: only smaller ones after
         self.unbatched_steps = 0  # CFG steps run as two passes although batching was on (tests, benchmarks)
         self.pass_memory = PassMemory(device) if device.type == "cuda" else None
         self.measured_work_gib: float | None = None  # one image pass's working memory per megapixel, here
@@ -238,7 +248,7 @@ class Runner:
                 timings.steady_step_s = gpu_s / (len(step_events) - 2)
             timings.steps = steps if start is None else img2img_steps(steps, strength)
             t2 = time.perf_counter()
-            image = self._phase("vae", self._vae_bytes(width * height), lambda: self._decode(latents))
+            image = self._phase("vae", self._vae_bytes(width * height), lambda: self._decode_shrinking(latents))
             _sync(device)
         timings.decode_s = time.perf_counter() - t2
         return image, timings
@@ -402,17 +412,21 @@ class Runner:
     def _vae_bytes(self, area: int) -> int:
         """The VAE's working memory for an image of `area` pixels, its tile size chosen first. Above its tile
         size (tiling is enabled at placement; CogView4's VAE tiles above 1024²) it works one tile at a time;
-        where even one such tile does not fit what the card can free (a 4 GiB card), the tiles shrink to
-        SMALL_VAE_TILE a side, blended at their seams as diffusers' tiled decode does."""
+        where even one such tile does not fit what the card can free (a 4 GiB card), the largest of
+        SMALL_VAE_TILES that does (the smallest if none), blended at their seams as diffusers' tiled decode does."""
         vae = self.pipe.vae
         if not getattr(vae, "use_tiling", False):
             return self._vae_work(area)
         size = vae.config.sample_size
-        tile = size[0] if isinstance(size, list | tuple) else size
-        if self.residency is not None and self._vae_work(min(area, tile**2)) > self.residency.room_bytes("vae"):
-            tile = min(tile, SMALL_VAE_TILE)
-        vae.tile_sample_min_size = tile
-        vae.tile_latent_min_size = tile // 2 ** (len(vae.config.block_out_channels) - 1)
+        own = size[0] if isinstance(size, list | tuple) else size
+        tiles = [own, *(t for t in SMALL_VAE_TILES if t < own)]
+        if self.vae_oom_tile is not None:
+            tiles = [t for t in tiles if t < self.vae_oom_tile] or [SMALL_VAE_TILES[-1]]
+        tile = tiles[0]
+        if self.residency is not None:
+            room = self.residency.room_bytes("vae")
+            tile = next((t for t in tiles if self._vae_work(min(area, t**2)) <= room), tiles[-1])
+        _set_vae_tile(vae, tile)
         return self._vae_work(min(area, tile**2))
 
     def _vae_work(self, area: int) -> int:
@@ -452,6 +466,24 @@ class Runner:
         pixels = pixels.to(self.device, pipe.vae.dtype)
         latents = pipe.vae.encode(pixels).latent_dist.mode()
         return latents.float() * pipe.vae.config.scaling_factor
+
+    def _decode_shrinking(self, latents: torch.Tensor) -> Any:
+        """Decode; where the VAE's tile runs out of memory after all (its working memory is an estimate), decode
+        again in the next smaller tile, and never try that tile again."""
+        vae = self.pipe.vae
+        while True:
+            try:
+                return self._decode(latents)
+            except torch.OutOfMemoryError:
+                tile = vae.tile_sample_min_size
+                smaller = [t for t in SMALL_VAE_TILES if t < tile]
+                if not getattr(vae, "use_tiling", False) or not smaller:
+                    raise
+                log.warning("The VAE ran out of memory in %d² tiles; decoding in %d² tiles", tile, smaller[0])
+                self.vae_oom_tile = tile
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                _set_vae_tile(vae, smaller[0])
 
     def _decode(self, latents: torch.Tensor) -> Any:
         # Adapted from diffusers.pipelines.cogview4.pipeline_cogview4.CogView4Pipeline.__call__ (its end):

@@ -356,12 +356,15 @@ async def test_a_stream_plan_that_runs_out_of_memory_keeps_fewer_blocks_and_retr
         await engine.stop()
 
 
-@pytest.mark.parametrize(("room_gib", "tile", "work_gib"), [(8.0, 1024, 4.0), (4.2, 1024, 4.0), (2.5, 512, 1.0)])
+@pytest.mark.parametrize(
+    ("room_gib", "tile", "work_gib"),
+    [(8.0, 1024, 4.0), (4.2, 1024, 4.0), (2.5, 768, 2.25), (1.2, 512, 1.0), (0.5, 512, 1.0)],
+)
 def test_the_vae_tiles_smaller_only_where_its_own_tile_does_not_fit(
     room_gib: float, tile: int, work_gib: float
 ) -> None:
     """CogView4's VAE tiles above 1024²; a card that cannot free a 1024² tile's working memory (a 4 GiB card
-    streaming its transformer) decodes in 512² tiles instead."""
+    streaming its transformer) decodes in the largest smaller tile that fits, 512² where none does."""
     from types import SimpleNamespace
 
     from diffusers import AutoencoderKL
@@ -379,3 +382,42 @@ def test_the_vae_tiles_smaller_only_where_its_own_tile_does_not_fit(
     runner.residency = RoomOnly(int(8 * GIB), "vae")  # room again: the VAE's own tile comes back
     runner._vae_bytes(1024 * 1024)
     assert vae.tile_sample_min_size == 1024
+
+
+def test_a_vae_tile_that_runs_out_of_memory_decodes_smaller_and_is_not_tried_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The VAE's working memory is an estimate: where its tile runs out of memory after all, the image is
+    decoded in the next smaller tile, and later images start there."""
+    from types import SimpleNamespace
+
+    from diffusers import AutoencoderKL
+
+    from engine.plans import PLANS
+    from engine.runner import GIB, Runner, RunnerOptions
+    from tests.test_batched_cfg import RoomOnly
+
+    vae = AutoencoderKL(block_out_channels=(8, 8, 8, 8), norm_num_groups=4, latent_channels=16, sample_size=1024)
+    vae.enable_tiling()
+    runner = Runner(SimpleNamespace(vae=vae), PLANS["fp8mm_stream"], CPU, RunnerOptions(vae_work_gib=4.0))
+    runner.residency = RoomOnly(int(2.5 * GIB), "vae")
+    tried: list[int] = []
+
+    def decode(latents: torch.Tensor) -> str:
+        tried.append(vae.tile_sample_min_size)
+        if vae.tile_sample_min_size > 512:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return "image"
+
+    monkeypatch.setattr(runner, "_decode", decode)
+    runner._vae_bytes(1024 * 1024)
+    assert runner._decode_shrinking(torch.zeros(1)) == "image" and tried == [768, 512]
+    runner.residency = RoomOnly(int(8 * GIB), "vae")  # room for the whole image: still not the tile that failed
+    assert runner._vae_bytes(1024 * 1024) == int(1.0 * GIB) and vae.tile_sample_min_size == 512
+
+    def always_short(latents: torch.Tensor) -> str:
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(runner, "_decode", always_short)
+    with pytest.raises(torch.OutOfMemoryError):  # the smallest tile failing too is the residency's to handle
+        runner._decode_shrinking(torch.zeros(1))
