@@ -468,8 +468,9 @@ class Runner:
         return latents.float() * pipe.vae.config.scaling_factor
 
     def _decode_shrinking(self, latents: torch.Tensor) -> Any:
-        """Decode; where the VAE's tile runs out of memory after all (its working memory is an estimate), decode
-        again in the next smaller tile, and never try that tile again."""
+        """Decode; where a small card's tile runs out of memory after all (its working memory is an estimate),
+        decode again in the next smaller tile, and never try that tile again. The VAE's own tile running out is
+        the residency's to handle (it evicts the others and retries: no fidelity lost)."""
         vae = self.pipe.vae
         while True:
             try:
@@ -477,7 +478,7 @@ class Runner:
             except torch.OutOfMemoryError:
                 tile = vae.tile_sample_min_size
                 smaller = [t for t in SMALL_VAE_TILES if t < tile]
-                if not getattr(vae, "use_tiling", False) or not smaller:
+                if not getattr(vae, "use_tiling", False) or tile not in SMALL_VAE_TILES or not smaller:
                     raise
                 log.warning("The VAE ran out of memory in %d² tiles; decoding in %d² tiles", tile, smaller[0])
                 self.vae_oom_tile = tile

@@ -421,3 +421,10 @@ def test_a_vae_tile_that_runs_out_of_memory_decodes_smaller_and_is_not_tried_aga
     monkeypatch.setattr(runner, "_decode", always_short)
     with pytest.raises(torch.OutOfMemoryError):  # the smallest tile failing too is the residency's to handle
         runner._decode_shrinking(torch.zeros(1))
+    # The VAE's own tile (a card that could hold it) running out: the residency evicts and retries, no shrinking.
+    runner.vae_oom_tile = None
+    runner._vae_bytes(1024 * 1024)
+    assert vae.tile_sample_min_size == 1024
+    with pytest.raises(torch.OutOfMemoryError):
+        runner._decode_shrinking(torch.zeros(1))
+    assert vae.tile_sample_min_size == 1024 and runner.vae_oom_tile is None
