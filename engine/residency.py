@@ -119,12 +119,7 @@ class LockedBuffer:
         self.pinned = self.nbytes > 0 and _register(self.buffer)
 
     def views(self, specs: list[tuple[torch.Size, torch.dtype]]) -> list[torch.Tensor]:
-        """One view per spec, laid out by `packed_offsets`."""
-        offsets, _total = packed_offsets(specs)
-        return [
-            self.buffer[offset : offset + _spec_bytes(shape, dtype)].view(dtype).view(shape)
-            for (shape, dtype), offset in zip(specs, offsets, strict=True)
-        ]
+        return packed_views(self.buffer, specs)
 
     def release(self) -> None:
         """Unlock the buffer (the caller has dropped every view or finished copying from them)."""
@@ -200,6 +195,15 @@ def packed_offsets(specs: list[tuple[torch.Size, torch.dtype]]) -> tuple[list[in
         offsets.append(total)
         total += -(-_spec_bytes(shape, dtype) // _ALIGN) * _ALIGN
     return offsets, total
+
+
+def packed_views(buffer: torch.Tensor, specs: list[tuple[torch.Size, torch.dtype]]) -> list[torch.Tensor]:
+    """One view per spec into a byte buffer laid out by `packed_offsets` (host or device alike)."""
+    offsets, _total = packed_offsets(specs)
+    return [
+        buffer[offset : offset + _spec_bytes(shape, dtype)].view(dtype).view(shape)
+        for (shape, dtype), offset in zip(specs, offsets, strict=True)
+    ]
 
 
 def _register(buffer: torch.Tensor) -> bool:

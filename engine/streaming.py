@@ -39,6 +39,7 @@ from engine.residency import (
     _spec_bytes,
     _weights,
     packed_offsets,
+    packed_views,
     quant_states,
 )
 
@@ -397,10 +398,6 @@ def _pool(
 ) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
     """`slots` device buffers of one layer each, and every weight's view in each, laid out as HostCopy lays
     out the host buffer (so a packed host layer is one copy)."""
-    offsets, total = packed_offsets(shapes)
+    total = packed_offsets(shapes)[1]
     pool = [torch.empty(total, dtype=torch.uint8, device=device) for _ in range(slots)]
-    views = [
-        [buf[o : o + _spec_bytes(s, d)].view(d).view(s) for (s, d), o in zip(shapes, offsets, strict=True)]
-        for buf in pool
-    ]
-    return pool, views
+    return pool, [packed_views(buf, shapes) for buf in pool]
